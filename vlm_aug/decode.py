@@ -1,0 +1,49 @@
+"""Image bytes -> RGB PIL image, bounded in size; one bad image never stops a run."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps
+
+from vlm_aug.sample import Sample
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode, refusing images that declare more than `max_pixels` before decoding them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ValueError(f"image_too_large: {width}x{height} exceeds limits.max_image_pixels={max_pixels}")
+        image.load()
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda v: v / 256).convert("L")  # 16-bit: scale to 8 bits first
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def decode_samples(samples: list[Sample], max_pixels: int, max_image_bytes: int) -> None:
+    """Attach `sample.image` to every active sample, or fail it with a reason."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    for sample in samples:
+        if not sample.active:
+            continue
+        if len(sample.image_bytes) > max_image_bytes:
+            sample.fail("image_too_large", f"{len(sample.image_bytes)} bytes > limits.max_image_bytes")
+            continue
+        if not sample.image_bytes:
+            sample.fail("decode_error", "zero-byte image")
+            continue
+        try:
+            sample.image = decode_image(sample.image_bytes, max_pixels)
+        except Exception as exc:  # PIL raises many types for hostile bytes
+            reason = "image_too_large" if "too_large" in str(exc) or "DecompressionBomb" in type(exc).__name__ else "decode_error"
+            sample.fail(reason, f"{type(exc).__name__}: {exc}")

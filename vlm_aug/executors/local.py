@@ -1,0 +1,43 @@
+"""In-process executor: one loop over shards, models loaded once; for laptops, tests, debugging."""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from vlm_aug.executors import ExecutorReport, ShardOutcome
+from vlm_aug.pipeline import ShardProcessor
+from vlm_aug.progress import RunProgress
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, torch_threads: int | None = None):
+        self.torch_threads = torch_threads
+
+    def run(self, urls: list[str], processor: ShardProcessor, progress: RunProgress) -> ExecutorReport:
+        import torch
+
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        report = ExecutorReport()
+        start = time.perf_counter()
+        processor.setup()
+        report.startup_s = time.perf_counter() - start
+        busy = 0.0
+        for url in urls:
+            t0 = time.perf_counter()
+            try:
+                stats = processor.process(url)
+                report.outcomes.append(ShardOutcome(url, stats=stats, worker="local"))
+                progress.shard_done(stats)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                report.outcomes.append(ShardOutcome(url, error=detail, worker="local"))
+                progress.shard_failed(url, detail)
+            busy += time.perf_counter() - t0
+        report.workers["local"] = {"busy_s": round(busy, 3), "shards": len(urls)}
+        return report

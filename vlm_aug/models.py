@@ -1,0 +1,152 @@
+"""Find model weights (built-in, local path or hub cache) and say clearly when they are not there.
+
+Loading itself happens in the stages, always through transformers' Auto classes
+and open_clip's factory, for tiny local models and real hub models alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+from vlm_aug.paths import BUILTIN_PREFIX, resolve_builtin
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot be loaded here; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Located:
+    path: str  # local directory or file to load from
+    revision: str  # commit sha (hub cache) or "sha256:<weights hash>"
+    source: str  # "builtin" | "local" | "hub"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def weights_sha256(path: Path, allow_pickle: bool = False) -> str:
+    """One hash over every weights file of a directory (or of one file)."""
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix == ".safetensors" or p.suffix in PICKLE_SUFFIXES
+    )
+    pickled = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickled and not allow_pickle and not any(p.suffix == ".safetensors" for p in files):
+        raise ModelUnavailable(
+            f"{path} holds only pickle-format weights ({', '.join(pickled)}); loading them can run "
+            "arbitrary code. Convert them to safetensors, or opt in with vlm.allow_pickle_weights: true"
+        )
+    digest = hashlib.sha256()
+    for file in files:
+        if file.suffix in PICKLE_SUFFIXES and not allow_pickle:
+            continue
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the hub can be reached now (never when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _unavailable(model: str, what: str) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"{what} {model!r} is not in the local Hugging Face cache and the hub cannot be reached "
+        "(offline or HF_HUB_OFFLINE=1). Either run once with network access to cache it "
+        f"(e.g. `huggingface-cli download {model}`), or point the config at a local directory "
+        "that holds the model (vlm.model: /path/to/model)."
+    )
+
+
+def locate_hf(model: str, revision: Optional[str], allow_pickle: bool = False) -> Located:
+    """A transformers model: built-in name, local directory, or hub id (cached or downloadable)."""
+    if model.startswith(BUILTIN_PREFIX):
+        path = Path(resolve_builtin(model))
+        return Located(str(path), weights_sha256(path, allow_pickle), "builtin")
+    if Path(model).expanduser().is_dir():
+        path = Path(model).expanduser().resolve()
+        return Located(str(path), weights_sha256(path, allow_pickle), "local")
+    if Path(model).suffix or model.startswith((".", "/", "~")):
+        raise ModelUnavailable(f"model path {model!r} does not exist")
+    from huggingface_hub import snapshot_download
+
+    patterns = None if allow_pickle else ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.py"]
+    try:
+        path = snapshot_download(model, revision=revision, local_files_only=True, allow_patterns=patterns)
+    except Exception:
+        if not hub_reachable():
+            raise _unavailable(model, "model") from None
+        path = snapshot_download(model, revision=revision, allow_patterns=patterns)
+    weights_sha256(Path(path), allow_pickle)  # refuses pickle-only checkpoints
+    return Located(path, Path(path).name, "hub")
+
+
+def locate_clip(model: str, pretrained: Optional[str]) -> tuple[str, Optional[str], str]:
+    """-> (open_clip model name, pretrained tag, revision). Local dirs use `local-dir:`."""
+    if model.startswith(BUILTIN_PREFIX) or Path(model).expanduser().is_dir():
+        path = Path(resolve_builtin(model)).expanduser().resolve()
+        return f"local-dir:{path}", None, weights_sha256(path)
+    if model.startswith("local-dir:"):
+        path = Path(model[len("local-dir:"):]).expanduser().resolve()
+        if not path.is_dir():
+            raise ModelUnavailable(f"CLIP directory {path} does not exist")
+        return f"local-dir:{path}", None, weights_sha256(path)
+    import open_clip
+
+    if model not in open_clip.list_models() and not model.startswith("hf-hub:"):
+        raise ModelUnavailable(f"unknown open_clip model {model!r}; see open_clip.list_models()")
+    repo = model[len("hf-hub:"):] if model.startswith("hf-hub:") else None
+    if repo is None and pretrained:
+        cfg = open_clip.get_pretrained_cfg(model, pretrained)
+        if not cfg:
+            tags = [t for m, t in open_clip.list_pretrained() if m == model]
+            raise ModelUnavailable(f"open_clip has no pretrained tag {pretrained!r} for {model}; tags: {tags}")
+        repo = (cfg.get("hf_hub") or "").rstrip("/") or None
+    if repo:
+        _require_cached_repo(repo)
+    return model, pretrained, f"{pretrained or 'random'}@{repo or 'open_clip'}"
+
+
+def _require_cached_repo(repo: str) -> None:
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        cached = {r.repo_id for r in scan_cache_dir().repos}
+    except Exception:
+        cached = set()
+    if repo not in cached and not hub_reachable():
+        raise _unavailable(repo, "CLIP weights")

@@ -1,0 +1,107 @@
+"""The per-shard work shared by every executor: read -> decode -> stages -> write."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import defaultdict
+from typing import Iterable, Iterator
+
+from vlm_aug.config import Config
+from vlm_aug.decode import decode_samples
+from vlm_aug.provenance import RunContext
+from vlm_aug.sample import Sample
+from vlm_aug.shards import ShardReader, shard_name
+from vlm_aug.stages.decide import DecideStage
+from vlm_aug.stages.rewrite import RewriteStage
+from vlm_aug.stages.score import ScoreStage
+from vlm_aug.writer import ShardWriter
+
+_DONE = object()
+
+
+def build_stages(config: Config) -> list:
+    return [RewriteStage(config.vlm, config.generation, config.limits), ScoreStage(config.clip),
+            DecideStage(config.policy, config.generation.seed)]
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Produce `items` in a background thread, so reading and decoding overlap model compute."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+
+    def produce():
+        try:
+            for item in items:
+                slots.put(item)
+        except BaseException as exc:  # re-raised in the consumer
+            slots.put(exc)
+        slots.put(_DONE)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := slots.get()) is not _DONE:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+class ShardProcessor:
+    """Holds the loaded stages; turns one input shard into one committed output shard."""
+
+    def __init__(self, config: Config, run: RunContext, stages: list | None = None):
+        self.config, self.run = config, run
+        self.stages = stages if stages is not None else build_stages(config)
+        self.ready = False
+
+    def setup(self) -> None:
+        if not self.ready:
+            for stage in self.stages:
+                stage.setup()
+            described = {stage.name: stage.describe() for stage in self.stages}
+            self.run.generation = described.get("rewrite", {})
+            self.run.scoring = described.get("score", {})
+            self.run.decision = described.get("decide", {})
+            self.ready = True
+
+    def _batches(self, reader: ShardReader, timings: dict) -> Iterator[list[Sample]]:
+        batch: list[Sample] = []
+        limits = self.config.limits
+        size = max(self.config.vlm.batch_size * 2, 16)
+        start = time.perf_counter()
+        for sample in reader:
+            batch.append(sample)
+            if len(batch) == size:
+                decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes)
+                timings["read_decode"] += time.perf_counter() - start
+                yield batch
+                batch, start = [], time.perf_counter()
+        if batch:
+            decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes)
+            timings["read_decode"] += time.perf_counter() - start
+            yield batch
+
+    def process(self, url: str) -> dict:
+        self.setup()
+        cfg = self.config
+        reader = ShardReader(url, cfg.input.caption_key, cfg.input.image_keys, cfg.limits.max_sample_bytes)
+        writer = ShardWriter(cfg.output.path, shard_name(url), self.run, write_orig=cfg.policy.name == "both",
+                             normalize_image_format=cfg.output.normalize_image_format)
+        timings: dict = defaultdict(float)
+        try:
+            for batch in prefetch(self._batches(reader, timings)):
+                for stage in self.stages:
+                    start = time.perf_counter()
+                    stage.process_batch(batch)
+                    timings[stage.name] += time.perf_counter() - start
+                start = time.perf_counter()
+                for sample in batch:
+                    sample.image = None
+                    writer.add(sample)
+                timings["write"] += time.perf_counter() - start
+            start = time.perf_counter()
+            stats = writer.commit(reader.report.error, reader.report.ignored_members, timings)
+            stats["timings_s"]["write"] += round(time.perf_counter() - start, 4)
+            return stats
+        except BaseException:
+            writer.abort()
+            raise

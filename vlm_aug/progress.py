@@ -1,0 +1,30 @@
+"""Driver-side progress: shards done/total, samples/s, tokens/s, ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+
+class RunProgress:
+    def __init__(self, total_shards: int, enabled: bool = True):
+        self.bar = tqdm(total=total_shards, unit="shard", disable=not enabled, file=sys.stderr,
+                        dynamic_ncols=True, desc="vlm-aug")
+        self.start = time.perf_counter()
+        self.samples = self.tokens = 0
+
+    def shard_done(self, stats: dict) -> None:
+        self.samples += stats["counts"]["inputs"]
+        self.tokens += stats.get("scores", {}).get("new_tokens", 0)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix(samples_s=f"{self.samples / elapsed:.1f}", tokens_s=f"{self.tokens / elapsed:.0f}")
+        self.bar.update(1)
+
+    def shard_failed(self, url: str, error: str) -> None:
+        self.bar.write(f"shard failed: {url}: {error}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,135 @@
+"""One run: plan the shards, hand them to an executor, write sizes.json and the manifest."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+
+import fsspec
+
+from vlm_aug.config import Config, ConfigError
+from vlm_aug.executors import ExecutorReport
+from vlm_aug.pipeline import ShardProcessor
+from vlm_aug.progress import RunProgress
+from vlm_aug.prompts import load_template
+from vlm_aug.provenance import RunContext
+from vlm_aug.shards import expand_inputs, shard_name
+from vlm_aug.writer import is_complete
+
+PACKAGES = ("vlm-aug", "torch", "transformers", "open_clip_torch", "webdataset", "ray", "pyarrow", "pillow")
+
+
+@dataclass
+class RunResult:
+    manifest: dict
+    failed: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def plan(config: Config, overwrite: bool) -> tuple[list[str], list[str]]:
+    """-> (shards to do, shards already complete). Checks everything a model load would waste."""
+    load_template(config.generation.prompt)
+    urls = expand_inputs(config.input.paths)
+    names = [shard_name(u) for u in urls]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"input shards share output names {dupes}: each input shard needs a unique file name")
+    done = [] if overwrite else [u for u in urls if is_complete(config.output.path, shard_name(u))]
+    return [u for u in urls if u not in done], done
+
+
+def make_executor(config: Config):
+    if config.executor == "ray":
+        from vlm_aug.executors.ray import RayExecutor
+
+        return RayExecutor(config)
+    from vlm_aug.executors.local import LocalExecutor
+
+    return LocalExecutor(config.torch_threads)
+
+
+def execute(config: Config, overwrite: bool = False, progress: bool = True) -> RunResult:
+    todo, skipped = plan(config, overwrite or config.output.overwrite)
+    run = RunContext(config.sha256())
+    started = time.time()
+    bar = RunProgress(len(todo), enabled=progress)
+    try:
+        report = make_executor(config).run(todo, ShardProcessor(config, run), bar) if todo else ExecutorReport()
+    finally:
+        bar.close()
+    manifest = write_manifest(config, run, report, skipped, time.time() - started)
+    return RunResult(manifest, [o.url for o in report.outcomes if o.error])
+
+
+def _versions() -> dict:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _hardware() -> dict:
+    import os
+
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "gpus": gpus}
+
+
+def collect_stats(out_root: str) -> list[dict]:
+    fs, root = fsspec.core.url_to_fs(out_root)
+    stats = []
+    for path in sorted(fs.glob(f"{root.rstrip('/')}/shards/*.stats.json")):
+        with fs.open(path, "r") as handle:
+            stats.append(json.load(handle))
+    return stats
+
+
+def totals(all_stats: list[dict]) -> dict:
+    keys = ("inputs", "kept", "rejected", "error")
+    total = {k: sum(s["counts"][k] for s in all_stats) for k in keys}
+    for name in ("clip_orig", "clip_rewrite"):
+        n = sum(s.get("scores", {}).get(f"{name}_n", 0) for s in all_stats)
+        sums = sum(s.get("scores", {}).get(f"{name}_sum", 0.0) for s in all_stats)
+        total[f"mean_{name}"] = round(sums / n, 4) if n else None
+    return total
+
+
+def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skipped: list[str], wall: float) -> dict:
+    fs, root = fsspec.core.url_to_fs(config.output.path)
+    fs.makedirs(f"{root}/shards", exist_ok=True)
+    all_stats = collect_stats(config.output.path)
+    with fs.open(f"{root}/shards/sizes.json", "w") as handle:  # open_clip reads it beside the shards
+        json.dump({f"{s['shard']}.tar": s["counts"]["kept"] for s in all_stats}, handle, indent=1)
+    template = load_template(config.generation.prompt)
+    stage_time: dict = {}
+    for outcome in report.outcomes:
+        for k, v in ((outcome.stats or {}).get("timings_s") or {}).items():
+            stage_time[k] = round(stage_time.get(k, 0.0) + v, 3)
+    manifest = {
+        "run_id": run.run_id, "config": config.model_dump(), "config_sha256": run.config_sha256,
+        "versions": _versions(), "hardware": _hardware(), "executor": config.executor,
+        "models": {"rewrite": run.generation, "score": run.scoring, "decide": run.decision},
+        "prompt": {"id": template.id, "text": template.text, "sha256": template.sha256},
+        "timings": {"wall_s": round(wall, 3), "startup_s": round(report.startup_s, 3), "stages_s": stage_time},
+        "workers": report.workers,
+        "shards": {"processed": [o.url for o in report.outcomes if o.stats], "skipped_complete": skipped,
+                   "failed": [{"url": o.url, "error": o.error, "attempts": o.attempts}
+                              for o in report.outcomes if o.error],
+                   "read_errors": {s["shard"]: s["read_error"] for s in all_stats if s.get("read_error")}},
+        "totals": totals(all_stats),
+    }
+    with fs.open(f"{root}/manifest.json", "w") as handle:
+        json.dump(manifest, handle, indent=1, default=str)
+    return manifest

@@ -1,0 +1,71 @@
+"""Decide: a policy turns scores into a training caption, or a rejection with a reason.
+It computes no scores; every outcome it records can be re-derived from them."""
+
+from __future__ import annotations
+
+from vlm_aug.config import PolicyConfig
+from vlm_aug.sample import KEPT, Sample
+from vlm_aug.stages import Resources, derive_seed
+
+REASONS = ("empty_rewrite", "low_clip_rewrite", "low_clip_orig", "rewrite_worse")
+
+
+class DecideStage:
+    name = "decide"
+
+    def __init__(self, policy: PolicyConfig, seed: int = 0):
+        self.policy, self.seed = policy, seed
+        self.resources = Resources(cpus=0.1)
+
+    def setup(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        p = self.policy
+        params = {"min_clip_rewrite": p.min_clip_rewrite, "min_clip_orig": p.min_clip_orig,
+                  "max_drop": p.max_drop, "mix_rewrite_fraction": p.mix_rewrite_fraction if p.name == "mix" else None}
+        return {"policy": p.name, "params": params}
+
+    def process_batch(self, samples: list[Sample]) -> None:
+        for sample in samples:
+            if sample.active:
+                getattr(self, f"_{self.policy.name}")(sample)
+
+    def _rewrite_problem(self, sample: Sample) -> str | None:
+        new = sample.scores.get("clip_rewrite")
+        if not sample.caption_new or new is None:
+            return "empty_rewrite"
+        if new < self.policy.min_clip_rewrite:
+            return "low_clip_rewrite"
+        return None
+
+    def _keep(self, sample: Sample, caption: str, outcome: str, note: str | None = None) -> None:
+        sample.status, sample.caption_final = KEPT, caption
+        sample.flags["outcome"], sample.reason = outcome, note
+
+    def _rewrite(self, sample: Sample) -> None:
+        problem = self._rewrite_problem(sample)
+        if problem:
+            return sample.reject(problem)
+        self._keep(sample, sample.caption_new, "rewrite")
+
+    def _both(self, sample: Sample) -> None:
+        self._rewrite(sample)  # the original is written beside the rewrite by the writer
+
+    def _fallback(self, sample: Sample, prefer_rewrite: bool = True) -> None:
+        problem = self._rewrite_problem(sample)
+        orig = sample.scores.get("clip_orig")
+        if problem is None and orig is not None and sample.scores["clip_rewrite"] < orig - self.policy.max_drop:
+            problem = "rewrite_worse"
+        orig_ok = orig is not None and orig >= self.policy.min_clip_orig
+        if problem is None and (prefer_rewrite or not orig_ok):
+            return self._keep(sample, sample.caption_new, "rewrite")
+        if orig_ok:
+            return self._keep(sample, sample.caption_orig, "original", problem or "mix_draw")
+        sample.reject("low_clip_orig")
+        sample.flags["rewrite_problem"] = problem
+
+    def _mix(self, sample: Sample) -> None:
+        draw = derive_seed(self.seed, "mix", sample.shard.rsplit("/", 1)[-1], sample.key) / 2**31
+        sample.flags["mix_draw"] = round(draw, 6)
+        self._fallback(sample, prefer_rewrite=draw < self.policy.mix_rewrite_fraction)

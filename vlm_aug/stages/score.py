@@ -1,0 +1,84 @@
+"""Score: CLIP cosine of the image with the original caption, the rewrite, and
+each sentence of the rewrite (dense rewrites exceed CLIP's context). Decides nothing."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from vlm_aug.config import CLIPConfig
+from vlm_aug.models import locate_clip, resolve_device
+from vlm_aug.sample import Sample
+from vlm_aug.stages import Resources
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text or "") if s.strip()]
+
+
+class ScoreStage:
+    name = "score"
+
+    def __init__(self, clip: CLIPConfig):
+        self.clip = clip
+        self.resources = Resources(cpus=1.0, gpus=0.0)
+        self.model = None
+
+    def setup(self) -> None:
+        import open_clip
+
+        name, pretrained, self.revision = locate_clip(self.clip.model, self.clip.pretrained)
+        self.device = resolve_device(self.clip.device)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=self.device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+
+    def describe(self) -> dict:
+        return {"model": self.clip.model, "pretrained": self.clip.pretrained, "revision": self.revision,
+                "context_length": int(getattr(self.tokenizer, "context_length", 77))}
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(texts), self.clip.batch_size * 4):
+            tokens = self.tokenizer(texts[start:start + self.clip.batch_size * 4]).to(self.device)
+            chunks.append(self.model.encode_text(tokens, normalize=True).float())
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    @torch.inference_mode()
+    def encode_images(self, images) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(images), self.clip.batch_size):
+            pixels = torch.stack([self.preprocess(im) for im in images[start:start + self.clip.batch_size]])
+            chunks.append(self.model.encode_image(pixels.to(self.device), normalize=True).float())
+        return torch.cat(chunks)
+
+    def process_batch(self, samples: list[Sample]) -> None:
+        active = [s for s in samples if s.active]
+        if not active:
+            return
+        image_emb = self.encode_images([s.image for s in active])
+        texts, owners = [], []  # owners[i] = (sample index, slot) for texts[i]
+        for i, sample in enumerate(active):
+            texts.append(sample.caption_orig)
+            owners.append((i, "orig"))
+            if sample.caption_new:
+                texts.append(sample.caption_new)
+                owners.append((i, "rewrite"))
+                for sentence in split_sentences(sample.caption_new):
+                    texts.append(sentence)
+                    owners.append((i, "sentence"))
+        text_emb = self.encode_texts(texts)
+        cosines = (text_emb * image_emb[[i for i, _ in owners]]).sum(-1).tolist()
+        for sample in active:
+            sample.scores = {"clip_orig": None, "clip_rewrite": None, "clip_sentences": []}
+        for (i, slot), cos in zip(owners, cosines):
+            scores = active[i].scores
+            if slot == "sentence":
+                scores["clip_sentences"].append(round(cos, 6))
+            else:
+                scores[f"clip_{slot}"] = round(cos, 6)
