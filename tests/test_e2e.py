@@ -1,0 +1,118 @@
+"""The whole pipeline through `main([...])` on real tars and tiny real models."""
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import make_shards, tiny_args
+from vlm_aug import SCHEMA_VERSION
+from vlm_aug.cli import main
+from vlm_aug.prompts import load_template
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_tar(path):
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+@pytest.fixture(scope="module")
+def run_once(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
+    root = tmp_path_factory.mktemp("e2e")
+    inputs = make_shards(root / "in", n_shards=2, per_shard=8)
+    out = root / "out"
+    argv = ["run", str(REPO / "configs/preview.yaml"), "--input", str(root / "in/{000000..000001}.tar"),
+            "--output", str(out), "--no-progress", *tiny_args(tiny_vlm_dir, tiny_clip_dir)]
+    assert main(argv) == 0
+    return inputs, out, argv
+
+
+def test_keys_and_image_bytes_preserved(run_once):
+    inputs, out, _ = run_once
+    for src in inputs:
+        original = read_tar(src)
+        written = read_tar(out / "shards" / src.name)
+        for name, data in written.items():
+            if name.endswith(".jpg"):
+                assert data == original[name], f"{name} was re-encoded"
+        in_keys = {n.split(".")[0] for n in original}
+        out_keys = {n.split(".")[0] for n in written}
+        rows = pq.read_table(out / "shards" / src.name.replace(".tar", ".parquet")).to_pylist()
+        assert {r["key"] for r in rows} == in_keys  # every input sample has a row
+        assert out_keys == {r["key"] for r in rows if r["status"] == "kept"}
+        assert len(rows) == 8
+
+
+def test_counts_invariant_and_broken_sample_recorded(run_once):
+    _, out, _ = run_once
+    stats = json.loads((out / "shards/000000.stats.json").read_text())
+    c = stats["counts"]
+    assert c["inputs"] == 8 == c["kept"] + c["rejected"] + c["error"]
+    assert c["error"] == 1 and stats["reasons"]["error:decode_error"] == 1
+    rows = pq.read_table(out / "shards/000000.parquet").to_pylist()
+    broken = [r for r in rows if r["key"] == "s00_0003"][0]
+    assert broken["status"] == "error" and broken["reason"] == "decode_error"
+    assert json.loads((out / "shards/sizes.json").read_text()) == {"000000.tar": 7, "000001.tar": 8}
+
+
+def test_json_schema_identical_and_provenance_correct(run_once, tiny_vlm_dir):
+    inputs, out, _ = run_once
+    template = load_template("dense_v1")
+    records = []
+    for src in inputs:
+        written = read_tar(out / "shards" / src.name)
+        records += [json.loads(v) for k, v in written.items() if k.endswith(".json")]
+        original = read_tar(src)
+        for rec in records:
+            image_name = f"{rec['key']}.jpg"
+            if image_name in original:
+                assert rec["source"]["image_sha256"] == hashlib.sha256(original[image_name]).hexdigest()
+
+    def shape(obj):
+        return {k: shape(v) for k, v in obj.items()} if isinstance(obj, dict) else None
+
+    assert all(shape(r) == shape(records[0]) for r in records)
+    rec = records[0]
+    assert rec["schema"] == SCHEMA_VERSION
+    assert rec["generation"]["prompt_sha256"] == hashlib.sha256(template.text.encode()).hexdigest()
+    rendered = template.render(rec["caption_orig"])
+    assert rec["generation"]["rendered_prompt_sha256"] == hashlib.sha256(rendered.encode()).hexdigest()
+    weights = Path(tiny_vlm_dir) / "model.safetensors"
+    assert rec["generation"]["revision"] == "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert rec["generation"]["params"]["max_new_tokens"] == 8
+    assert rec["decision"]["policy"] == "fallback" and rec["decision"]["outcome"] in ("rewrite", "original")
+    assert isinstance(rec["scoring"]["clip_orig"], float) and rec["scoring"]["clip_sentences"]
+    assert rec["pipeline"]["run_id"] and len(rec["pipeline"]["config_sha256"]) == 64
+    assert rec["source"]["shard"].endswith(".tar") and json.loads(rec["source"]["orig_json"])["key"] == rec["key"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["prompt"]["sha256"] == template.sha256 and manifest["prompt"]["text"] == template.text
+    assert manifest["totals"]["inputs"] == 16
+
+
+def test_rerun_skips_done_and_overwrite_reproduces(run_once, capsys):
+    _, out, argv = run_once
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
+    captions = pq.read_table(out / "shards/000001.parquet").column("caption_rewrite").to_pylist()
+    assert main(argv) == 0
+    assert "2 already complete" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == before
+    assert main(argv + ["--overwrite"]) == 0
+    assert pq.read_table(out / "shards/000001.parquet").column("caption_rewrite").to_pylist() == captions
+    assert not list((out / "shards").glob("*.tmp-*"))
+
+
+def test_missing_hub_model_fails_fast_with_remedy(tmp_path, capsys):
+    import time
+
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    start = time.monotonic()
+    code = main(["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/*.tar"),
+                 "--output", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 30
+    assert "HuggingFaceTB/SmolVLM-256M-Instruct" in err and "local directory" in err

@@ -1,0 +1,6 @@
+"""One module per `vlm-aug` sub-command. Each exposes `register(subparsers)`, which adds
+its parser and sets `func` (args -> exit code). Add a command by adding its module here."""
+
+COMMAND_MODULES = [
+    "vlm_aug.commands.run",
+]

@@ -1,0 +1,63 @@
+"""`vlm-aug run CONFIG`: rewrite, score and decide every sample of the input shards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vlm_aug.config import load_config
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", nargs="+", help="input shards: paths, globs, {000..009} patterns or URLs")
+    p.add_argument("--output", help="output directory or URL (default from the config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set policy.name=rewrite (repeatable)")
+    p.add_argument("--executor", choices=["local", "ray"], help="where shards run (default from the config)")
+    p.add_argument("--ray-address", help="connect to an existing Ray cluster (else RAY_ADDRESS or a local one)")
+    p.add_argument("--overwrite", action="store_true", help="redo shards that are already complete")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="rewrite, score and decide every sample of the input shards")
+    p.add_argument("config", help="YAML config, e.g. configs/preview.yaml")
+    add_run_args(p)
+    p.set_defaults(func=cmd_run)
+
+
+def config_from_args(args, config_path=None):
+    direct = {"input__paths": args.input, "output__path": args.output, "executor": args.executor,
+              "ray__address": args.ray_address}
+    if args.no_report:
+        direct["output__report"] = False
+    return load_config(config_path or args.config, args.set, **direct)
+
+
+def print_summary(manifest: dict, out=None) -> None:
+    out = out or sys.stdout
+    t = manifest["totals"]
+    wall = manifest["timings"]["wall_s"]
+    processed = len(manifest["shards"]["processed"])
+    print(f"\nvlm-aug run {manifest['run_id']}: {processed} shard(s) processed, "
+          f"{len(manifest['shards']['skipped_complete'])} already complete, "
+          f"{len(manifest['shards']['failed'])} failed, in {wall:.1f} s", file=out)
+    print(f"  samples  inputs {t['inputs']}  kept {t['kept']}  rejected {t['rejected']}  error {t['error']}", file=out)
+    print(f"  CLIP cosine mean  original {t['mean_clip_orig']}  rewrite {t['mean_clip_rewrite']}", file=out)
+    print(f"  output   {manifest['config']['output']['path']}", file=out)
+
+
+def execute_and_report(config, overwrite: bool, progress: bool) -> int:
+    from vlm_aug.run import execute
+
+    result = execute(config, overwrite=overwrite, progress=progress)
+    print_summary(result.manifest)
+    if result.failed:
+        print(f"error: {len(result.failed)} shard(s) failed: {', '.join(result.failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args) -> int:
+    return execute_and_report(config_from_args(args), args.overwrite, not args.no_progress)
