@@ -12,6 +12,7 @@ import sys
 from vlm_aug.commands import COMMAND_MODULES
 from vlm_aug.config import ConfigError
 from vlm_aug.models import ModelUnavailable
+from vlm_aug.writer import OutputUnwritable
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ModelUnavailable, FileNotFoundError) as exc:
+    except (ConfigError, ModelUnavailable, FileNotFoundError, OutputUnwritable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

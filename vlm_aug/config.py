@@ -29,6 +29,7 @@ class VLMConfig(Strict):
 class GenerationConfig(Strict):
     prompt: str = "dense_v1"
     max_new_tokens: int = Field(128, ge=1, le=4096)
+    max_time_s: Optional[float] = Field(None, gt=0, description="wall-clock cap per generate call")
     do_sample: bool = False
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)

@@ -45,6 +45,31 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
         yield item
 
 
+def run_stage(stage, batch: list[Sample]) -> None:
+    """Run a stage on a batch; if the batch fails, isolate the sample(s) that make it fail,
+    so one hostile input costs one sample, not the shard. If every sample fails on its
+    own too, the fault is not the data's: raise, so the shard is retried, not marked done."""
+    try:
+        return stage.process_batch(batch)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as batch_exc:
+        first_error = batch_exc
+    active = [s for s in batch if s.active]
+    failures = []
+    for sample in active:
+        try:
+            stage.process_batch([sample])
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as exc:
+            failures.append((sample, exc))
+    if len(active) > 1 and len(failures) == len(active):
+        raise first_error
+    for sample, exc in failures:
+        sample.fail(f"{stage.name}_error", f"{type(exc).__name__}: {exc}")
+
+
 class ShardProcessor:
     """Holds the loaded stages; turns one input shard into one committed output shard."""
 
@@ -91,7 +116,7 @@ class ShardProcessor:
             for batch in prefetch(self._batches(reader, timings)):
                 for stage in self.stages:
                     start = time.perf_counter()
-                    stage.process_batch(batch)
+                    run_stage(stage, batch)
                     timings[stage.name] += time.perf_counter() - start
                 start = time.perf_counter()
                 for sample in batch:

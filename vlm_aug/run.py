@@ -17,7 +17,7 @@ from vlm_aug.progress import RunProgress
 from vlm_aug.prompts import load_template
 from vlm_aug.provenance import RunContext
 from vlm_aug.shards import expand_inputs, shard_name
-from vlm_aug.writer import is_complete
+from vlm_aug.writer import check_writable, is_complete
 
 PACKAGES = ("vlm-aug", "torch", "transformers", "open_clip_torch", "webdataset", "ray", "pyarrow", "pillow")
 
@@ -34,12 +34,16 @@ class RunResult:
 
 def plan(config: Config, overwrite: bool) -> tuple[list[str], list[str]]:
     """-> (shards to do, shards already complete). Checks everything a model load would waste."""
-    load_template(config.generation.prompt)
+    try:
+        load_template(config.generation.prompt)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"generation.prompt: {exc}") from None
     urls = expand_inputs(config.input.paths)
     names = [shard_name(u) for u in urls]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"input shards share output names {dupes}: each input shard needs a unique file name")
+    check_writable(config.output.path)
     done = [] if overwrite else [u for u in urls if is_complete(config.output.path, shard_name(u))]
     return [u for u in urls if u not in done], done
 

@@ -158,6 +158,9 @@ class ShardReader:
             return sample
         if META_EXT in members:
             sample.meta_orig = _text(members[META_EXT])
+            if not _valid_json(sample.meta_orig):
+                sample.fail("bad_json", "the json member is not valid UTF-8 JSON")
+                return sample
         image_ext = next((e for e in self.image_exts if e in members), None)
         if image_ext:
             sample.image_bytes, sample.image_ext = members[image_ext], image_ext
@@ -193,6 +196,16 @@ def _sanitize_key(key: str) -> str:
     directory, base = posixpath.split(key)
     base = base.replace(".", "_")
     return posixpath.join(directory, base) if directory else base
+
+
+def _valid_json(text: Optional[str]) -> bool:
+    if text is None:
+        return False
+    try:
+        json.loads(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _text(data: bytes) -> Optional[str]:

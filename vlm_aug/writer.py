@@ -33,6 +33,24 @@ def is_complete(out_root: str, name: str) -> bool:
     return all(fs.exists(fsspec.core.url_to_fs(p)[1]) for p in paths.values())
 
 
+def check_writable(out_root: str) -> None:
+    """Fail before any model loads if the output cannot be written."""
+    fs, root = fsspec.core.url_to_fs(out_root)
+    probe = f"{root.rstrip('/')}/shards/.write-probe"
+    try:
+        fs.makedirs(f"{root.rstrip('/')}/shards", exist_ok=True)
+        with fs.open(probe, "wb") as handle:
+            handle.write(b"ok")
+        fs.rm(probe)
+    except OSError as exc:
+        raise OutputUnwritable(f"cannot write to output {out_root!r}: {exc.strerror or exc}; "
+                               "choose another --output or fix its permissions / free space") from None
+
+
+class OutputUnwritable(OSError):
+    """The output location refuses writes (read-only, full, no permission)."""
+
+
 def _reencode(data: bytes, fmt: str) -> bytes:
     buffer = io.BytesIO()
     image = Image.open(io.BytesIO(data)).convert("RGB")
@@ -48,6 +66,8 @@ class ShardWriter:
         self.final = {k: fsspec.core.url_to_fs(v)[1] for k, v in shard_paths(out_root, name).items()}
         self.tmp = {k: f"{v}.tmp-{run.run_id}" for k, v in self.final.items()}
         self.fs.makedirs(self.final["tar"].rsplit("/", 1)[0], exist_ok=True)
+        for stale in self.fs.glob(f"{self.final['tar'].rsplit('.', 1)[0]}.*.tmp-*"):
+            self.fs.rm(stale)  # left by a killed run; one run per output directory at a time
         self.write_orig, self.normalize = write_orig, normalize_image_format
         self.handle = self.fs.open(self.tmp["tar"], "wb")
         self.tar = wds.TarWriter(self.handle, encoder=False, mtime=0)

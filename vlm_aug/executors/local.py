@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import time
 import traceback
 
 from vlm_aug.executors import ExecutorReport, ShardOutcome
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
+from vlm_aug.writer import OutputUnwritable
+
+FATAL_WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
 
 
 class LocalExecutor:
@@ -34,6 +38,13 @@ class LocalExecutor:
                 progress.shard_done(stats)
             except (KeyboardInterrupt, SystemExit):
                 raise
+            except OSError as exc:
+                if exc.errno in FATAL_WRITE_ERRORS:  # every later shard would fail the same way
+                    raise OutputUnwritable(f"cannot write output shard for {url}: {exc.strerror}; free space "
+                                           "or choose another --output, then rerun: complete shards are kept") from exc
+                detail = f"{type(exc).__name__}: {exc}"
+                report.outcomes.append(ShardOutcome(url, error=detail, worker="local"))
+                progress.shard_failed(url, detail)
             except Exception as exc:
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 report.outcomes.append(ShardOutcome(url, error=detail, worker="local"))

@@ -72,7 +72,8 @@ class RewriteStage:
         g = self.generation
         params = {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample,
                   "temperature": g.temperature if g.do_sample else None,
-                  "top_p": g.top_p if g.do_sample else None, "batch_size": self.vlm.batch_size}
+                  "top_p": g.top_p if g.do_sample else None, "batch_size": self.vlm.batch_size,
+                  "max_time_s": g.max_time_s}
         return {"model": self.vlm.model, "revision": self.revision, "dtype": str(self.dtype).replace("torch.", ""),
                 "device": self.device, "trust_remote_code": self.vlm.trust_remote_code,
                 "prompt_id": self.template.id, "prompt_sha256": self.template.sha256, "params": params}
@@ -103,7 +104,7 @@ class RewriteStage:
         processors = LogitsProcessorList(
             [PerRowSampler([s.flags["seed"] for s in batch], g.temperature, g.top_p)] if g.do_sample else [])
         output = self.model.generate(**inputs, max_new_tokens=g.max_new_tokens, do_sample=False,
-                                     logits_processor=processors)
+                                     logits_processor=processors, max_time=g.max_time_s)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         for sample, text, tokens in zip(batch, texts, new_tokens):
