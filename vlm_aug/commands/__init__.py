@@ -3,4 +3,5 @@ its parser and sets `func` (args -> exit code). Add a command by adding its modu
 
 COMMAND_MODULES = [
     "vlm_aug.commands.run",
+    "vlm_aug.commands.report",
 ]

@@ -35,7 +35,19 @@ def config_from_args(args, config_path=None):
     return load_config(config_path or args.config, args.set, **direct)
 
 
+def _throughput(manifest: dict) -> tuple[int, int]:
+    """(samples, new tokens) of the shards this invocation processed, from their stats files."""
+    from vlm_aug.run import collect_stats
+    from vlm_aug.shards import shard_name
+
+    done = {shard_name(url) for url in manifest["shards"]["processed"]}
+    stats = [s for s in collect_stats(manifest["config"]["output"]["path"]) if s["shard"] in done]
+    return (sum(s["counts"]["inputs"] for s in stats),
+            sum(s.get("scores", {}).get("new_tokens", 0) for s in stats))
+
+
 def print_summary(manifest: dict, out=None) -> None:
+    """A short table: counts by status, mean CLIP cosine before/after, throughput."""
     out = out or sys.stdout
     t = manifest["totals"]
     wall = manifest["timings"]["wall_s"]
@@ -43,16 +55,28 @@ def print_summary(manifest: dict, out=None) -> None:
     print(f"\nvlm-aug run {manifest['run_id']}: {processed} shard(s) processed, "
           f"{len(manifest['shards']['skipped_complete'])} already complete, "
           f"{len(manifest['shards']['failed'])} failed, in {wall:.1f} s", file=out)
-    print(f"  samples  inputs {t['inputs']}  kept {t['kept']}  rejected {t['rejected']}  error {t['error']}", file=out)
-    print(f"  CLIP cosine mean  original {t['mean_clip_orig']}  rewrite {t['mean_clip_rewrite']}", file=out)
+    print(f"  {'status':<10}{'samples':>10}{'share':>9}", file=out)
+    for status in ("kept", "rejected", "error"):
+        share = f"{t[status] / t['inputs']:.1%}" if t["inputs"] else "-"
+        print(f"  {status:<10}{t[status]:>10,}{share:>9}", file=out)
+    print(f"  {'total':<10}{t['inputs']:>10,}", file=out)
+    before, after = t["mean_clip_orig"], t["mean_clip_rewrite"]
+    gain = f"  ({after - before:+.3f})" if before is not None and after is not None else ""
+    print(f"  CLIP cosine mean   original {before}   rewrite {after}{gain}", file=out)
+    samples, tokens = _throughput(manifest)
+    rate = f"{samples / wall:.2f} samples/s, {tokens / wall:.0f} new tokens/s" if samples and wall > 0 else "-"
+    print(f"  throughput {rate} ({samples:,} samples processed in {wall:.1f} s)", file=out)
     print(f"  output   {manifest['config']['output']['path']}", file=out)
 
 
 def execute_and_report(config, overwrite: bool, progress: bool) -> int:
+    from vlm_aug.commands.report import write_run_report
     from vlm_aug.run import execute
 
     result = execute(config, overwrite=overwrite, progress=progress)
     print_summary(result.manifest)
+    if config.output.report:
+        write_run_report(config.output.path)
     if result.failed:
         print(f"error: {len(result.failed)} shard(s) failed: {', '.join(result.failed)}", file=sys.stderr)
         return 1

@@ -1,0 +1,39 @@
+"""The per-run HTML report: `write_report(OUT)` reads OUT/shards/*.parquet, the manifest and
+the shards' images, and writes OUT/report.html, one page that opens offline."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import fsspec
+
+from vlm_aug.report.collect import ReportOptions, RunData, collect
+from vlm_aug.report.page import render_page
+from vlm_aug.report.plots import all_plots
+from vlm_aug.report.thumbs import MAX_PIXELS, attach_thumbnails
+
+__all__ = ["ReportOptions", "build_report", "write_report"]
+
+
+def _config_value(data: RunData, section: str, name: str):
+    return (((data.manifest or {}).get("config") or {}).get(section) or {}).get(name)
+
+
+def build_report(out: str, options: ReportOptions = ReportOptions()) -> tuple[str, RunData]:
+    """-> (page HTML, the collected data it shows)."""
+    data = collect(out, options)
+    attach_thumbnails(data.cards, max_pixels=_config_value(data, "limits", "max_image_pixels") or MAX_PIXELS)
+    low = _config_value(data, "policy", "min_clip_rewrite")
+    return render_page(data, all_plots(data), low), data
+
+
+def write_report(out: str, options: ReportOptions = ReportOptions(), path: Optional[str] = None) -> str:
+    """Write the page to `path` (default OUT/report.html) atomically; -> the path written."""
+    page, _ = build_report(out, options)
+    target = path or f"{out.rstrip('/')}/report.html"
+    fs, local = fsspec.core.url_to_fs(target)
+    tmp = f"{local}.tmp"
+    with fs.open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    fs.mv(tmp, local)
+    return target

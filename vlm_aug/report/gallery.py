@@ -1,0 +1,95 @@
+"""Gallery cards as HTML: thumbnail, captions (added words marked), scores, status and reason.
+
+Cards are rendered on the server so the page shows them without scripts; the
+page's script only filters and orders them by their data attributes.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Optional
+
+from vlm_aug.report.diversity import WORD_RE, words
+from vlm_aug.stages.score import split_sentences
+
+
+def highlight_added(original: Optional[str], rewrite: Optional[str]) -> str:
+    """Escaped `rewrite` with each word absent from `original` wrapped in <mark>."""
+    if not rewrite:
+        return '<span class="none">(no rewrite)</span>'
+    known = set(words(original))
+    parts, last = [], 0
+    for match in WORD_RE.finditer(rewrite):
+        parts.append(escape(rewrite[last:match.start()]))
+        word = match.group()
+        parts.append(escape(word) if word.lower() in known else f"<mark>{escape(word)}</mark>")
+        last = match.end()
+    parts.append(escape(rewrite[last:]))
+    return "".join(parts)
+
+
+def _num(value: Optional[float], signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def sentence_list(rewrite: Optional[str], scores: list[float], low: Optional[float]) -> str:
+    """One line per rewrite sentence with its CLIP cosine; sentences under `low` are marked."""
+    if not scores:
+        return ""
+    sentences = split_sentences(rewrite or "")
+    if len(sentences) != len(scores):  # should not happen; show the scores rather than misalign them
+        sentences = [f"sentence {i + 1}" for i in range(len(scores))]
+    items = []
+    for text, score in zip(sentences, scores):
+        is_low = low is not None and score < low
+        cls = ' class="low" title="below the rewrite threshold"' if is_low else ""
+        items.append(f'<li{cls}><span class="sc">{score:.3f}</span> {escape(text)}</li>')
+    return f'<ol class="sentences">{"".join(items)}</ol>'
+
+
+def _thumb(card: dict) -> str:
+    if card.get("thumb"):
+        return f'<img src="{card["thumb"]}" alt="image of {escape(card["key"])}" loading="lazy">'
+    return f'<div class="placeholder">{escape(card.get("thumb_note") or "no image")}</div>'
+
+
+def _data_attrs(card: dict) -> str:
+    orig, new = card.get("clip_orig"), card.get("clip_rewrite")
+    gain = new - orig if orig is not None and new is not None else None
+    attrs = {"status": card["status"], "reason": card.get("reason") or "",
+             "views": " ".join(sorted(card["views"])), "key": card["key"],
+             "clip-rewrite": "" if new is None else f"{new:.6f}", "gain": "" if gain is None else f"{gain:.6f}"}
+    return " ".join(f'data-{k}="{escape(str(v))}"' for k, v in attrs.items())
+
+
+def render_card(card: dict, low: Optional[float]) -> str:
+    orig, new = card.get("clip_orig"), card.get("clip_rewrite")
+    gain = new - orig if orig is not None and new is not None else None
+    outcome = card.get("outcome") or ""
+    reason = f'<span class="reason">{escape(card["reason"])}</span>' if card.get("reason") else ""
+    final = escape(card["caption"]) if card.get("caption") else '<span class="none">(not kept)</span>'
+    gain_cls = "up" if gain is not None and gain > 0 else "down" if gain is not None and gain < 0 else ""
+    detail = ((card["provenance"].get("source") or {}).get("error_detail")) or ""
+    return f"""<article class="card {escape(card['status'])}" {_data_attrs(card)}>
+<div class="thumb">{_thumb(card)}</div>
+<div class="body">
+<header><span class="badge {escape(card['status'])}">{escape(card['status'])}</span>{reason}
+<code class="key" title="{escape(card.get('shard') or '')}">{escape(card['key'])}</code></header>
+<dl>
+<dt>original</dt><dd class="orig">{escape(card.get('caption_orig') or '') or '<span class="none">(none)</span>'}</dd>
+<dt>rewrite</dt><dd class="rewrite">{highlight_added(card.get('caption_orig'), card.get('caption_rewrite'))}</dd>
+<dt>training</dt><dd class="final">{final} <span class="outcome">{escape(outcome)}</span></dd>
+</dl>
+<div class="scores">CLIP <b>{_num(orig)}</b> &rarr; <b>{_num(new)}</b>
+<span class="gain {gain_cls}">{_num(gain, signed=True)}</span></div>
+{sentence_list(card.get('caption_rewrite'), card.get('clip_sentences') or [], low)}
+{f'<p class="detail">{escape(detail)}</p>' if detail else ''}
+</div>
+</article>"""
+
+
+def render_gallery(cards: list[dict], low: Optional[float]) -> str:
+    ordered = sorted(cards, key=lambda c: (c.get("shard") or "", c["key"]))
+    return "\n".join(render_card(card, low) for card in ordered)
