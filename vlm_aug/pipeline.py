@@ -125,7 +125,7 @@ class ShardProcessor:
                 timings["write"] += time.perf_counter() - start
             start = time.perf_counter()
             stats = writer.commit(reader.report.error, reader.report.ignored_members, timings)
-            stats["timings_s"]["write"] += round(time.perf_counter() - start, 4)
+            stats["timings_s"]["write"] = round(timings["write"] + time.perf_counter() - start, 4)
             return stats
         except BaseException:
             writer.abort()

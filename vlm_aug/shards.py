@@ -94,7 +94,8 @@ class ShardReader:
     def __iter__(self) -> Iterator[Sample]:
         try:
             with fsspec.open(self.url, "rb") as raw:
-                yield from self._samples(raw)
+                counted = _CountingReader(raw)
+                yield from self._samples(counted)
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             self.report.error = f"{type(exc).__name__}: {exc}"
 
@@ -103,15 +104,16 @@ class ShardReader:
         tar = tarfile.open(fileobj=raw, mode="r|*")
         try:
             for info in tar:
-                key, ext, payload, problem = self._read_member(tar, info)
-                if key is None:
+                if info.isdir():
                     continue
+                key, ext = split_member(info.name, self.known_exts)
                 if current is not None and current["key"] != key:
                     yield self._assemble(current)
                     current = None
                 if current is None:
                     current = {"key": key, "members": {}, "names": [], "problems": []}
                 current["names"].append(info.name)
+                payload, problem = self._read_member(tar, info, ext)
                 if problem:
                     current["problems"].append(problem)
                 elif ext in current["members"]:
@@ -122,27 +124,33 @@ class ShardReader:
             self.report.error = f"truncated: {type(exc).__name__}: {exc}"
             if current is not None:
                 current["problems"].append("truncated")
+        else:
+            self._check_end(raw, tar.offset)
         if current is not None:
             yield self._assemble(current)
 
-    def _read_member(self, tar, info):
-        if info.isdir():
-            return None, None, None, None
-        key, ext = split_member(info.name, self.known_exts)
+    def _check_end(self, raw: "_CountingReader", offset: int) -> None:
+        """tarfile stops silently at a header cut short; a complete tar ends in zero blocks."""
+        tail = raw.read()
+        if raw.total - offset < 512 or tail.strip(b"\0"):
+            self.report.error = (f"truncated: the archive ends {raw.total - offset} bytes after the last "
+                                 "member without a complete end-of-archive block")
+
+    def _read_member(self, tar, info, ext: str):
+        """-> (payload, problem). Unknown extensions (e.g. .pyd/.pickle) are counted, never read."""
         if unsafe_member(info.name):
-            return key, ext, None, "unsafe_member_path"
+            return None, "unsafe_member_path"
         if not info.isfile():
-            return key, ext, None, "not_a_regular_file"
+            return None, "not_a_regular_file"
         if ext not in self.known_exts:
-            self.report.ignored_members += 1  # e.g. .pyd/.pickle: recorded, never loaded
-            return key, ext, None, None
+            self.report.ignored_members += 1
+            return None, None
         if info.size > self.max_member_bytes:
-            return key, ext, None, f"member_too_large:{ext}"
-        handle = tar.extractfile(info)
-        data = handle.read()
+            return None, f"member_too_large:{ext}"
+        data = tar.extractfile(info).read()
         if len(data) != info.size:
             raise EOFError(f"member {info.name!r} is cut short")
-        return key, ext, data, None
+        return data, None
 
     def _assemble(self, group: dict) -> Sample:
         key, members = _sanitize_key(group["key"]), group["members"]
@@ -189,6 +197,18 @@ class ShardReader:
         if not text.strip():
             return sample.fail("empty_caption")
         sample.caption_orig = text.strip()
+
+
+class _CountingReader:
+    """A read-only stream that counts the bytes it has handed out."""
+
+    def __init__(self, raw):
+        self.raw, self.total = raw, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.total += len(data)
+        return data
 
 
 def _sanitize_key(key: str) -> str:
