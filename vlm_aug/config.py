@@ -16,6 +16,7 @@ class Strict(BaseModel):
 
 
 class VLMConfig(Strict):
+    preset: Optional[str] = None  # configs/models/NAME.yaml; fills the fields left out (vlm_aug.presets)
     model: str = "HuggingFaceTB/SmolVLM-256M-Instruct"
     revision: Optional[str] = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -37,6 +38,7 @@ class GenerationConfig(Strict):
 
 
 class CLIPConfig(Strict):
+    preset: Optional[str] = None  # configs/models/NAME.yaml (kind: clip)
     model: str = "ViT-B-32"
     pretrained: Optional[str] = "laion2b_s34b_b79k"
     device: str = "auto"
@@ -100,6 +102,13 @@ class Config(Strict):
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = Field(default_factory=RayConfig)
     torch_threads: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_presets(cls, data: Any) -> Any:
+        from vlm_aug.presets import apply_presets
+
+        return apply_presets(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _output_not_input(self) -> "Config":

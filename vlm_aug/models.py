@@ -129,6 +129,7 @@ def locate_clip(model: str, pretrained: Optional[str]) -> tuple[str, Optional[st
 
     if model not in open_clip.list_models() and not model.startswith("hf-hub:"):
         raise ModelUnavailable(f"unknown open_clip model {model!r}; see open_clip.list_models()")
+    _require_cached_tokenizer(model)
     repo = model[len("hf-hub:"):] if model.startswith("hf-hub:") else None
     if repo is None and pretrained:
         cfg = open_clip.get_pretrained_cfg(model, pretrained)
@@ -139,6 +140,23 @@ def locate_clip(model: str, pretrained: Optional[str]) -> tuple[str, Optional[st
     if repo:
         _require_cached_repo(repo)
     return model, pretrained, f"{pretrained or 'random'}@{repo or 'open_clip'}"
+
+
+def _require_cached_tokenizer(model: str) -> None:
+    """SigLIP-style models tokenize with a Hugging Face tokenizer that open_clip downloads on first use."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    text_cfg = (open_clip.get_model_config(model) or {}).get("text_cfg") or {}
+    repo = text_cfg.get("hf_tokenizer_name")
+    if not repo or isinstance(try_to_load_from_cache(repo, "tokenizer_config.json"), str) or hub_reachable():
+        return
+    raise ModelUnavailable(
+        f"CLIP model {model!r} tokenizes with the Hugging Face tokenizer {repo!r}, which is not in the local "
+        "cache, and the hub cannot be reached (offline or HF_HUB_OFFLINE=1). Run once with network access "
+        f"(e.g. `huggingface-cli download {repo}`), or choose an open_clip model with the built-in "
+        "tokenizer (clip.preset: vit-b-32-laion2b)."
+    )
 
 
 def _require_cached_repo(repo: str) -> None:

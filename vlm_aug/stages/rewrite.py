@@ -55,14 +55,15 @@ class RewriteStage:
         self.revision = None
 
     def setup(self) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
+
+        from vlm_aug.families import load_processor
 
         located = locate_hf(self.vlm.model, self.vlm.revision, self.vlm.allow_pickle_weights)
         self.device = resolve_device(self.vlm.device)
         self.dtype = resolve_dtype(self.vlm.dtype, self.device)
         common = dict(trust_remote_code=self.vlm.trust_remote_code, revision=self.vlm.revision if located.source == "hub" else None)
-        self.processor = AutoProcessor.from_pretrained(located.path, **common, **self.vlm.processor_kwargs)
-        self.processor.tokenizer.padding_side = "left"
+        self.processor = load_processor(located.path, self.vlm.model, self.vlm.processor_kwargs, **common)
         self.model = AutoModelForImageTextToText.from_pretrained(
             located.path, dtype=self.dtype, use_safetensors=None if self.vlm.allow_pickle_weights else True, **common
         ).to(self.device).eval()
