@@ -4,4 +4,8 @@ its parser and sets `func` (args -> exit code). Add a command by adding its modu
 COMMAND_MODULES = [
     "vlm_aug.commands.run",
     "vlm_aug.commands.report",
+    "vlm_aug.commands.export",
+    "vlm_aug.commands.trace",
+    "vlm_aug.commands.stats",
+    "vlm_aug.commands.models",
 ]

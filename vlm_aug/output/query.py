@@ -1,0 +1,85 @@
+"""Query an output directory from its parquet sidecars: one sample's history (`trace`) and
+counts and score quantiles per shard and overall (`stats`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from vlm_aug.output.reader import OutputDir
+
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+SCORES = ("clip_orig", "clip_rewrite", "clip_final")  # before, after, and what training sees
+
+
+def trace(out: OutputDir, key: str, shard: Optional[str] = None) -> list[dict]:
+    """Every record whose output key is `key` (one per shard that has it), full provenance."""
+    shards = [shard] if shard else None
+    table = out.table(["key", "provenance"], filter_expr=pads.field("key") == key, shards=shards)
+    found = []
+    for row in table.to_pylist():
+        record = json.loads(row["provenance"])
+        record["out_shard"] = row["out_shard"]
+        found.append(record)
+    return found
+
+
+def _final_score(table: pa.Table) -> pa.Array:
+    """The CLIP cosine of the caption a kept sample trains on (null unless kept)."""
+    kept = pc.equal(table["status"], "kept")
+    uses_rewrite = pc.equal(table["outcome"], "rewrite")
+    final = pc.if_else(uses_rewrite, table["clip_rewrite"], table["clip_orig"])
+    return pc.if_else(kept, final, pa.scalar(None, pa.float64()))
+
+
+def _distribution(values: pa.ChunkedArray | pa.Array) -> dict:
+    values = pc.drop_null(values)
+    if len(values) == 0:
+        return {"n": 0, "mean": None, "quantiles": {}}
+    qs = pc.quantile(values, q=list(QUANTILES), interpolation="linear").to_pylist()
+    return {"n": len(values), "mean": round(pc.mean(values).as_py(), 6),
+            "quantiles": {f"p{int(q * 100)}": round(v, 6) for q, v in zip(QUANTILES, qs)}}
+
+
+def _counts(table: pa.Table) -> dict:
+    status = {r["status"]: r["count"] for r in _count_by(table, ["status"])}
+    reasons = {f"{r['status']}:{r['reason']}": r["count"] for r in _count_by(table, ["status", "reason"])
+               if r["reason"] is not None}
+    counts = {"inputs": table.num_rows, **{s: status.get(s, 0) for s in ("kept", "rejected", "error")}}
+    return {"counts": counts, "reasons": dict(sorted(reasons.items()))}
+
+
+def _count_by(table: pa.Table, keys: list[str]) -> list[dict]:
+    if table.num_rows == 0:
+        return []
+    grouped = table.select(keys).group_by(keys, use_threads=False).aggregate([([], "count_all")])
+    return [{**r, "count": r.pop("count_all")} for r in grouped.to_pylist()]
+
+
+def _summary(table: pa.Table) -> dict:
+    summary = _counts(table)
+    summary["scores"] = {name: _distribution(table[name]) for name in SCORES}
+    return summary
+
+
+def stats(out: OutputDir, per_shard: bool = True) -> dict:
+    """Counts by status and reason and CLIP score distributions, overall and per shard."""
+    columns = ["status", "reason", "outcome", "clip_orig", "clip_rewrite"]
+    table = out.table(columns)
+    table = table.append_column("clip_final", _final_score(table))
+    result = {"output": out.path, "shards": len(out.shard_names()), "overall": _summary(table)}
+    if per_shard:
+        order = pc.sort_indices(table, [("out_shard", "ascending")])
+        table = table.take(order)
+        names = table["out_shard"].combine_chunks()
+        bounds = pc.run_end_encode(names).run_ends.to_pylist() if len(names) else []
+        start, result["per_shard"] = 0, {}
+        for end in bounds:
+            part = table.slice(start, end - start)
+            result["per_shard"][part["out_shard"][0].as_py()] = _summary(part)
+            start = end
+    return result

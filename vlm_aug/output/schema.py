@@ -1,0 +1,88 @@
+"""The per-sample record contract: the JSON Schema shipped in the package, validation, and
+the Hugging Face `datasets` features it implies for the output tars."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any, Iterable
+
+from vlm_aug.paths import PACKAGE_DIR
+
+SCHEMA_PATH = PACKAGE_DIR / "schema" / "sample.schema.json"
+_ARROW_OF_JSON = {"string": "string", "number": "float64", "integer": "int64", "boolean": "bool"}
+
+
+@lru_cache(maxsize=1)
+def sample_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def parquet_columns() -> list[tuple[str, str]]:
+    return [(c["name"], c["type"]) for c in sample_schema()["x-parquet-columns"]]
+
+
+def validate_record(record: dict) -> list[str]:
+    """Every way `record` breaks the schema, as 'path: message' lines (empty when valid)."""
+    import jsonschema  # only needed to validate, not to write
+
+    validator = jsonschema.Draft202012Validator(sample_schema(), format_checker=jsonschema.FormatChecker())
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(record)'}: {e.message}"
+            for e in sorted(validator.iter_errors(record), key=lambda e: list(map(str, e.path)))]
+
+
+def _resolve(node: dict) -> dict:
+    ref = node.get("$ref")
+    return sample_schema()["$defs"][ref.rsplit("/", 1)[-1]] if ref else node
+
+
+def _declared_value_type(node: dict):
+    """The arrow scalar type a schema node declares once null is set aside, if exactly one."""
+    node = _resolve(node)
+    kinds = node.get("type")
+    if "enum" in node:
+        kinds = sorted({_json_kind(v) for v in node["enum"] if v is not None})
+    kinds = [kinds] if isinstance(kinds, str) else [k for k in (kinds or []) if k != "null"]
+    return _ARROW_OF_JSON.get(kinds[0]) if len(kinds) == 1 else None
+
+
+def _json_kind(value: Any) -> str:
+    return {str: "string", bool: "boolean", int: "integer", float: "number"}[type(value)]
+
+
+def _pin_nullables(features: dict, schema_node: dict) -> None:
+    """Replace features inferred as `null` with the type the schema declares for that key."""
+    from datasets import Value
+
+    for name, feature in features.items():
+        child = _resolve(schema_node.get("properties", {}).get(name, {}))
+        if isinstance(feature, dict):
+            _pin_nullables(feature, child)
+        elif isinstance(feature, Value) and feature.dtype == "null":
+            declared = _declared_value_type(child)
+            if declared:
+                features[name] = Value(declared)
+
+
+def hf_features(first_samples: Iterable[dict]):
+    """`datasets.Features` for the output tars, inferred like the `webdataset` builder does but
+    with per-sample nullable fields (e.g. `reason`) typed from the schema, so a column that is
+    null in the first samples still loads when later samples fill it."""
+    import pyarrow as pa
+    from datasets import Features, Image
+
+    rows = []
+    for sample in first_samples:
+        row = {k: v for k, v in sample.items() if k not in ("__key__", "__url__")}
+        row["json"] = json.loads(row["json"])
+        rows.append({k: (v.decode("utf-8") if k.endswith("txt") else v) for k, v in row.items()})
+    if not rows:
+        raise ValueError("no samples to infer features from: the output has no kept sample")
+    features = Features.from_arrow_schema(pa.Table.from_pylist(rows).schema)
+    _pin_nullables(features["json"], sample_schema())
+    for name in rows[0]:
+        if name in ("jpg", "jpeg", "png", "webp"):
+            features[name] = Image()
+    features["__key__"], features["__url__"] = Features.from_arrow_schema(
+        pa.schema([("__key__", pa.string()), ("__url__", pa.string())])).values()
+    return features
