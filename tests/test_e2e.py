@@ -85,6 +85,7 @@ def test_json_schema_identical_and_provenance_correct(run_once, tiny_vlm_dir):
     weights = Path(tiny_vlm_dir) / "model.safetensors"
     assert rec["generation"]["revision"] == "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
     assert rec["generation"]["params"]["max_new_tokens"] == 8
+    assert rec["generation"]["trust_remote_code"] is False
     assert rec["decision"]["policy"] == "fallback" and rec["decision"]["outcome"] in ("rewrite", "original")
     assert isinstance(rec["scoring"]["clip_orig"], float) and rec["scoring"]["clip_sentences"]
     assert rec["pipeline"]["run_id"] and len(rec["pipeline"]["config_sha256"]) == 64

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create .venv and install vlm_aug into it (editable). `--test` adds the test tools.
+# On Linux x86_64 with Python 3.11 this installs torch 2.14.1 + torchvision 0.29.1 first
+# (a matching pair; torchvision needs its own torch build). Elsewhere pip picks torch.
+# Override with TORCH_SPEC="torch==X torchvision==Y" or TORCH_SPEC=skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[[ "${1:-}" == "--test" ]] && extras="[test]"
+python="${PYTHON:-python3}"
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+pip=".venv/bin/python -m pip"
+$pip install -q --upgrade pip >/dev/null
+if [[ "${TORCH_SPEC:-}" != "skip" ]]; then
+  spec="${TORCH_SPEC:-}"
+  if [[ -z "$spec" && "$(uname -s)-$(uname -m)" == "Linux-x86_64" ]] && .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    spec="torch==2.14.1 torchvision==0.29.1"
+  fi
+  if [[ -n "$spec" ]] && ! .venv/bin/python -c "import torchvision" 2>/dev/null; then
+    echo "installing $spec (a few minutes the first time)"
+    $pip install -q $spec
+  fi
+fi
+$pip install -q -e ".$extras"
+echo "vlm_aug installed in .venv ($(.venv/bin/python -c 'import vlm_aug; print(vlm_aug.__version__)'))"

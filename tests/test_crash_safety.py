@@ -1,0 +1,108 @@
+"""SIGKILL at random points, then rerun: the output equals an uninterrupted run's.
+A full or read-only output ends the run with a clear message and no corrupt shard."""
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from helpers import make_shards, sample_members, tiny_args, write_tar
+from vlm_aug.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_argv(inputs: Path, out: Path, vlm, clip) -> list[str]:
+    return ["run", str(REPO / "configs/preview.yaml"), "--input", str(inputs / "*.tar"), "--output", str(out),
+            "--no-progress", "--no-report", *tiny_args(vlm, clip)]
+
+
+def snapshot(out: Path) -> dict:
+    """Everything that must not depend on interruptions: rows and tar members per shard."""
+    result = {}
+    for parquet in sorted((out / "shards").glob("*.parquet")):
+        rows = pq.read_table(parquet, columns=["key", "status", "reason", "caption", "caption_rewrite"]).to_pylist()
+        with tarfile.open(parquet.with_suffix(".tar")) as tar:
+            names = tar.getnames()
+        assert len(names) == len(set(names)), f"duplicate members in {parquet.name}"
+        result[parquet.stem] = (rows, sorted(names))
+    return result
+
+
+def kill_mid_run(argv: list[str], out: Path, rng: random.Random) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "vlm_aug", *argv], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target, deadline = rng.randint(0, 3), time.monotonic() + 120
+    while len(list((out / "shards").glob("*.stats.json"))) < target and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 0.6))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    inputs = tmp_path / "in"
+    make_shards(inputs, n_shards=6, per_shard=8)
+    reference = tmp_path / "reference"
+    assert main(run_argv(inputs, reference, tiny_vlm_dir, tiny_clip_dir)) == 0
+    expected = snapshot(reference)
+    for seed in range(3):
+        out = tmp_path / f"killed{seed}"
+        argv = run_argv(inputs, out, tiny_vlm_dir, tiny_clip_dir)
+        kill_mid_run(argv, out, random.Random(seed))
+        for tar in (out / "shards").glob("*.tar"):  # anything that looks complete is complete
+            assert tar.with_suffix("").with_suffix(".stats.json").exists() or tar.with_suffix(".stats.json").exists()
+        assert main(argv) == 0
+        assert snapshot(out) == expected, f"seed {seed}"
+        assert not list((out / "shards").glob("*.tmp-*"))
+
+
+def noisy_shards(root: Path, n: int = 4) -> None:
+    rng = np.random.default_rng(0)
+    for s in range(n):
+        members = []
+        for i in range(6):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (160, 160, 3), dtype=np.uint8)).save(buffer, "PNG")
+            members += sample_members(f"n{s}_{i}", "noise", buffer.getvalue(), ext="png")
+        write_tar(root / f"{s:06d}.tar", members)
+
+
+def mount_tmpfs(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("options,words", [("size=400k", "No space left"), ("size=1m,ro", "Read-only")])
+def test_full_or_read_only_output(tmp_path, tiny_vlm_dir, tiny_clip_dir, capsys, options, words):
+    inputs = tmp_path / "in"
+    noisy_shards(inputs)
+    out = tmp_path / "out"
+    if not mount_tmpfs(out, options):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        code = main(run_argv(inputs, out, tiny_vlm_dir, tiny_clip_dir))
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "--output" in err
+        for tar in (out / "shards").glob("*.tar") if (out / "shards").exists() else []:
+            stats = json.loads(tar.with_suffix(".stats.json").read_text())
+            with tarfile.open(tar) as handle:
+                assert len({n.split(".")[0] for n in handle.getnames()}) == stats["counts"]["kept"]
+        assert not list(out.rglob("*.tmp-*"))
+    finally:
+        subprocess.run(["umount", str(out)], check=False)
