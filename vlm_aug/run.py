@@ -12,6 +12,7 @@ import fsspec
 
 from vlm_aug.config import Config, ConfigError
 from vlm_aug.executors import ExecutorReport
+from vlm_aug.output.card import write_card
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
 from vlm_aug.prompts import load_template
@@ -68,6 +69,7 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
     finally:
         bar.close()
     manifest = write_manifest(config, run, report, skipped, time.time() - started)
+    write_card(config.output.path, manifest)  # README.md + croissant.json, from the committed shards
     return RunResult(manifest, [o.url for o in report.outcomes if o.error])
 
 

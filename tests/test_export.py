@@ -1,0 +1,86 @@
+"""`vlm-aug export` (llava, messages) on a real output; the exports load in their consumers."""
+
+import hashlib
+import json
+import tarfile
+
+import pytest
+
+from output_helpers import run_pipeline
+from vlm_aug.cli import main
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
+    return run_pipeline(tmp_path_factory.mktemp("export"), tiny_vlm_dir, tiny_clip_dir)
+
+
+def kept_members(out):
+    """{(shard, key): {ext: bytes}} for every sample in the output tars."""
+    found = {}
+    for path in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                found.setdefault((path.stem, key), {})[ext] = tar.extractfile(m).read()
+    return found
+
+
+def test_llava_export(out, tmp_path, capsys):
+    dest = tmp_path / "llava"
+    assert main(["export", str(out), str(dest), "--format", "llava"]) == 0
+    assert "exported 15 kept sample(s)" in capsys.readouterr().out
+    entries = json.loads((dest / "llava.json").read_text())
+    members = kept_members(out)
+    assert len(entries) == len(members) == 15  # only kept samples: the broken one is absent
+    for entry in entries:
+        link = entry["provenance"]
+        sample = members[(link["shard"], link["key"])]
+        image = (dest / entry["image"]).read_bytes()
+        assert image == sample["jpg"] and hashlib.sha256(image).hexdigest() == link["image_sha256"]
+        human, gpt = entry["conversations"]
+        assert human == {"from": "human", "value": "<image>\nDescribe this image in detail."}
+        assert gpt == {"from": "gpt", "value": sample["txt"].decode()}
+        assert link["run_id"] == json.loads(sample["json"])["pipeline"]["run_id"]
+
+
+def test_provenance_key_traces_back(out, tmp_path, capsys):
+    dest = tmp_path / "llava"
+    assert main(["export", str(out), str(dest), "--format", "llava", "--instruction", "Caption it."]) == 0
+    entry = json.loads((dest / "llava.json").read_text())[5]
+    assert entry["conversations"][0]["value"] == "<image>\nCaption it."
+    capsys.readouterr()
+    link = entry["provenance"]
+    assert main(["trace", str(out), link["key"], "--shard", link["shard"], "--json"]) == 0
+    [record] = json.loads(capsys.readouterr().out)
+    assert record["caption"] == entry["conversations"][1]["value"]
+    assert record["source"]["image_sha256"] == link["image_sha256"]
+
+
+def test_messages_export_loads_in_hf_datasets(out, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    dest = tmp_path / "messages"
+    assert main(["export", str(out), str(dest), "--format", "messages"]) == 0
+    ds = datasets.load_dataset("parquet", data_files=str(dest / "data" / "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf_cache"))
+    members = kept_members(out)
+    assert len(ds) == 15 and isinstance(ds.features["images"].feature, datasets.Image)
+    for row in ds:
+        sample = members[(row["provenance"]["shard"], row["provenance"]["key"])]
+        user, assistant = row["messages"]
+        assert user["role"] == "user" and [c["type"] for c in user["content"]] == ["image", "text"]
+        assert assistant == {"role": "assistant", "content": [{"type": "text", "text": sample["txt"].decode()}]}
+        [image] = row["images"]
+        assert isinstance(image, Image.Image) and image.size == Image.open(__import__("io").BytesIO(sample["jpg"])).size
+
+
+def test_export_refuses_non_empty_destination_and_bad_output(out, tmp_path, capsys):
+    dest = tmp_path / "busy"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    assert main(["export", str(out), str(dest), "--format", "llava"]) == 2
+    assert "not empty" in capsys.readouterr().err and (dest / "keep.txt").read_text() == "mine"
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "new"), "--format", "messages"]) == 2
+    assert "not a vlm_aug output directory" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""`vlm-aug trace` and `vlm-aug stats` on a real output (mix policy, one broken sample)."""
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from output_helpers import run_pipeline
+from vlm_aug.cli import main
+from vlm_aug.output.query import stats
+from vlm_aug.output.reader import OutputDir
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
+    return run_pipeline(tmp_path_factory.mktemp("query"), tiny_vlm_dir, tiny_clip_dir,
+                        "policy.name=mix", "policy.mix_rewrite_fraction=0.5")
+
+
+def rows(out):
+    return [r for p in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+def test_trace_prints_full_history(out, capsys):
+    assert main(["trace", str(out), "s01_0002"]) == 0
+    text = capsys.readouterr().out
+    record = json.loads(next(r["provenance"] for r in rows(out) if r["key"] == "s01_0002"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "sample s01_0002 in shard 000001: kept" in text
+    assert record["source"]["shard"] in text and record["source"]["image_sha256"] in text
+    assert record["generation"]["revision"] in text and record["generation"]["prompt_sha256"] in text
+    assert f"seed: {record['generation']['seed']}" in text and "max_new_tokens: 8" in text
+    assert f"clip_rewrite: {record['scoring']['clip_rewrite']}" in text
+    assert f"mix_draw: {record['decision']['mix_draw']}" in text and 'policy: "mix"' in text
+    assert "      | " + manifest["prompt"]["text"].splitlines()[0] in text  # the template, verbatim
+
+
+def test_trace_json_and_failed_sample(out, capsys):
+    assert main(["trace", str(out), "s00_0003", "--json"]) == 0
+    [record] = json.loads(capsys.readouterr().out)
+    assert record["status"] == "error" and record["reason"] == "decode_error"
+    assert record["source"]["error_detail"] and record["out_shard"] == "000000"
+
+
+def test_trace_unknown_key_and_bad_directory(out, tmp_path, capsys):
+    assert main(["trace", str(out), "nope_0001"]) == 1
+    assert "no sample with key 'nope_0001'" in capsys.readouterr().err
+    assert main(["stats", str(tmp_path)]) == 2
+    assert "not a vlm_aug output directory" in capsys.readouterr().err
+
+
+def test_mix_draw_recorded_and_decides(out):
+    for r in rows(out):
+        if r["status"] != "kept":
+            continue
+        decision = json.loads(r["provenance"])["decision"]
+        assert 0 <= decision["mix_draw"] < 1
+        assert r["outcome"] == ("rewrite" if decision["mix_draw"] < 0.5 else "original")
+        assert r["caption"] == (r["caption_rewrite"] if r["outcome"] == "rewrite" else r["caption_orig"])
+    outcomes = {r["outcome"] for r in rows(out) if r["status"] == "kept"}
+    assert outcomes == {"rewrite", "original"}  # 15 seeded draws at 50/50 give both
+
+
+def test_stats_match_the_rows(out, capsys):
+    assert main(["stats", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    all_rows = rows(out)
+    overall = result["overall"]
+    assert overall["counts"] == {"inputs": 16, "kept": 15, "rejected": 0, "error": 1}
+    originals = sum(1 for r in all_rows if r["reason"] == "mix_draw")
+    assert overall["reasons"] == {"error:decode_error": 1, "kept:mix_draw": originals}
+    for name in ("clip_orig", "clip_rewrite"):
+        values = [r[name] for r in all_rows if r[name] is not None]
+        expected = np.quantile(values, [0, 0.1, 0.5, 0.9, 1])
+        got = overall["scores"][name]["quantiles"]
+        assert [got[q] for q in ("p0", "p10", "p50", "p90", "p100")] == pytest.approx(expected, abs=1e-6)
+    final = [r["clip_rewrite"] if r["outcome"] == "rewrite" else r["clip_orig"] for r in all_rows if r["status"] == "kept"]
+    assert overall["scores"]["clip_final"]["mean"] == pytest.approx(np.mean(final), abs=1e-6)
+    assert result["per_shard"]["000000"]["counts"]["error"] == 1
+    assert result["per_shard"]["000001"]["counts"] == {"inputs": 8, "kept": 8, "rejected": 0, "error": 0}
+
+
+def test_stats_text(out, capsys):
+    assert main(["stats", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "overall (2 shard(s)): inputs 16  kept 15  rejected 0  error 1" in text
+    assert "error:decode_error" in text and "shard 000001: inputs 8" in text and "rewrite (after)" in text
+
+
+@pytest.mark.slow
+def test_stats_fast_on_thousands_of_shards(out, tmp_path):
+    """2000 shards (copies of a real sidecar) are summarised from parquet in seconds."""
+    big = tmp_path / "big"
+    (big / "shards").mkdir(parents=True)
+    for i in range(2000):
+        for suffix in ("parquet", "stats.json"):
+            shutil.copyfile(out / "shards" / f"000000.{suffix}", big / "shards" / f"{i:06d}.{suffix}")
+    start = time.monotonic()
+    result = stats(OutputDir(str(big)))
+    elapsed = time.monotonic() - start
+    print(f"stats over 2000 shards / 16000 rows: {elapsed:.2f} s")
+    assert result["overall"]["counts"]["inputs"] == 16000 and len(result["per_shard"]) == 2000
+    assert elapsed < 60, elapsed

@@ -1,0 +1,123 @@
+"""The dataset card (`README.md` with Hugging Face card metadata) and `croissant.json`,
+written from the manifest and the parquet sidecars at the end of every run."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from vlm_aug.output.croissant import croissant
+from vlm_aug.output.query import stats
+from vlm_aug.output.reader import OutputDir
+from vlm_aug.writer import ORIG_CAPTION_EXT
+
+LICENSE_PLACEHOLDER = "other"  # placeholder: set to the seed data's license before publishing
+SIZE_BOUNDS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+               (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+LIMITATIONS = (
+    "Rewrites are machine-generated: they can state things that are not in the image. CLIP agreement "
+    "(the scores below) is a weak check: CLIP favours salient objects and misses counts, positions and text.",
+    "CLIP's text encoder reads at most `context_length` tokens, so long rewrites are scored on their beginning; "
+    "the per-sentence scores (`scoring.clip_sentences`) cover the rest.",
+    "Thresholds are absolute cosines and depend on the CLIP model; they do not transfer between models.",
+    "The original captions and images are copied from the seed data with their biases and licenses.",
+    "Rejected and failed samples are absent from the tars; the parquet sidecars list them with their reason.",
+)
+
+
+def size_category(n: int) -> str:
+    return next((label for bound, label in SIZE_BOUNDS if n < bound), "n>1B")
+
+
+def card_metadata(manifest: dict, kept: int) -> dict:
+    inputs = manifest.get("config", {}).get("input", {}).get("paths", [])
+    return {"license": LICENSE_PLACEHOLDER, "license_name": "set-me-to-the-seed-data-license",
+            "language": ["en"], "pretty_name": "vlm_aug recaptioned image-text pairs",
+            "task_categories": ["image-to-text", "text-to-image"], "size_categories": [size_category(kept)],
+            "source_datasets": [f"extended|{p}" for p in inputs] or ["original"],
+            "annotations_creators": ["machine-generated"], "language_creators": ["machine-generated"],
+            "multilinguality": ["monolingual"], "tags": ["webdataset", "synthetic-captions", "vlm_aug"],
+            "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "shards/*.tar"}]}]}
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join("-" if v is None else str(v) for v in row) + " |" for row in rows]
+
+
+def _scores_table(overall: dict) -> list[str]:
+    names = {"clip_orig": "original caption (before)", "clip_rewrite": "rewrite (after)",
+             "clip_final": "training caption (kept)"}
+    qs = ["p0", "p10", "p25", "p50", "p75", "p90", "p100"]
+    rows = [[label, overall["scores"][k]["n"], overall["scores"][k]["mean"],
+             *[overall["scores"][k]["quantiles"].get(q) for q in qs]] for k, label in names.items()]
+    return _table(["CLIP cosine", "n", "mean", *qs], rows)
+
+
+def _models(manifest: dict) -> list[str]:
+    models = manifest.get("models", {})
+    rows = [[stage, f"`{m.get('model')}`", f"`{m.get('revision')}`", m.get("dtype", m.get("pretrained"))]
+            for stage, m in (("rewrite (VLM)", models.get("rewrite", {})), ("score (CLIP)", models.get("score", {})))]
+    return _table(["stage", "model", "revision", "dtype / pretrained"], rows)
+
+
+def _policy_section(config: dict) -> list[str]:
+    policy, limits = config.get("policy", {}), config.get("limits", {})
+    lines = [f"Policy `{policy.get('name')}` with " + ", ".join(f"`{k}={v}`" for k, v in policy.items()
+                                                                 if k != "name") + "."]
+    notes = {"rewrite": "keep the rewrite when it passes the thresholds, else reject.",
+             "fallback": "keep the rewrite when it passes and is not worse than the original by more than "
+                         "`max_drop`, else keep the original when it passes `min_clip_orig`, else reject.",
+             "mix": "per sample, a seeded draw (`decision.mix_draw` in the provenance) below "
+                    "`mix_rewrite_fraction` prefers the rewrite, otherwise the original (reason `mix_draw`); "
+                    "thresholds as in `fallback`.",
+             "both": f"as `rewrite`, and the original caption is written beside it as `KEY.{ORIG_CAPTION_EXT}`."}
+    lines.append(notes.get(policy.get("name"), ""))
+    lines.append("Input limits: " + ", ".join(f"`{k}={v}`" for k, v in limits.items()) + ".")
+    return lines
+
+
+def card_body(manifest: dict, summary: dict, n_shards: int) -> str:
+    config, prompt = manifest.get("config", {}), manifest.get("prompt", {})
+    gen = config.get("generation", {})
+    c = summary["counts"]
+    lines = ["# vlm_aug recaptioned dataset", "",
+             f"Written by vlm-aug {manifest.get('versions', {}).get('vlm-aug')} (run `{manifest.get('run_id')}`, "
+             f"config sha256 `{manifest.get('config_sha256')}`). Full details: `manifest.json`; per-sample "
+             "history: `vlm-aug trace . KEY`; Croissant metadata: `croissant.json`.", "",
+             "## Seed data", "", "Input shards: " + ", ".join(f"`{p}`" for p in config.get("input", {}).get("paths", [])),
+             f"({n_shards} shard(s), {c['inputs']} input samples, caption from `{config.get('input', {}).get('caption_key')}`).",
+             "", "## Prompt template", "", f"Template `{prompt.get('id')}` (sha256 `{prompt.get('sha256')}`), verbatim; "
+             "`{caption}` is replaced by the original caption:", "", "````text", prompt.get("text", ""), "````", "",
+             "## Models", "", *_models(manifest), "", "## Generation parameters", "",
+             *_table(["parameter", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in gen.items() if k != "prompt"]),
+             "", "## Filters and thresholds", "", *_policy_section(config), "",
+             "## Counts", "", *_table(["inputs", "kept", "rejected", "error"],
+                                      [[c["inputs"], c["kept"], c["rejected"], c["error"]]]), "",
+             *_table(["status:reason", "samples"], [[k, v] for k, v in summary["reasons"].items()]), "",
+             "## Score distributions", "", *_scores_table(summary), "",
+             "## Layout", "", "`shards/NAME.tar`: `KEY.<image ext>` (input bytes, never re-encoded unless "
+             "`output.normalize_image_format` is set), `KEY.txt` (training caption), `KEY.json` (provenance, "
+             f"schema `vlm_aug.sample/1`); with policy `both` also `KEY.{ORIG_CAPTION_EXT}` (the original caption). "
+             "`shards/NAME.parquet`: one row per input sample. `shards/sizes.json`: kept samples per tar.", "",
+             "## Known limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]
+    return "\n".join(lines)
+
+
+def write_card(out_path: str, manifest: dict) -> dict:
+    """Write `README.md` and `croissant.json` into the output directory; returns the card metadata."""
+    out = OutputDir(out_path)
+    summary = stats(out, per_shard=False)["overall"]
+    metadata = card_metadata(manifest, summary["counts"]["kept"])
+    front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
+    with out.fs.open(f"{out.root}/README.md", "w") as handle:
+        handle.write(f"---\n{front}---\n\n{card_body(manifest, summary, len(out.shard_names()))}")
+    shard_runs = {s["shard"]: s.get("run_id") for s in out.shard_stats()}
+    description = (f"{summary['counts']['kept']} image-caption pairs whose captions were rewritten by "
+                   f"{manifest.get('models', {}).get('rewrite', {}).get('model')} and checked with CLIP.")
+    document = croissant(manifest, shard_runs, "vlm_aug-recaptioned", description,
+                         "https://example.invalid/set-the-license")
+    with out.fs.open(f"{out.root}/croissant.json", "w") as handle:
+        json.dump(document, handle, indent=1)
+    return metadata
