@@ -118,7 +118,7 @@ class RewriteStats:
             "contains_original": self.contains,
             "identical_share": self.identical / self.pairs if self.pairs else None,
             "contains_share": self.contains / self.pairs if self.pairs else None,
-            "top_added_words": self.added_df.most_common(self.top_n),
+            "top_added_words": sorted(self.added_df.items(), key=lambda kv: (-kv[1], kv[0]))[: self.top_n],
             "duplicate_texts": len(shared),
             "duplicate_samples": sum(shared),
         }
