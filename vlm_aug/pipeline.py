@@ -22,6 +22,10 @@ _DONE = object()
 
 
 def build_stages(config: Config) -> list:
+    if config.dry_run:
+        from vlm_aug.stages.passthrough import PassThroughStage
+
+        return [PassThroughStage()]
     return [RewriteStage(config.vlm, config.generation, config.limits), ScoreStage(config.clip),
             DecideStage(config.policy, config.generation.seed)]
 
@@ -85,7 +89,7 @@ class ShardProcessor:
             described = {stage.name: stage.describe() for stage in self.stages}
             self.run.generation = described.get("rewrite", {})
             self.run.scoring = described.get("score", {})
-            self.run.decision = described.get("decide", {})
+            self.run.decision = described.get("decide", described.get("passthrough", {}))
             self.ready = True
 
     def _batches(self, reader: ShardReader, timings: dict) -> Iterator[list[Sample]]:

@@ -18,6 +18,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo shards that are already complete")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    p.add_argument("--no-model", action="store_true",
+                   help="dry run: no models; decode images and write full output with the original captions")
 
 
 def register(sub) -> None:
@@ -32,6 +34,8 @@ def config_from_args(args, config_path=None):
               "ray__address": args.ray_address}
     if args.no_report:
         direct["output__report"] = False
+    if getattr(args, "no_model", False):
+        direct["dry_run"] = True
     return load_config(config_path or args.config, args.set, **direct)
 
 
