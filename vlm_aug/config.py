@@ -102,6 +102,7 @@ class Config(Strict):
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = Field(default_factory=RayConfig)
     torch_threads: Optional[int] = Field(None, ge=1)
+    dry_run: bool = False  # no models: caption kept as is, images still decoded, full output written
 
     @model_validator(mode="before")
     @classmethod
