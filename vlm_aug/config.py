@@ -81,14 +81,20 @@ class OutputConfig(Strict):
 
 
 class RayConfig(Strict):
-    address: Optional[str] = None
-    num_actors: Optional[int] = Field(None, ge=1)
-    num_gpus_per_actor: float = Field(0.0, ge=0)
+    """Where and how shards run under `executor: ray`; see docs/cluster.md."""
+
+    address: Optional[str] = None  # None: RAY_ADDRESS, else an embedded local instance
+    num_actors: Optional[int] = Field(None, ge=1)  # None: one per GPU, or CPUs / num_cpus_per_actor
+    num_gpus_per_actor: Optional[float] = Field(None, ge=0)  # None: 1 on a cluster with GPUs, else 0
     num_cpus_per_actor: float = Field(1.0, gt=0)
-    torch_threads_per_actor: Optional[int] = Field(None, ge=1)
+    torch_threads_per_actor: Optional[int] = Field(None, ge=1)  # None: floor(num_cpus_per_actor)
     max_shards_in_flight_per_actor: int = Field(2, ge=1)
     max_retries: int = Field(2, ge=0)
     resource_timeout_s: float = Field(30.0, gt=0)
+    setup_timeout_s: float = Field(900.0, gt=0)  # model load per actor
+    shard_timeout_s: float = Field(3600.0, gt=0)  # one shard on one actor
+    dashboard: Optional[bool] = None  # embedded instance only; None: when ray[default] is installed
+    object_store_mb: int = Field(256, ge=75)  # embedded instance only; shards never go through it
 
 
 class Config(Strict):
@@ -99,7 +105,7 @@ class Config(Strict):
     clip: CLIPConfig = Field(default_factory=CLIPConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    executor: Literal["local", "ray"] = "local"
+    executor: Literal["local", "ray"] = "ray"
     ray: RayConfig = Field(default_factory=RayConfig)
     torch_threads: Optional[int] = Field(None, ge=1)
     dry_run: bool = False  # no models: caption kept as is, images still decoded, full output written
@@ -123,7 +129,9 @@ class Config(Strict):
         return self
 
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+        """Hash of what decides the output; where it runs (executor, ray, threads) does not."""
+        recipe = self.model_dump(exclude={"executor", "ray", "torch_threads"})
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
 def _normalized(path: str) -> str:

@@ -1,0 +1,116 @@
+"""Ray executor: the same per-shard work as `local`, on a pool of long-lived actors.
+
+Connects to `ray.address` / RAY_ADDRESS or starts an embedded local instance, sizes
+the pool from the cluster (`executors.ray_cluster`), schedules shards with
+backpressure and retries (`executors.ray_pool`) onto `executors.ray_actor.ShardWorker`.
+Output and resume are the foundation's: a shard is done when its stats file is committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+
+import fsspec
+
+from vlm_aug.config import Config
+from vlm_aug.executors import ExecutorReport
+from vlm_aug.executors.ray_actor import ShardWorker
+from vlm_aug.executors.ray_cluster import connect, plan_pool
+from vlm_aug.executors.ray_pool import ShardScheduler, _say
+from vlm_aug.pipeline import ShardProcessor
+from vlm_aug.progress import RunProgress
+from vlm_aug.shards import shard_name
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so actors and Ray are stopped."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def remove_temps(out_root: str, names: set[str], keep_run_id: str | None = None) -> int:
+    """Delete `NAME.*.tmp-RUNID` files of the given shards (never complete output); -> how many."""
+    fs, root = fsspec.core.url_to_fs(out_root)
+    fs.invalidate_cache()  # actors in other processes wrote here since this process last listed
+    removed = 0
+    for path in fs.glob(f"{root.rstrip('/')}/shards/*.tmp-*"):
+        base = path.rsplit("/", 1)[-1]
+        name, run_id = base.split(".", 1)[0], base.rsplit(".tmp-", 1)[-1]
+        if name in names and run_id != keep_run_id:
+            fs.rm(path)
+            removed += 1
+    return removed
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def _spawner(self, processor: ShardProcessor, plan):
+        import ray
+
+        worker_cls = ray.remote(ShardWorker)
+        options = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0,
+                       max_concurrency=self.config.ray.max_shards_in_flight_per_actor + 1)  # +1: ping/metrics
+
+        def spawn(index: int):
+            return worker_cls.options(**options).remote(self.config, processor.run, index, plan.torch_threads)
+
+        return spawn
+
+    def run(self, urls: list[str], processor: ShardProcessor, progress: RunProgress) -> ExecutorReport:
+        import ray
+
+        start = time.perf_counter()
+        names = {shard_name(u) for u in urls}
+        stale = remove_temps(self.config.output.path, names)
+        if stale:
+            _say(f"removed {stale} partial file(s) left by an interrupted run; those shards are redone")
+        owned, embedded = False, False
+        scheduler = None
+        try:
+            with sigterm_as_interrupt():
+                owned, embedded = connect(self.config.ray)
+                plan = plan_pool(self.config.ray, embedded)
+                _say(f"{'embedded local Ray' if embedded else 'Ray cluster'}: {plan.describe()}, "
+                     f"{len(urls)} shard(s)")
+                scheduler = ShardScheduler(self._spawner(processor, plan), plan.num_actors, self.config.ray, progress)
+                outcomes = scheduler.run(urls)
+                workers = scheduler.worker_report()
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
+            if owned:
+                ray.shutdown()
+        self._cite_stages(processor, scheduler.described)
+        remove_temps(self.config.output.path, names)  # left by actors that died mid-shard
+        report = ExecutorReport(outcomes=outcomes, workers=workers)
+        report.startup_s = scheduler.startup_s or time.perf_counter() - start
+        return report
+
+    @staticmethod
+    def _cite_stages(processor: ShardProcessor, described: dict | None) -> None:
+        """The models were loaded in the actors: copy what they describe into the driver's run."""
+        if described:
+            processor.run.generation = described["generation"]
+            processor.run.scoring = described["scoring"]
+            processor.run.decision = described["decision"]
+        else:
+            print("vlm-aug[ray]: no actor finished loading the models", file=sys.stderr)

@@ -1,0 +1,110 @@
+"""The long-lived Ray worker: holds the models once, turns shards into committed output shards.
+
+It is a plain class (no Ray import at module level); `executors.ray` wraps it with
+`ray.remote`. The actor runs with several threads (one per shard in flight): while
+one shard's batches go through the models, the others read, decode and write, so
+the accelerator does not wait on I/O. One lock keeps the models to one batch at a
+time, and the time it is held is the accelerator's busy time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import threading
+import time
+
+from vlm_aug.config import Config
+from vlm_aug.pipeline import ShardProcessor, build_stages
+from vlm_aug.provenance import RunContext
+
+
+class ModelMeter:
+    """Counts how long the models were busy, and how many shards were open at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.busy_s = 0.0
+        self.open_shards = self.max_open_shards = 0
+
+
+class LockedStage:
+    """A stage whose `process_batch` holds the actor's model lock; everything else passes through."""
+
+    def __init__(self, stage, meter: ModelMeter):
+        self.stage, self.meter = stage, meter
+        self.name, self.resources = stage.name, stage.resources
+
+    def setup(self) -> None:
+        self.stage.setup()
+
+    def describe(self) -> dict:
+        return self.stage.describe()
+
+    def process_batch(self, samples) -> None:
+        with self.meter.lock:
+            start = time.perf_counter()
+            try:
+                self.stage.process_batch(samples)
+            finally:
+                self.meter.busy_s += time.perf_counter() - start
+
+
+class ShardWorker:
+    """One model copy; `process(url)` may run in several threads at once (one per shard)."""
+
+    def __init__(self, config: Config, run: RunContext, slot: int, torch_threads: int):
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        self.slot, self.torch_threads = slot, torch_threads
+        self.identity = f"ray:{slot}@{socket.gethostname()}:{os.getpid()}"
+        self.meter = ModelMeter()
+        stages = [LockedStage(stage, self.meter) for stage in build_stages(config)]
+        self.processor = ShardProcessor(config, dataclasses.replace(run, worker=self.identity), stages)
+        self.ready_at: float | None = None
+        self.shards = self.samples = self.tokens = 0
+        self.count_lock = threading.Lock()
+
+    def ping(self) -> dict:
+        """Answers once the actor is placed and constructed (models not loaded yet)."""
+        import ray
+
+        return {"worker": self.identity, "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(), "gpu_ids": ray.get_gpu_ids(), "torch_threads": self.torch_threads}
+
+    def setup(self) -> dict:
+        """Load the models; -> what the stages describe (for the run manifest)."""
+        start = time.perf_counter()
+        self.processor.setup()
+        self.ready_at = time.perf_counter()
+        run = self.processor.run
+        return {"generation": run.generation, "scoring": run.scoring, "decision": run.decision,
+                "setup_s": round(self.ready_at - start, 3)}
+
+    def process(self, url: str) -> dict:
+        with self.count_lock:
+            self.meter.open_shards += 1
+            self.meter.max_open_shards = max(self.meter.max_open_shards, self.meter.open_shards)
+        try:
+            stats = self.processor.process(url)
+        finally:
+            with self.count_lock:
+                self.meter.open_shards -= 1
+        with self.count_lock:
+            self.shards += 1
+            self.samples += stats["counts"]["inputs"]
+            self.tokens += stats.get("scores", {}).get("new_tokens", 0)
+        return {**stats, "worker": self.identity}
+
+    def metrics(self) -> dict:
+        """Throughput and model idle time since the models were loaded."""
+        alive = time.perf_counter() - self.ready_at if self.ready_at else 0.0
+        busy = self.meter.busy_s
+        return {"worker": self.identity, "shards": self.shards, "samples": self.samples, "tokens": self.tokens,
+                "alive_s": round(alive, 3), "model_busy_s": round(busy, 3),
+                "model_idle_s": round(max(alive - busy, 0.0), 3),
+                "samples_per_s": round(self.samples / alive, 3) if alive else None,
+                "tokens_per_s": round(self.tokens / alive, 3) if alive else None,
+                "max_shards_open": self.meter.max_open_shards, "torch_threads": self.torch_threads}

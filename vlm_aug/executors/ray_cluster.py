@@ -1,0 +1,123 @@
+"""Connect to Ray (an existing cluster or an embedded local instance) and size the actor pool
+from what the cluster really has, failing fast with a clear message when it cannot be met."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from vlm_aug.config import ConfigError, RayConfig
+
+
+class ClusterResourceError(ConfigError):
+    """The cluster cannot run the pool that was asked for; the message says what was asked and what exists."""
+
+
+class RayUnavailable(ConfigError):
+    """No Ray cluster answers at the given address."""
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    num_actors: int
+    num_cpus: float
+    num_gpus: float
+    torch_threads: int
+
+    def describe(self) -> str:
+        gpus = f", {self.num_gpus:g} GPU" if self.num_gpus else ""
+        return (f"{self.num_actors} actor(s) x ({self.num_cpus:g} CPU{gpus}, "
+                f"{self.torch_threads} torch thread(s))")
+
+
+def local_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Ray waits minutes on an address where nothing listens; a TCP probe answers in seconds."""
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayUnavailable(
+            f"no Ray cluster answers at {address!r} ({exc}). Start one (`ray start --head`), fix "
+            "--ray-address / RAY_ADDRESS, or leave both unset to run on an embedded local instance"
+        ) from None
+
+
+def connect(cfg: RayConfig) -> tuple[bool, bool]:
+    """Initialise Ray unless it already is. -> (we connected and must shut down, embedded)."""
+    import ray
+
+    if ray.is_initialized():
+        return False, False
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _probe(address, min(cfg.resource_timeout_s, 10.0))
+        ray.init(address=address, log_to_driver=True)
+        return True, False
+    # address="local": never attach to some other cluster `ray start` left on this machine
+    ray.init(address="local", num_cpus=local_cpus(), include_dashboard=cfg.dashboard,
+             object_store_memory=cfg.object_store_mb * 1024 * 1024)
+    return True, True
+
+
+def alive_nodes() -> list[dict]:
+    import ray
+
+    return [{"ip": n.get("NodeManagerAddress", "?"), "cpus": n["Resources"].get("CPU", 0.0),
+             "gpus": n["Resources"].get("GPU", 0.0)} for n in ray.nodes() if n.get("Alive")]
+
+
+def describe_nodes(nodes: list[dict]) -> str:
+    total_cpu, total_gpu = sum(n["cpus"] for n in nodes), sum(n["gpus"] for n in nodes)
+    per_node = "; ".join(f"{n['ip']}: {n['cpus']:g} CPU, {n['gpus']:g} GPU" for n in nodes)
+    return f"{len(nodes)} node(s), {total_cpu:g} CPU and {total_gpu:g} GPU in all ({per_node})"
+
+
+def fit(cfg: RayConfig, nodes: list[dict]) -> tuple[PoolPlan | None, str]:
+    """-> (plan, "") when the cluster can hold the pool, else (None, what is wrong)."""
+    has_gpus = any(n["gpus"] > 0 for n in nodes)
+    gpus = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if has_gpus else 0.0)
+    cpus = cfg.num_cpus_per_actor
+
+    def fits(node: dict) -> int:
+        by_cpu = math.floor(node["cpus"] / cpus + 1e-9)
+        return min(by_cpu, math.floor(node["gpus"] / gpus + 1e-9)) if gpus else by_cpu
+
+    capacity = sum(fits(n) for n in nodes)
+    wanted = cfg.num_actors or capacity
+    threads = cfg.torch_threads_per_actor or max(1, math.floor(cpus))
+    if capacity >= max(wanted, 1):
+        return PoolPlan(wanted, cpus, gpus, threads), ""
+    asked = f"{cfg.num_actors or 'at least 1'} actor(s) with {cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
+    fix = ("set ray.num_gpus_per_actor: 0 for a CPU pool, or connect to a cluster with GPUs (--ray-address)"
+           if gpus and not has_gpus else
+           "lower ray.num_cpus_per_actor / ray.num_gpus_per_actor / ray.num_actors, or add nodes")
+    return None, (f"the Ray cluster cannot hold the actor pool: asked for {asked} each "
+                  f"(room for {capacity}); the cluster has {describe_nodes(nodes)}. Fix: {fix}")
+
+
+def plan_pool(cfg: RayConfig, embedded: bool) -> PoolPlan:
+    """Size the pool; on a cluster that may still be adding nodes, wait up to resource_timeout_s."""
+    deadline = time.monotonic() + (0.0 if embedded else cfg.resource_timeout_s)
+    while True:
+        plan, problem = fit(cfg, alive_nodes())
+        if plan is not None:
+            return plan
+        if time.monotonic() >= deadline:
+            waited = "" if embedded else f" (waited {cfg.resource_timeout_s:g} s for nodes to join)"
+            raise ClusterResourceError(problem + waited)
+        time.sleep(1.0)
