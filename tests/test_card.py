@@ -1,0 +1,71 @@
+"""The dataset card and croissant.json that every run writes, read back by real parsers."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from output_helpers import run_pipeline
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
+    return run_pipeline(tmp_path_factory.mktemp("card"), tiny_vlm_dir, tiny_clip_dir, "policy.name=both")
+
+
+def card(out):
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    front, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(front), body
+
+
+def test_card_metadata(out):
+    meta, _ = card(out)
+    assert meta["license"] == "other" and "set-me" in meta["license_name"]
+    assert meta["annotations_creators"] == ["machine-generated"]
+    assert meta["task_categories"] == ["image-to-text", "text-to-image"]
+    assert meta["size_categories"] == ["n<1K"]
+    assert meta["source_datasets"] == [f"extended|{out.parent / 'in' / '*.tar'}"]
+    assert meta["configs"][0]["data_files"][0]["path"] == "shards/*.tar"
+
+
+def test_card_body_documents_the_run(out):
+    _, body = card(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert f"````text\n{manifest['prompt']['text']}\n````" in body  # the template verbatim
+    assert manifest["prompt"]["sha256"] in body
+    for stage in ("rewrite", "score"):
+        assert manifest["models"][stage]["revision"] in body
+    assert "| max_new_tokens | `8` |" in body
+    assert "Policy `both`" in body and "`min_clip_rewrite=-1.0`" in body and "KEY.orig.txt" in body
+    assert "| 16 | 15 | 0 | 1 |" in body and "| error:decode_error | 1 |" in body
+    assert "| rewrite (after) | 15 |" in body and "## Known limitations" in body
+
+
+def test_croissant_validates_and_reads_every_row_with_mlcroissant(out):
+    mlc = pytest.importorskip("mlcroissant")
+    dataset = mlc.Dataset(str(out / "croissant.json"))  # raises on validation errors
+    records = list(dataset.records("samples"))
+    rows = [r for p in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert len(records) == len(rows) == 16
+    assert sorted(r["samples/key"].decode() for r in records) == sorted(r["key"] for r in rows)
+    assert {r["samples/status"].decode() for r in records} == {"kept", "error"}
+
+
+def test_croissant_prov_links(out):
+    doc = json.loads((out / "croissant.json").read_text())
+    stats = {p.name[: -len(".stats.json")]: json.loads(p.read_text()) for p in (out / "shards").glob("*.stats.json")}
+    inputs = sorted(str(p) for p in (out.parent / "in").glob("*.tar"))
+    assert sorted(d["@id"] for d in doc["prov:wasDerivedFrom"]) == inputs
+    assert doc["prov:wasGeneratedBy"]["@type"] == "prov:Activity"
+    links = {m["@id"]: m for m in doc["prov:hadMember"]}
+    assert set(links) == {f"shards/{name}.tar" for name in stats}
+    for name, shard_stats in stats.items():
+        link = links[f"shards/{name}.tar"]
+        assert link["prov:wasDerivedFrom"]["@id"] == str(out.parent / "in" / f"{name}.tar")
+        assert link["prov:wasGeneratedBy"]["@id"] == f"run:{shard_stats['run_id']}"
+    models = json.loads((out / "manifest.json").read_text())["models"]
+    used = {u["@id"] for u in doc["prov:wasGeneratedBy"]["prov:used"]}
+    assert used == {f"model:{models['rewrite']['model']}", f"model:{models['score']['model']}"}
