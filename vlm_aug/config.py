@@ -185,6 +185,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), **direct: An
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set policy.name=rewrite")
         key, raw = item.split("=", 1)
+        if key.strip() in ("vlm.preset", "clip.preset"):
+            from vlm_aug.presets import clear_preset_fields
+
+            data = clear_preset_fields(data, key.strip().split(".")[0], yaml.safe_load(raw))
         _set_dotted(data, key.strip(), raw)
     for dotted, value in direct.items():
         if value is not None:

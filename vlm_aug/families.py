@@ -10,10 +10,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from vlm_aug.config import ConfigError
 from vlm_aug.models import ModelUnavailable
@@ -28,6 +27,27 @@ class Family:
     token_bounds: str  # which processor_kwargs bound the image tokens, and the default when unset
     requires: tuple[str, ...] = ()  # python modules the family's processor refuses to start without
     bound_keys: tuple[str, ...] = ()  # processor_kwargs that bound tokens; a warning when none is set
+    adapt_kwargs: Optional[Callable[[dict], dict]] = None  # user spelling -> what this transformers wants
+
+
+def qwen_pixel_bounds(kwargs: dict) -> dict:
+    """Qwen's documented `min_pixels` / `max_pixels` -> `size={shortest_edge, longest_edge}`.
+
+    Why: transformers 5 keeps processor load kwargs and re-sends them on every call, where
+    min/max_pixels are deprecated (FutureWarning, slated for removal); `size` is the supported form.
+    """
+    from transformers import Qwen2VLImageProcessor
+
+    default = dict(getattr(Qwen2VLImageProcessor, "size", None) or {})
+    if not {"min_pixels", "max_pixels"} & set(kwargs) or "longest_edge" not in default:
+        return kwargs  # nothing to translate, or an older transformers that takes them as they are
+    out = dict(kwargs)
+    size = {**default, **out.pop("size", {})}
+    if "min_pixels" in out:
+        size["shortest_edge"] = out.pop("min_pixels")
+    if "max_pixels" in out:
+        size["longest_edge"] = out.pop("max_pixels")
+    return {**out, "size": size}
 
 
 FAMILIES = (
@@ -40,11 +60,11 @@ FAMILIES = (
     Family("Qwen2-VL", ("qwen2_vl",),
            "min_pixels / max_pixels -> image tokens = pixels / 28^2 within [min, max]; "
            "unset, max_pixels is 12.8 MP (16,384 tokens per image)",
-           bound_keys=("max_pixels", "size")),
+           bound_keys=("max_pixels", "size"), adapt_kwargs=qwen_pixel_bounds),
     Family("Qwen2.5-VL", ("qwen2_5_vl",),
            "min_pixels / max_pixels -> image tokens = pixels / 28^2 within [min, max]; "
            "unset, max_pixels is 12.8 MP (16,384 tokens per image)",
-           bound_keys=("max_pixels", "size")),
+           bound_keys=("max_pixels", "size"), adapt_kwargs=qwen_pixel_bounds),
     Family("LLaVA", ("llava",),
            "fixed: every image is resized and centre-cropped to the vision tower's size "
            "(576 tokens for llava-1.5 at 336 px)"),
@@ -104,9 +124,8 @@ def load_processor(path: str, model: str, processor_kwargs: dict[str, Any], **lo
 
     family = family_of(model_type(path))
     _require_modules(family, model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # min/max_pixels spelling; same effect as size=
-        processor = AutoProcessor.from_pretrained(path, **load_kwargs, **processor_kwargs)
+    adapted = family.adapt_kwargs(processor_kwargs) if family.adapt_kwargs else processor_kwargs
+    processor = AutoProcessor.from_pretrained(path, **load_kwargs, **adapted)
     check_processor_kwargs(processor, processor_kwargs, model)
     if family.bound_keys and not set(family.bound_keys) & set(processor_kwargs):
         log.warning("%s model %r loaded without vlm.processor_kwargs.%s: %s. Use a preset "

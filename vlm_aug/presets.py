@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
+from vlm_aug.config import ConfigError
 from vlm_aug.paths import configs_dir
 
 SECTION = {"vlm": "vlm", "clip": "clip"}  # preset kind -> config section it fills
@@ -73,7 +74,7 @@ def load_preset(name: str, kind: Optional[str] = None) -> Preset:
     if preset is None or (kind and preset.kind != kind):
         names = ", ".join(p.name for p in list_presets(kind))
         what = f"is a {preset.kind} preset, not a {kind} one" if preset else "is not a preset"
-        raise ValueError(f"{kind or 'model'}.preset {name!r} {what}; available: {names} (configs/models/)")
+        raise ConfigError(f"{kind or 'model'}.preset {name!r} {what}; available: {names} (configs/models/)")
     return preset
 
 
@@ -83,6 +84,15 @@ def _merge(preset_fields: dict, explicit: dict) -> dict:
         if isinstance(value, dict) and isinstance(explicit.get(key), dict):
             merged[key] = {**value, **explicit[key]}
     return merged
+
+
+def clear_preset_fields(data: dict, section: str, name: str) -> dict:
+    """For `--set vlm.preset=NAME`: the preset replaces the fields the config file set that it defines
+    (a file's `vlm.model` must not silently win over a preset chosen on the command line)."""
+    kind = next(k for k, s in SECTION.items() if s == section)
+    defined = load_preset(str(name), kind).fields if name else {}
+    current = data.get(section) if isinstance(data.get(section), dict) else {}
+    return {**data, section: {k: v for k, v in current.items() if k not in defined}}
 
 
 def apply_presets(data: dict) -> dict:
@@ -99,3 +109,39 @@ def apply_presets(data: dict) -> dict:
                 current = data.get(other) if isinstance(data.get(other), dict) else {}
                 data[other] = {**values, **current}
     return data
+
+
+def _hub_cached(repo: str, filename: str, revision: Optional[str]) -> Optional[str]:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename, revision=revision)
+    return found if isinstance(found, str) else None
+
+
+def _vlm_location(preset: Preset, search_dirs: list[str]) -> Optional[str]:
+    for root in search_dirs:
+        for candidate in (Path(root) / preset.hub_id, Path(root) / preset.hub_id.split("/")[-1]):
+            if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
+                return f"local {candidate}"
+    config = _hub_cached(preset.hub_id, "config.json", preset.fields.get("revision"))
+    if config and any(Path(config).parent.glob("*.safetensors")):
+        return f"hub cache @ {Path(config).parent.name[:12]}"
+    return None
+
+
+def _clip_location(preset: Preset) -> Optional[str]:
+    import open_clip
+
+    model, tag = preset.fields["model"], preset.fields.get("pretrained")
+    repo = ((open_clip.get_pretrained_cfg(model, tag) if tag else {}) or {}).get("hf_hub", "").rstrip("/")
+    weights = repo and next((f for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+                             if _hub_cached(repo, f, None)), None)
+    tokenizer = ((open_clip.get_model_config(model) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    if not weights or (tokenizer and not _hub_cached(tokenizer, "tokenizer_config.json", None)):
+        return None
+    return f"hub cache {repo}"
+
+
+def offline_location(preset: Preset, search_dirs: list[str] = ()) -> Optional[str]:
+    """Where the preset's weights are on this machine without network (None when they are not)."""
+    return _vlm_location(preset, list(search_dirs)) if preset.kind == "vlm" else _clip_location(preset)

@@ -159,3 +159,32 @@ TINY_BUILDERS: dict[str, Callable[..., Path]] = {
     "qwen2_5_vl": lambda out_dir, **kw: build_tiny_qwen_vl(out_dir, version="2.5", **kw),
     "llava": build_tiny_llava,
 }
+
+
+def tiny_clip_variant_config(architecture: str, *, image_size: int = 64, width: int = 64, layers: int = 2) -> dict:
+    """open_clip's own config for `architecture` (e.g. ViT-L-14) shrunk in width, depth and image size;
+    patch size, tokenizer (vocab, context length) and every other structural choice stay as released."""
+    import copy
+
+    import open_clip
+
+    real = open_clip.get_model_config(architecture)
+    if real is None or "timm_model_name" in real.get("vision_cfg", {}) or "hf_tokenizer_name" in real.get("text_cfg", {}):
+        raise ValueError(f"{architecture!r} is not a plain open_clip ViT CLIP; no tiny variant is built for it")
+    cfg = copy.deepcopy(real)
+    heads = 4
+    cfg["embed_dim"] = width
+    cfg["vision_cfg"].update(image_size=image_size, layers=layers, width=width, head_width=width // heads)
+    cfg["text_cfg"].update(width=width, heads=heads, layers=layers)
+    return cfg
+
+
+def build_tiny_clip_variant(out_dir, architecture: str, *, seed: int = 0, **size_knobs) -> Path:
+    """Save a random tiny variant of an open_clip architecture in the `local-dir:` layout."""
+    import open_clip
+
+    from vlm_aug.tiny import save_open_clip
+
+    cfg = tiny_clip_variant_config(architecture, **size_knobs)
+    torch.manual_seed(seed)
+    return save_open_clip(open_clip.CLIP(**cfg), cfg, out_dir)
