@@ -3,7 +3,6 @@ loaded by `AutoProcessor` / `AutoModelForImageTextToText`, in batches of differe
 
 import json
 import logging
-import shutil
 import warnings
 
 import pyarrow.parquet as pq
@@ -149,37 +148,3 @@ def test_run_with_qwen_preset_on_tiny_qwen_records_loaded_revision(family_dirs, 
     vlm = manifest["config"]["vlm"]
     assert vlm["preset"] == "qwen2.5-vl-3b" and vlm["batch_size"] == 16
     assert vlm["processor_kwargs"] == {"min_pixels": 3136, "max_pixels": 12544}
-
-
-def install_in_hub_cache(model_dir, cache, repo_id: str, sha: str):
-    """Lay a model out as huggingface_hub caches a download: snapshots/<sha>/ plus refs/main."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(model_dir, repo / "snapshots" / sha)
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(sha)
-    return repo
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-    from huggingface_hub.utils import _cache_manager
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-def test_hub_revision_loaded_is_recorded_pinned_or_not(family_dirs, hub_cache):
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    install_in_hub_cache(family_dirs["llava"], hub_cache, "tiny-org/llava-tiny", sha)
-    for revision in (None, "main", sha):
-        vlm = VLMConfig(model="tiny-org/llava-tiny", revision=revision, device="cpu", dtype="float32")
-        stage = RewriteStage(vlm, GenerationConfig(max_new_tokens=2), LimitsConfig())
-        stage.setup()
-        assert stage.describe()["revision"] == sha
-    other = VLMConfig(model="tiny-org/llava-tiny", revision="f" * 40, device="cpu")
-    with pytest.raises(ModelUnavailable, match="tiny-org/llava-tiny"):
-        RewriteStage(other, GenerationConfig(), LimitsConfig()).setup()

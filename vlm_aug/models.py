@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 from vlm_aug.paths import BUILTIN_PREFIX, resolve_builtin
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # org/name (or a legacy bare name)
 
 
 class ModelUnavailable(RuntimeError):
@@ -100,7 +102,8 @@ def locate_hf(model: str, revision: Optional[str], allow_pickle: bool = False) -
     if Path(model).expanduser().is_dir():
         path = Path(model).expanduser().resolve()
         return Located(str(path), weights_sha256(path, allow_pickle), "local")
-    if Path(model).suffix or model.startswith((".", "/", "~")):
+    # "Qwen/Qwen2.5-VL-3B-Instruct" has a dot but is a hub id; "ckpt/model.safetensors" is a path
+    if not HUB_ID.match(model) or Path(model).suffix in (".safetensors", *PICKLE_SUFFIXES):
         raise ModelUnavailable(f"model path {model!r} does not exist")
     from huggingface_hub import snapshot_download
 

@@ -1,0 +1,194 @@
+"""Model presets: their content, how a config uses one, `vlm-aug models`, CLIP variants of the
+preset architectures, the offline SigLIP error, pinned revisions, and the real-model smoke script."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import open_clip
+import pytest
+import yaml
+from PIL import Image
+
+from helpers import make_shards, tiny_args
+from vlm_aug.cli import main
+from vlm_aug.config import CLIPConfig, ConfigError, GenerationConfig, LimitsConfig, VLMConfig, load_config
+from vlm_aug.models import ModelUnavailable
+from vlm_aug.presets import list_presets, load_preset
+from vlm_aug.prompts import load_template
+from vlm_aug.sample import Sample
+from vlm_aug.stages.rewrite import RewriteStage
+from vlm_aug.stages.score import ScoreStage
+from vlm_aug.tiny_families import TINY_BUILDERS, build_tiny_clip_variant, build_tiny_qwen_vl
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED_VLM = {"HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
+                "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "Qwen/Qwen2-VL-2B-Instruct",
+                "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"}
+
+
+def test_vlm_presets_cover_the_issue_and_name_everything_a_run_needs():
+    presets = list_presets("vlm")
+    assert REQUIRED_VLM <= {p.hub_id for p in presets}
+    assert any(p.family == "llava" for p in presets)
+    for p in presets:
+        raw = yaml.safe_load(Path(p.path).read_text())
+        assert "revision" in raw["vlm"], f"{p.name}: no revision field to pin"
+        assert p.family in TINY_BUILDERS, f"{p.name}: family {p.family!r} has no tiny model test"
+        assert p.fields["dtype"] in ("auto", "bfloat16", "float16", "float32")
+        assert p.max_image_tokens and p.batch_size_guidance and p.params_b > 0
+        load_template(p.sections["generation"]["prompt"])  # the prompt template exists
+        VLMConfig(**p.fields)  # every field is a real VLMConfig field
+
+
+def test_clip_presets_exist_in_open_clip():
+    presets = list_presets("clip")
+    tags = set(open_clip.list_pretrained())
+    assert {("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-L-14", "datacomp_xl_s13b_b90k"),
+            ("ViT-L-14", "laion2b_s32b_b82k")} <= {(p.fields["model"], p.fields["pretrained"]) for p in presets}
+    assert any("SigLIP" in p.fields["model"] for p in presets)
+    for p in presets:
+        assert (p.fields["model"], p.fields["pretrained"]) in tags
+        CLIPConfig(**p.fields)
+
+
+def test_preset_fills_fields_and_explicit_fields_win(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"vlm": {"preset": "qwen2.5-vl-3b", "batch_size": 2,
+                                                   "processor_kwargs": {"max_pixels": 100352}},
+                                           "clip": {"preset": "vit-l-14-datacomp"}}))
+    c = load_config(config_file)
+    assert c.vlm.model == "Qwen/Qwen2.5-VL-3B-Instruct" and c.vlm.dtype == "bfloat16" and c.vlm.batch_size == 2
+    assert c.vlm.processor_kwargs == {"min_pixels": 200704, "max_pixels": 100352}  # merged key by key
+    assert (c.clip.model, c.clip.pretrained, c.clip.batch_size) == ("ViT-L-14", "datacomp_xl_s13b_b90k", 128)
+    assert c.generation.prompt == "dense_v1"
+    assert type(c).model_validate(c.model_dump()) == c  # a dumped config (manifest, Ray workers) re-validates
+
+
+def test_set_preset_replaces_the_file_model_but_later_sets_still_win():
+    c = load_config(REPO / "configs/cluster.yaml", ["vlm.preset=smolvlm-256m", "vlm.batch_size=3"])
+    assert c.vlm.model == "HuggingFaceTB/SmolVLM-256M-Instruct"  # not cluster.yaml's Qwen 7B
+    assert c.vlm.processor_kwargs == {"do_image_splitting": False}  # not cluster.yaml's Qwen pixels
+    assert c.vlm.batch_size == 3 and c.vlm.device == "cuda"  # later --set, and a field the preset leaves
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["vlm.preset=nope"], "vlm.preset 'nope' is not a preset; available: .*smolvlm-256m"),
+    (["clip.preset=smolvlm-256m"], "is a vlm preset, not a clip one"),
+])
+def test_bad_preset_names_the_field_and_the_choices(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs/preview.yaml", sets)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache: no model is available offline until a test puts it there."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _cache_manager
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def install_in_hub_cache(model_dir, cache, repo_id: str, sha: str) -> Path:
+    """Lay a model out as huggingface_hub caches a download: snapshots/<sha>/ plus refs/main."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(model_dir, repo / "snapshots" / sha)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    return repo / "snapshots" / sha
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen25(tmp_path_factory):
+    return build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen25"), version="2.5")
+
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_models_command_offline_lists_presets_and_finds_cached_ones(hub_cache, tiny_qwen25, tmp_path, capsys):
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out
+    for p in list_presets():
+        assert p.name in table
+    assert f"0 of {len(list_presets())} presets available offline" in table
+
+    install_in_hub_cache(tiny_qwen25, hub_cache, "Qwen/Qwen2.5-VL-3B-Instruct", SHA)
+    local = tmp_path / "models" / "SmolVLM-256M-Instruct"
+    shutil.copytree(tiny_qwen25, local)  # any checkpoint directory named like the repo counts
+    assert main(["models", "--kind", "vlm", "--json", "--models-dir", str(tmp_path / "models")]) == 0
+    rows = {r["preset"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert set(rows) == {p.name for p in list_presets("vlm")}
+    assert rows["qwen2.5-vl-3b"]["offline"] == f"hub cache @ {SHA[:12]}"
+    assert rows["smolvlm-256m"]["offline"] == f"local {local}"
+    assert rows["qwen2.5-vl-7b"]["offline"] is None
+    assert rows["qwen2.5-vl-7b"]["memory_gb"] == pytest.approx(8.29 * 2 * 1.25, abs=0.1)
+
+
+def test_hub_revision_loaded_is_recorded_pinned_or_not(hub_cache, tiny_qwen25):
+    install_in_hub_cache(tiny_qwen25, hub_cache, "tiny-org/qwen-tiny", SHA)
+    for revision in (None, "main", SHA):
+        vlm = VLMConfig(model="tiny-org/qwen-tiny", revision=revision, device="cpu", dtype="float32",
+                        processor_kwargs={"max_pixels": 12544})
+        stage = RewriteStage(vlm, GenerationConfig(max_new_tokens=2), LimitsConfig())
+        stage.setup()
+        assert stage.describe()["revision"] == SHA
+    other = VLMConfig(model="tiny-org/qwen-tiny", revision="f" * 40, device="cpu")
+    with pytest.raises(ModelUnavailable, match="tiny-org/qwen-tiny.*not in the local Hugging Face cache"):
+        RewriteStage(other, GenerationConfig(), LimitsConfig()).setup()
+
+
+@pytest.mark.parametrize("preset", [p for p in list_presets("clip") if "SigLIP" not in p.fields["model"]],
+                         ids=lambda p: p.name)
+def test_tiny_variant_of_each_open_clip_preset_architecture_scores(preset, tmp_path):
+    arch = preset.fields["model"]
+    model_dir = build_tiny_clip_variant(tmp_path / arch, arch)
+    cfg = json.loads((model_dir / "open_clip_config.json").read_text())["model_cfg"]
+    assert cfg["vision_cfg"]["patch_size"] == open_clip.get_model_config(arch)["vision_cfg"]["patch_size"]
+    stage = ScoreStage(CLIPConfig(model=str(model_dir), pretrained=None, device="cpu"))
+    stage.setup()
+    sample = Sample(key="k", shard="s", caption_orig="a red square", caption_new="A red square. It is small.",
+                    image=Image.new("RGB", (70, 50), (220, 20, 20)))
+    stage.process_batch([sample])
+    assert -1 <= sample.scores["clip_orig"] <= 1 and len(sample.scores["clip_sentences"]) == 2
+
+
+def test_siglip_preset_offline_gives_a_clear_error(hub_cache, tiny_vlm_dir, tmp_path, capsys):
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2, broken=False)
+    argv = ["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/000000.tar"),
+            "--output", str(tmp_path / "out"), "--no-progress", "--no-report",
+            *tiny_args(tiny_vlm_dir, "unused"), "--set", "clip.preset=siglip-b-16"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer 'timm/ViT-B-16-SigLIP'" in err and "huggingface-cli download timm/ViT-B-16-SigLIP" in err
+
+
+def _smoke_main():
+    spec = importlib.util.spec_from_file_location("smoke_real_models", REPO / "scripts/smoke_real_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_smoke_script_skips_when_nothing_is_cached(hub_cache, capsys):
+    assert _smoke_main()([]) == 0
+    assert "skipped - no VLM preset is in the local Hugging Face cache" in capsys.readouterr().out
+
+
+def test_smoke_script_runs_a_cached_preset(hub_cache, tiny_qwen25, tmp_path, capsys):
+    """The tiny Qwen2.5-VL stands in the cache under the real hub id: discovery, the preset's own
+    settings (256-512 image tokens per image) and the whole pipeline run as they will on real weights."""
+    install_in_hub_cache(tiny_qwen25, hub_cache, "Qwen/Qwen2.5-VL-3B-Instruct", SHA)
+    assert _smoke_main()(["--out", str(tmp_path / "smoke"), "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "CLIP: tiny random CLIP (no CLIP preset cached)" in out
+    assert "== qwen2.5-vl-3b: 4 images in" in out and f"revision {SHA}" in out
+    for caption in ("'a red circle'", "'a blue bar'", "'two green squares'", "'a yellow triangle'"):
+        assert caption in out
