@@ -15,7 +15,7 @@ from helpers import make_shards, tiny_args
 from vlm_aug.cli import main
 from vlm_aug.config import CLIPConfig, ConfigError, GenerationConfig, LimitsConfig, VLMConfig, load_config
 from vlm_aug.models import ModelUnavailable
-from vlm_aug.presets import list_presets, load_preset
+from vlm_aug.presets import list_presets
 from vlm_aug.prompts import load_template
 from vlm_aug.sample import Sample
 from vlm_aug.stages.rewrite import RewriteStage
