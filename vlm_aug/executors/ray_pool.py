@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from vlm_aug.config import RayConfig
+from vlm_aug.config import ConfigError, RayConfig
 from vlm_aug.executors import ShardOutcome
 from vlm_aug.executors.ray_cluster import ClusterResourceError, alive_nodes, describe_nodes
 
@@ -48,11 +48,17 @@ def _say(message: str) -> None:
     tqdm.write(f"vlm-aug[ray]: {message}", file=sys.stderr)
 
 
+class ActorStartError(ConfigError):
+    """The actor class cannot even be constructed on the cluster (e.g. vlm_aug missing on a node)."""
+
+
 def _error_text(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None)
     if cause is not None:
         return f"{type(cause).__name__}: {cause}"
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [""]
+    detail = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # Ray puts the why last
+    return f"{type(exc).__name__}: {detail[:400]}"
 
 
 class ShardScheduler:
@@ -152,6 +158,10 @@ class ShardScheduler:
             cause = getattr(exc, "cause", None)  # a model that cannot load fails on every actor
             raise (cause if isinstance(cause, Exception) else exc) from None
         except ray.exceptions.RayError as exc:  # the actor died: killed, OOM, node lost
+            if getattr(exc, "actor_init_failed", False):
+                raise ActorStartError(
+                    f"the Ray actor could not be created: {str(exc)[-1500:]}\nIf a module is missing, install "
+                    "vlm-aug on every node (or pass it with a runtime_env, see docs/cluster.md)") from None
             return self._kill(slot, _error_text(exc))
         if kind == "ping":
             slot.state, slot.since, slot.identity = "loading", time.monotonic(), value["worker"]

@@ -1,0 +1,184 @@
+"""The Ray executor on one real local Ray instance (2 CPUs) with the tiny real models:
+same output as `local`, backpressure, killed actors replaced, failed shards recorded,
+asks the cluster cannot meet rejected fast."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import make_shards, tiny_args
+from ray_helpers import REPO, kill_a_worker_after_first_shard, shard_view, tiny_config, worker_pids
+from vlm_aug.cli import main
+from vlm_aug.executors.ray import RayExecutor
+from vlm_aug.executors.ray_cluster import ClusterResourceError
+from vlm_aug.executors.ray_pool import ShardScheduler
+from vlm_aug.pipeline import ShardProcessor
+from vlm_aug.progress import RunProgress
+from vlm_aug.provenance import RunContext
+
+ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200_000_000)
+    yield
+    ray.shutdown()
+
+
+def run_argv(vlm, clip, inputs, out, *extra):
+    return ["run", str(REPO / "configs/preview.yaml"), "--input", str(inputs), "--output", str(out),
+            "--no-progress", "--no-report", *tiny_args(vlm, clip), *extra]
+
+
+def test_ray_output_identical_to_local(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    make_shards(tmp_path / "in", n_shards=4, per_shard=6)
+    inputs, out = tmp_path / "in/*.tar", tmp_path / "out"
+    assert main(run_argv(tiny_vlm_dir, tiny_clip_dir, inputs, out)) == 0
+    shutil.move(out, tmp_path / "out_local")  # same output path for both: the config hash must match
+    assert main(run_argv(tiny_vlm_dir, tiny_clip_dir, inputs, out, "--executor", "ray")) == 0
+    for name in ("000000", "000001", "000002", "000003"):
+        assert shard_view(out, name) == shard_view(tmp_path / "out_local", name), f"shard {name} differs"
+    rows = shard_view(out, "000000")["rows"]
+    assert rows[0]["provenance"]["pipeline"]["config_sha256"]  # compared above, so equal across executors
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["executor"] == "ray" and manifest["models"]["rewrite"]["model"] == str(tiny_vlm_dir)
+    workers = manifest["workers"]
+    assert len(workers) == 2 and sum(w["shards"] for w in workers.values()) == 4
+    for w in workers.values():
+        assert w["torch_threads"] == 1 and w["max_shards_open"] <= 2
+        assert w["model_busy_s"] > 0 and w["model_idle_s"] >= 0 and "samples_per_s" in w
+    rows = pq.read_table(out / "shards/000000.parquet").to_pylist()
+    assert {json.loads(r["provenance"])["pipeline"]["worker"] for r in rows} <= set(workers)
+
+
+class CountingWorker:
+    """A light actor with ShardWorker's interface, to push thousands of shards through the scheduler."""
+
+    def __init__(self, index: int):
+        self.index, self.open, self.max_open = index, 0, 0
+        self.lock = threading.Lock()
+
+    def ping(self):
+        return {"worker": f"count:{self.index}", "node_id": "n", "gpu_ids": []}
+
+    def setup(self):
+        return {"generation": {}, "scoring": {}, "decision": {}, "setup_s": 0.0}
+
+    def process(self, url):
+        with self.lock:
+            self.open += 1
+            self.max_open = max(self.max_open, self.open)
+        time.sleep(0.0005)
+        with self.lock:
+            self.open -= 1
+        return {"counts": {"inputs": 1}, "scores": {"new_tokens": 2}, "shard": url}
+
+    def metrics(self):
+        return {"max_shards_open": self.max_open}
+
+
+def test_scheduler_backpressure_on_many_shards():
+    from vlm_aug.config import RayConfig
+
+    cfg = RayConfig(max_shards_in_flight_per_actor=2)
+    remote = ray.remote(CountingWorker).options(num_cpus=0.5, max_concurrency=3)
+    peak = {"refs": 0}
+
+    class Watching(RunProgress):
+        def shard_done(self, stats):
+            peak["refs"] = max(peak["refs"], len(scheduler.watch))
+            super().shard_done(stats)
+
+    urls = [f"s3://bucket/{i:06d}.tar" for i in range(3000)]
+    scheduler = ShardScheduler(lambda i: remote.remote(i), 2, cfg, Watching(len(urls), enabled=False))
+    try:
+        outcomes = scheduler.run(urls)
+        workers = scheduler.worker_report()
+    finally:
+        scheduler.stop()
+    assert sorted(o.url for o in outcomes) == urls and not any(o.error for o in outcomes)
+    assert peak["refs"] <= 2 * 2  # never more than 2 shards per actor handed to Ray
+    assert all(w["max_shards_open"] <= 2 for w in workers.values())
+    assert sum(w["shards"] for w in workers.values()) == 3000
+
+
+def test_killed_actor_is_replaced_and_its_shards_retried(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    make_shards(tmp_path / "in", n_shards=6, per_shard=8, broken=False)
+    out = tmp_path / "out"
+    config = tiny_config(tiny_vlm_dir, tiny_clip_dir, str(tmp_path / "in/*.tar"), out,
+                         "executor=ray", "ray.num_actors=1", "ray.max_retries=1")
+    urls = sorted(str(p) for p in (tmp_path / "in").glob("*.tar"))
+    killer = threading.Thread(target=lambda: killed.append(kill_a_worker_after_first_shard(out)))
+    killed: list[int] = []
+    killer.start()
+    report = RayExecutor(config).run(urls, ShardProcessor(config, RunContext(config.sha256())),
+                                     RunProgress(len(urls), enabled=False))
+    killer.join(5)
+    assert killed, "no worker was killed"
+    assert not any(o.error for o in report.outcomes) and sorted(o.url for o in report.outcomes) == urls
+    assert max(o.attempts for o in report.outcomes) == 2  # the shards the dead actor held
+    assert any("died" in w for w in report.workers.values()) and len(report.workers) == 2
+    for url in urls:
+        name = url.rsplit("/", 1)[-1][:-4]
+        assert shard_view(out, name)["counts"]["inputs"] == 8
+    assert not list((out / "shards").glob("*.tmp-*"))
+
+
+def test_shard_failing_every_retry_is_recorded_and_run_exits_nonzero(tmp_path, tiny_vlm_dir, tiny_clip_dir, capsys):
+    make_shards(tmp_path / "in", n_shards=6, per_shard=8, broken=False)
+    out = tmp_path / "out"
+    killer = threading.Thread(target=kill_a_worker_after_first_shard, args=(out,))
+    killer.start()
+    code = main(run_argv(tiny_vlm_dir, tiny_clip_dir, tmp_path / "in/*.tar", out, "--executor", "ray",
+                         "--set", "ray.num_actors=1", "--set", "ray.max_retries=0"))
+    killer.join(5)
+    err = capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    failed = manifest["shards"]["failed"]
+    assert code == 1 and 1 <= len(failed) <= 2  # what the killed actor held
+    for entry in failed:
+        assert "died" in entry["error"] and entry["attempts"] == 1
+        assert entry["url"] in err.split("shard(s) failed:")[1]
+        name = entry["url"].rsplit("/", 1)[-1][:-4]
+        assert not (out / f"shards/{name}.stats.json").exists()
+    done = sorted(p.name for p in (out / "shards").glob("*.stats.json"))
+    assert len(done) == 6 - len(failed) and len(manifest["shards"]["processed"]) == len(done)
+    assert not list((out / "shards").glob("*.tmp-*"))
+
+
+def test_cpus_no_node_has_fail_fast_with_what_exists(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    config = tiny_config(tiny_vlm_dir, tiny_clip_dir, str(tmp_path / "in/*.tar"), tmp_path / "out",
+                         "executor=ray", "ray.num_cpus_per_actor=16", "ray.resource_timeout_s=2")
+    start = time.monotonic()
+    with pytest.raises(ClusterResourceError) as err:
+        RayExecutor(config).run([str(tmp_path / "in/000000.tar")],
+                                ShardProcessor(config, RunContext("x")), RunProgress(1, enabled=False))
+    assert time.monotonic() - start < 10
+    message = str(err.value)
+    assert "16 CPU" in message and "2 CPU and 0 GPU in all" in message and "num_cpus_per_actor" in message
+    assert not worker_pids()
+
+
+def test_gpu_ask_on_cpu_only_machine_fails_within_30s(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    """Through the CLI in a fresh process, on its own embedded Ray, as a user would run it."""
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    argv = run_argv(tiny_vlm_dir, tiny_clip_dir, tmp_path / "in/*.tar", tmp_path / "out", "--executor", "ray",
+                    "--set", "ray.num_gpus_per_actor=1", "--set", "ray.dashboard=false")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "vlm_aug", *argv], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RAY_ADDRESS": ""})
+    elapsed = time.monotonic() - start
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert elapsed < 30, f"took {elapsed:.1f} s"
+    assert "1 GPU" in done.stderr and "0 GPU in all" in done.stderr and "num_gpus_per_actor: 0" in done.stderr
