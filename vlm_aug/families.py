@@ -69,6 +69,7 @@ FAMILIES = (
            "fixed: every image is resized and centre-cropped to the vision tower's size "
            "(576 tokens for llava-1.5 at 336 px)"),
 )
+LOAD_OPTIONS = {"use_fast"}  # from_pretrained options, not processor attributes
 GENERIC = Family("generic", (), "family not known to vlm_aug: check the processor's own settings")
 
 
@@ -105,7 +106,7 @@ def accepted_processor_kwargs(processor) -> set[str]:
         valid = getattr(image_processor, "valid_kwargs", None)
         names |= set(getattr(valid, "__annotations__", {}))
         names |= set(image_processor.to_dict())
-    return names - {"image_processor", "tokenizer", "video_processor"}
+    return (names | LOAD_OPTIONS) - {"image_processor", "tokenizer", "video_processor"}
 
 
 def check_processor_kwargs(processor, kwargs: dict[str, Any], model: str) -> None:
