@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Speed and memory as ratios measured side by side in one run; writes bench.json.
+
+    .venv/bin/python scripts/bench.py [--quick] [--out bench.json] [--device cpu|cuda]
+
+Targets (issue 7): pipeline_vs_bare >= 0.90, io_vs_tar >= 0.5, ray_vs_local >= 0.9,
+ray_scaling >= 1.6 (2 actors / 1 actor, torch threads split), rss_16_vs_2 <= 1.15.
+Also: naive (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from vlm_aug.bench import measure  # noqa: E402
+from vlm_aug.bench.setup import config, models, shards  # noqa: E402
+
+TARGETS = {"pipeline_vs_bare": (">=", 0.90), "io_vs_tar": (">=", 0.5), "ray_vs_local": (">=", 0.9),
+           "ray_scaling": (">=", 1.6), "rss_16_vs_2": ("<=", 1.15)}
+
+
+def met(name: str, value: float | None) -> str:
+    if name not in TARGETS or value is None:
+        return ""
+    op, target = TARGETS[name]
+    ok = value >= target if op == ">=" else value <= target
+    return f"{op} {target}  {'met' if ok else 'MISSED'}"
+
+
+def run(args) -> dict:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="vlm_aug_bench_"))
+    vlm, clip, label = models(work)
+    per = 16 if args.quick else 32
+    eight, sixteen, two = shards(work, 8, per), shards(work, 16, per), shards(work, 2, per)
+    dev = {"vlm__device": args.device, "clip__device": args.device}
+    local = config(vlm, clip, eight, work / "out_local", executor="local", torch_threads=2, **dev)
+    print(f"models: {label}; {len(eight)} shards x {per} samples", flush=True)
+    results, figures = {"models": label, "samples_per_shard": per}, {}
+
+    results["local"] = measure.pipeline(local)
+    loaded = measure.loaded_models(local)
+    results["bare_samples_s"] = measure.bare(local, eight, loaded)
+    figures["pipeline_vs_bare"] = results["local"]["samples_s"] / results["bare_samples_s"]
+    results["naive_samples_s"] = measure.naive(local, eight, loaded, limit=32 if args.quick else 64)
+    figures["naive_vs_ours"] = results["naive_samples_s"] / results["local"]["samples_s"]
+    del loaded
+
+    dry = config(vlm, clip, eight, work / "out_dry", executor="local", dry_run="true")
+    results["dry_run"] = measure.pipeline(dry)
+    results["tar_copy_samples_s"] = measure.tar_copy(eight, work / "out_tar")
+    figures["io_vs_tar"] = results["dry_run"]["samples_s"] / results["tar_copy_samples_s"]
+
+    rss_cfg = dict(executor="local", torch_threads=2, **dev)
+    results["rss_mb"] = {n: measure.peak_rss_mb(config(vlm, clip, s, work / f"out_rss{n}", **rss_cfg))
+                         for n, s in ((2, two), (16, sixteen))}
+    figures["rss_16_vs_2"] = results["rss_mb"][16] / results["rss_mb"][2]
+
+    if not args.no_ray:
+        ray_figures(results, figures, vlm, clip, eight, work, dev)
+    results["figures"] = {k: round(v, 3) for k, v in figures.items()}
+    return results
+
+
+def ray_figures(results: dict, figures: dict, vlm, clip, eight, work: Path, dev: dict) -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000, log_to_driver=False)
+    try:
+        one = config(vlm, clip, eight, work / "out_ray1", executor="ray", ray__num_actors=1,
+                     ray__num_cpus_per_actor=1, ray__torch_threads_per_actor=2, **dev)
+        two = config(vlm, clip, eight, work / "out_ray2", executor="ray", ray__num_actors=2,
+                     ray__num_cpus_per_actor=1, ray__torch_threads_per_actor=1, **dev)
+        results["ray_1_actor"] = measure.pipeline(one)
+        results["ray_2_actors"] = measure.pipeline(two)
+        figures["ray_vs_local"] = results["ray_1_actor"]["samples_s"] / results["local"]["samples_s"]
+        figures["ray_scaling"] = results["ray_2_actors"]["samples_s"] / results["ray_1_actor"]["samples_s"]
+        results["ray_data"] = measure.ray_data(one, eight, work / "out_raydata")
+        ours = results["ray_1_actor"]["samples"] / results["ray_1_actor"]["wall_s"]
+        results["ray_data"]["ours_wall_samples_s"] = ours
+        figures["ray_data_vs_ours"] = results["ray_data"]["samples_s"] / ours
+    finally:
+        ray.shutdown()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smaller shards (a smoke run)")
+    p.add_argument("--out", default="bench.json")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU machine)")
+    p.add_argument("--workdir", help="reuse shards/models between runs")
+    p.add_argument("--no-ray", action="store_true")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    results = run(args)
+    results["bench_wall_s"] = round(time.perf_counter() - start, 1)
+    Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+    print(f"\n{'figure':<20}{'value':>8}   target")
+    for name, value in results["figures"].items():
+        print(f"{name:<20}{value:>8.3f}   {met(name, value)}")
+    print(f"\nwrote {args.out} ({results['bench_wall_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
