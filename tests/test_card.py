@@ -69,3 +69,9 @@ def test_croissant_prov_links(out):
     models = json.loads((out / "manifest.json").read_text())["models"]
     used = {u["@id"] for u in doc["prov:wasGeneratedBy"]["prov:used"]}
     assert used == {f"model:{models['rewrite']['model']}", f"model:{models['score']['model']}"}
+
+
+def test_card_configs_let_datasets_load_the_directory(out, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf_cache"))
+    assert len(ds) == 15 and set(ds.features) >= {"jpg", "txt", "orig.txt", "json"}

@@ -6,6 +6,7 @@ import json
 
 from vlm_aug.output.query import SCORES
 
+QUANTILE_NAMES = ("p0", "p10", "p25", "p50", "p75", "p90", "p100")
 LABELS = {"clip_orig": "original (before)", "clip_rewrite": "rewrite (after)", "clip_final": "training caption"}
 
 
@@ -25,11 +26,10 @@ def format_summary(title: str, summary: dict) -> list[str]:
     c = summary["counts"]
     lines = [f"{title}: inputs {c['inputs']}  kept {c['kept']}  rejected {c['rejected']}  error {c['error']}"]
     lines += [f"  {reason:<32} {n}" for reason, n in summary["reasons"].items()]
-    lines.append(f"  {'CLIP cosine':<20} {'n':>6} {'mean':>8} " + " ".join(f"{q:>8}" for q in
-                                                                       ("p0", "p10", "p25", "p50", "p75", "p90", "p100")))
+    lines.append(f"  {'CLIP cosine':<20} {'n':>6} {'mean':>8} " + " ".join(f"{q:>8}" for q in QUANTILE_NAMES))
     for name in SCORES:
         d = summary["scores"][name]
-        qs = " ".join(f"{_fmt(d['quantiles'].get(q)):>8}" for q in ("p0", "p10", "p25", "p50", "p75", "p90", "p100"))
+        qs = " ".join(f"{_fmt(d['quantiles'].get(q)):>8}" for q in QUANTILE_NAMES)
         lines.append(f"  {LABELS[name]:<20} {d['n']:>6} {_fmt(d['mean']):>8} {qs}")
     return lines
 

@@ -73,34 +73,57 @@ def _policy_section(config: dict) -> list[str]:
                     "`mix_rewrite_fraction` prefers the rewrite, otherwise the original (reason `mix_draw`); "
                     "thresholds as in `fallback`.",
              "both": f"as `rewrite`, and the original caption is written beside it as `KEY.{ORIG_CAPTION_EXT}`."}
-    lines.append(notes.get(policy.get("name"), ""))
+    note = notes.get(policy.get("name"), "")
+    lines.append(note[:1].upper() + note[1:])
     lines.append("Input limits: " + ", ".join(f"`{k}={v}`" for k, v in limits.items()) + ".")
     return lines
 
 
+def _intro(manifest: dict, summary: dict, n_shards: int) -> list[str]:
+    config, c = manifest.get("config", {}), summary["counts"]
+    inputs = ", ".join(f"`{p}`" for p in config.get("input", {}).get("paths", []))
+    return ["# vlm_aug recaptioned dataset", "",
+            f"Written by vlm-aug {manifest.get('versions', {}).get('vlm-aug')} (run `{manifest.get('run_id')}`, "
+            f"config sha256 `{manifest.get('config_sha256')}`). Full details: `manifest.json`; per-sample "
+            "history: `vlm-aug trace . KEY`; Croissant metadata: `croissant.json`.", "",
+            "## Seed data", "", f"Input shards: {inputs}",
+            f"({n_shards} shard(s), {c['inputs']} input samples, caption from "
+            f"`{config.get('input', {}).get('caption_key')}`).", ""]
+
+
+def _prompt(manifest: dict) -> list[str]:
+    prompt = manifest.get("prompt", {})
+    return ["## Prompt template", "",
+            f"Template `{prompt.get('id')}` (sha256 `{prompt.get('sha256')}`), verbatim; "
+            "`{caption}` is replaced by the original caption:", "",
+            "````text", prompt.get("text", ""), "````", ""]
+
+
+def _layout() -> list[str]:
+    return ["## Layout", "",
+            "`shards/NAME.tar`: `KEY.<image ext>` (input bytes, never re-encoded unless "
+            "`output.normalize_image_format` is set), `KEY.txt` (training caption), `KEY.json` (provenance, "
+            f"schema `vlm_aug.sample/1`); with policy `both` also `KEY.{ORIG_CAPTION_EXT}` (the original "
+            "caption). `shards/NAME.parquet`: one row per input sample. `shards/sizes.json`: kept samples per tar.",
+            ""]
+
+
 def card_body(manifest: dict, summary: dict, n_shards: int) -> str:
-    config, prompt = manifest.get("config", {}), manifest.get("prompt", {})
-    gen = config.get("generation", {})
+    """The card's markdown: seed data, prompt, models, parameters, filters, counts, scores, limits."""
+    # the parameters generate() received (temperature/top_p are null without sampling), plus the seed
+    generation = {**manifest.get("models", {}).get("rewrite", {}).get("params", {}),
+                  "seed": manifest.get("config", {}).get("generation", {}).get("seed")}
     c = summary["counts"]
-    lines = ["# vlm_aug recaptioned dataset", "",
-             f"Written by vlm-aug {manifest.get('versions', {}).get('vlm-aug')} (run `{manifest.get('run_id')}`, "
-             f"config sha256 `{manifest.get('config_sha256')}`). Full details: `manifest.json`; per-sample "
-             "history: `vlm-aug trace . KEY`; Croissant metadata: `croissant.json`.", "",
-             "## Seed data", "", "Input shards: " + ", ".join(f"`{p}`" for p in config.get("input", {}).get("paths", [])),
-             f"({n_shards} shard(s), {c['inputs']} input samples, caption from `{config.get('input', {}).get('caption_key')}`).",
-             "", "## Prompt template", "", f"Template `{prompt.get('id')}` (sha256 `{prompt.get('sha256')}`), verbatim; "
-             "`{caption}` is replaced by the original caption:", "", "````text", prompt.get("text", ""), "````", "",
-             "## Models", "", *_models(manifest), "", "## Generation parameters", "",
-             *_table(["parameter", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in gen.items() if k != "prompt"]),
-             "", "## Filters and thresholds", "", *_policy_section(config), "",
-             "## Counts", "", *_table(["inputs", "kept", "rejected", "error"],
-                                      [[c["inputs"], c["kept"], c["rejected"], c["error"]]]), "",
-             *_table(["status:reason", "samples"], [[k, v] for k, v in summary["reasons"].items()]), "",
+    lines = [*_intro(manifest, summary, n_shards), *_prompt(manifest),
+             "## Models", "", *_models(manifest), "",
+             "## Generation parameters", "",
+             *_table(["parameter", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in generation.items()]), "",
+             "## Filters and thresholds", "", *_policy_section(manifest.get("config", {})), "",
+             "## Counts", "",
+             *_table(["inputs", "kept", "rejected", "error"], [[c["inputs"], c["kept"], c["rejected"], c["error"]]]),
+             "", *_table(["status:reason", "samples"], [[k, v] for k, v in summary["reasons"].items()]), "",
              "## Score distributions", "", *_scores_table(summary), "",
-             "## Layout", "", "`shards/NAME.tar`: `KEY.<image ext>` (input bytes, never re-encoded unless "
-             "`output.normalize_image_format` is set), `KEY.txt` (training caption), `KEY.json` (provenance, "
-             f"schema `vlm_aug.sample/1`); with policy `both` also `KEY.{ORIG_CAPTION_EXT}` (the original caption). "
-             "`shards/NAME.parquet`: one row per input sample. `shards/sizes.json`: kept samples per tar.", "",
+             *_layout(),
              "## Known limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]
     return "\n".join(lines)
 
