@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import make_shards, tiny_args
+from helpers import make_shards, sample_members, tiny_args, write_tar
 from vlm_aug.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,16 +85,21 @@ class Browser:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return message.get("result", {})
-            self.events.append(message)
+            self._record(message)
 
     async def wait_event(self, method: str, timeout: float = 60) -> None:
         if any(e.get("method") == method for e in self.events):
             return
         while True:
             message = json.loads((await asyncio.wait_for(self.ws.receive(), timeout)).data)
-            self.events.append(message)
+            self._record(message)
             if message.get("method") == method:
                 return
+
+    def _record(self, message: dict) -> None:
+        self.events.append(message)
+        if message.get("method") == "Page.javascriptDialogOpening":  # it would block the page: fail now
+            raise AssertionError(f"the page opened a dialog (did markup run?): {message['params'].get('message')}")
 
     async def evaluate(self, expression: str):
         result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -163,15 +168,19 @@ def chromium():
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
-    """A run with kept, rejected (threshold 0.99 on shard 1) and error samples, and its report."""
+    """A run with kept, rejected (threshold 0.99 on shard 1) and error samples, captions with a
+    400-letter word and with markup, and its report."""
     root = tmp_path_factory.mktemp("report_browser")
     make_shards(root / "in", n_shards=2, per_shard=8)
+    hostile = [("long word " + "x" * 400, "s02_0000"), ('<script>alert("caption")</script><img src=x>', "s02_0001")]
+    write_tar(root / "in/000002.tar", [m for caption, key in hostile for m in sample_members(key, caption)])
     tiny = tiny_args(tiny_vlm_dir, tiny_clip_dir)
     base = ["run", str(REPO / "configs/preview.yaml"), "--output", str(root / "out"), "--no-progress", "--no-report"]
-    assert main([*base, "--input", str(root / "in/000000.tar"), *tiny]) == 0
+    assert main([*base, "--input", str(root / "in/000000.tar"), str(root / "in/000002.tar"), *tiny]) == 0
     assert main([*base, "--input", str(root / "in/000001.tar"), *tiny, "--set", "policy.name=rewrite",
                  "--set", "policy.min_clip_rewrite=0.99"]) == 0
     assert main(["report", str(root / "out"), "--per-status", "3", "--per-view", "4"]) == 0
+    assert main(["report", str(root / "out"), "--html", str(root / "out/full.html")]) == 0  # every sample a card
     import pyarrow.parquet as pq
 
     rows = [r for p in sorted((root / "out/shards").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
@@ -196,8 +205,8 @@ async def _exercise(binary: str, page: Path, shot: Path) -> dict:
                                "s.dispatchEvent(new Event('change'))")
         seen["decode_error"] = await browser.evaluate(f"{VISIBLE}.map(c => c.dataset.reason)")
         seen["images_broken"] = await browser.evaluate(
-            "Array.from(document.images).filter(i => i.complete && i.naturalWidth === 0 && i.loading !== 'lazy')"
-            ".length")
+            "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
+        seen["overflow"] = await browser.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         seen["problems"], seen["requests"] = browser.problems(), browser.requests()
         await browser.session.close()
         return seen
@@ -223,6 +232,37 @@ def test_report_renders_in_chromium_with_working_filters(chromium, report_dir, t
     assert seen["gain"] == pytest.approx(gains[:4], abs=1e-6)
     assert seen["decode_error"] == ["decode_error"]
     assert seen["images_broken"] == 0
+    assert seen["overflow"] <= 0, "the page scrolls sideways: a long word escapes its card"
     image = Image.open(shot)
     assert 1300 <= image.width <= 1400 and image.height > 1500  # the 1400 px viewport less its scrollbar
     assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 200  # a real page, not a blank one
+
+
+async def _full_page(binary: str, page: Path, shot: Path) -> dict:
+    browser = Browser(binary)
+    try:
+        await load_page(browser, page.resolve().as_uri())
+        seen = {"shown": await browser.evaluate(f"{VISIBLE}.map(c => c.dataset.key)"),
+                "markup": await browser.evaluate("document.querySelector('[data-key=s02_0001] dd.orig').textContent"),
+                "overflow": await browser.evaluate("document.documentElement.scrollWidth - window.innerWidth"),
+                "scripts": await browser.evaluate("document.scripts.length"),
+                "images": await browser.evaluate("Array.from(document.images).filter(i => i.naturalWidth > 0).length")}
+        await screenshot(browser, shot)
+        seen["problems"], seen["requests"] = browser.problems(), browser.requests()
+        await browser.session.close()
+        return seen
+    finally:
+        browser.close()
+
+
+def test_full_report_shows_every_card_and_keeps_hostile_captions_as_text(chromium, report_dir, tmp_path):
+    out, rows = report_dir
+    shot = Path(os.environ.get("VLM_AUG_SCREENSHOT_DIR", tmp_path)) / "report_full.png"
+    seen = asyncio.run(_full_page(chromium, out / "full.html", shot))
+    assert seen["problems"] == [], seen["problems"]
+    assert all(u.startswith(("data:", "file:")) for u in seen["requests"]), seen["requests"]
+    assert sorted(seen["shown"]) == sorted(r["key"] for r in rows)  # small run: every sample is a card
+    assert seen["markup"] == '<script>alert("caption")</script><img src=x>'  # shown as text, never run
+    assert seen["scripts"] == 1 and seen["images"] == 4 + sum(r["status"] != "error" for r in rows)
+    assert seen["overflow"] <= 0, "the page scrolls sideways: the 400-letter word escapes its card"
+    assert Image.open(shot).height > 1500

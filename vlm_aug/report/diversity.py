@@ -7,7 +7,8 @@ Definitions (also stated on the report page):
   measures repetition *inside* a caption (a rewrite that loops scores low);
 - distinct-n: distinct n-grams / all n-grams over the whole set (n-grams never
   cross captions), so it measures variety *across* captions;
-- added words: words of the rewrite that are not words of its original caption.
+- added words: words of the rewrite that are not words of its original caption;
+  the list of most frequent ones leaves out English function words (STOPWORDS).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from typing import Optional
 
 WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 _SPACE = re.compile(r"\s+")
+STOPWORDS = frozenset(
+    "a an the and or but of in on at to for with from by as is are was were be been it its this that these "
+    "those there here which who whom whose what while into onto over under near next up down out off "
+    "than then so too very can has have had do does did not no".split())
 
 
 def words(text: Optional[str]) -> list[str]:
@@ -102,7 +107,7 @@ class RewriteStats:
         orig_n, new_n = normalize(original), normalize(rewrite)
         self.identical += bool(orig_n) and orig_n == new_n
         self.contains += bool(orig_n) and orig_n in new_n
-        self.added_df.update(set(added_words(original, rewrite)))
+        self.added_df.update(set(added_words(original, rewrite)) - STOPWORDS)
         # near-duplicate: the same words in the same order, whatever the case and punctuation
         digest = hashlib.blake2b(" ".join(words(rewrite)).encode(), digest_size=12).digest()
         entry = self.by_text.setdefault(digest, [0, set()])

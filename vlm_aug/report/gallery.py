@@ -51,7 +51,7 @@ def sentence_list(rewrite: Optional[str], scores: list[float], low: Optional[flo
 
 def _thumb(card: dict) -> str:
     if card.get("thumb"):
-        return f'<img src="{card["thumb"]}" alt="image of {escape(card["key"])}" loading="lazy">'
+        return f'<img src="{card["thumb"]}" alt="image of {escape(card["key"])}">'
     return f'<div class="placeholder">{escape(card.get("thumb_note") or "no image")}</div>'
 
 
@@ -62,6 +62,13 @@ def _data_attrs(card: dict) -> str:
              "views": " ".join(sorted(card["views"])), "key": card["key"],
              "clip-rewrite": "" if new is None else f"{new:.6f}", "gain": "" if gain is None else f"{gain:.6f}"}
     return " ".join(f'data-{k}="{escape(str(v))}"' for k, v in attrs.items())
+
+
+def card_threshold(card: dict, default: Optional[float]) -> Optional[float]:
+    """The rewrite threshold the sample was decided with (its provenance), else `default`."""
+    params = ((card.get("provenance") or {}).get("decision") or {}).get("params") or {}
+    value = params.get("min_clip_rewrite")
+    return value if isinstance(value, (int, float)) else default
 
 
 def render_card(card: dict, low: Optional[float]) -> str:
@@ -84,7 +91,7 @@ def render_card(card: dict, low: Optional[float]) -> str:
 </dl>
 <div class="scores">CLIP <b>{_num(orig)}</b> &rarr; <b>{_num(new)}</b>
 <span class="gain {gain_cls}">{_num(gain, signed=True)}</span></div>
-{sentence_list(card.get('caption_rewrite'), card.get('clip_sentences') or [], low)}
+{sentence_list(card.get('caption_rewrite'), card.get('clip_sentences') or [], card_threshold(card, low))}
 {f'<p class="detail">{escape(detail)}</p>' if detail else ''}
 </div>
 </article>"""

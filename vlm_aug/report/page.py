@@ -80,7 +80,7 @@ def diversity_section(data: RunData) -> str:
     return f"""<section id="diversity"><h2>Diversity and quality, before vs after</h2><div class="cols">
 <table class="div" id="diversity-table"><tr><th></th>{head}</tr>{rows}</table>
 <div><table class="div" id="rewrite-table">{rewrite_table}</table>
-<p class="note">Most frequent added words (number of rewrites using each):</p><div class="chips" id="added">{chips}</div>
+<p class="note">Most frequent added words (number of rewrites using each; function words left out):</p><div class="chips" id="added">{chips}</div>
 </div></div><p class="note">Computed over {scope}. Words are lower-cased letter/digit runs. Type-token ratio is
 distinct/total words within a caption, averaged; distinct-n is distinct/total n-grams over the whole set.
 Added words are words of a rewrite absent from its original caption.</p></section>"""
@@ -95,7 +95,8 @@ def gallery_section(data: RunData, low: Optional[float]) -> str:
     status_buttons = "".join(
         f'<button data-status="{s}"{" class=on" if s == "all" else ""}>{s} (<span data-count-status="{s}">0</span>)'
         f"</button>" for s in ("all",) + STATUSES)
-    low_note = f"Sentences scoring under {low:.3f} (the policy's rewrite threshold) are red." if low is not None else ""
+    low_note = ("Red sentences score under the rewrite threshold the sample was decided with "
+                f"(policy.min_clip_rewrite{f', {low:.3f} in the last run' if low is not None else ''}).")
     return f"""<section id="gallery-section"><h2>Gallery</h2>
 <div class="controls"><div class="group"><button data-view="sample" class="on">random sample</button>
 <button data-view="lowest">lowest rewrite cosine first</button><button data-view="gain">biggest gain first</button></div>

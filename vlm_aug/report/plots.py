@@ -64,7 +64,8 @@ def kept_per_shard(shards: list[tuple[str, int, int]]) -> str:
         fractions = [kept / inputs if inputs else 0.0 for _, inputs, kept in shards]
         positions = range(len(shards))
         if len(shards) <= 40:
-            ax.bar(positions, fractions, color=KEPT)
+            bars = ax.bar(positions, fractions, color=KEPT)
+            ax.bar_label(bars, labels=[f"{f:.0%}" for f in fractions], fontsize=7, padding=1)
             ax.set_xticks(list(positions), [name for name, _, _ in shards], rotation=60, fontsize=7)
         else:
             ax.plot(list(positions), fractions, color=KEPT, linewidth=1)
