@@ -86,8 +86,8 @@ class RayExecutor:
         owned, embedded = False, False
         scheduler = None
         try:
-            with sigterm_as_interrupt():
-                owned, embedded = connect(self.config.ray)
+            owned, embedded = connect(self.config.ray)
+            with sigterm_as_interrupt():  # after connect: ray.init installs its own SIGTERM handler
                 plan = plan_pool(self.config.ray, embedded)
                 _say(f"{'embedded local Ray' if embedded else 'Ray cluster'}: {plan.describe()}, "
                      f"{len(urls)} shard(s)")
@@ -99,8 +99,8 @@ class RayExecutor:
                 scheduler.stop()
             if owned:
                 ray.shutdown()
+            remove_temps(self.config.output.path, names)  # left by actors killed mid-shard
         self._cite_stages(processor, scheduler.described)
-        remove_temps(self.config.output.path, names)  # left by actors that died mid-shard
         report = ExecutorReport(outcomes=outcomes, workers=workers)
         report.startup_s = scheduler.startup_s or time.perf_counter() - start
         return report
