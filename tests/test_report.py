@@ -164,3 +164,14 @@ def test_run_prints_summary_table_with_throughput(report_run, capsys, tiny_vlm_d
     assert re.search(rf"kept\s+{kept}\s+\d+\.\d%", out) and re.search(rf"total\s+{len(rows)}\b", out)
     assert re.search(r"throughput [\d.]+ samples/s, \d+ new tokens/s \(6 samples processed", out)
     assert "report   " in out and str(root / "out/report.html") in out
+
+
+def test_diversity_figures_use_a_bounded_seeded_text_sample(report_run, tmp_path):
+    root, rows = report_run
+    path = tmp_path / "capped.html"
+    assert main(["report", str(root / "out"), "--html", str(path), "--text-limit", "4"]) == 0
+    html = path.read_text()
+    match = re.search(r"Computed over a seeded sample of (\d+) of (\d+) samples \(seed 0\)", html)
+    assert match and int(match.group(2)) == len(rows) and 0 < int(match.group(1)) < len(rows)
+    analysed = re.search(r"<td>captions analysed</td><td>(\d+)</td>", html)
+    assert analysed and int(analysed.group(1)) == int(match.group(1))  # every drawn row has an original

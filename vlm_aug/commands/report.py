@@ -13,8 +13,8 @@ def register(sub) -> None:
     p.add_argument("--per-status", type=int, default=48, help="gallery cards drawn per status (default 48)")
     p.add_argument("--per-view", type=int, default=48,
                    help="cards in each sorted view: lowest scores, biggest gains (default 48)")
-    p.add_argument("--text-limit", type=int, default=200_000,
-                   help="samples whose captions feed the diversity figures (default 200000)")
+    p.add_argument("--text-limit", type=int, default=100_000,
+                   help="samples whose captions feed the diversity figures (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the gallery and diversity samples")
     p.set_defaults(func=cmd_report)
 

@@ -62,8 +62,9 @@ class CaptionSetStats:
         self.lengths: list[int] = []
         self.ttr_sum = 0.0
 
-    def add(self, text: Optional[str]) -> None:
-        tokens = words(text)
+    def add(self, text: Optional[str], tokens: Optional[list[str]] = None) -> None:
+        """Count one caption; pass `tokens` (= words(text)) when already computed."""
+        tokens = words(text) if tokens is None else tokens
         self.lengths.append(len(tokens))
         if not tokens:
             return
@@ -100,16 +101,20 @@ class RewriteStats:
         self.added_df: Counter = Counter()  # in how many rewrites each added word occurs
         self.by_text: dict[bytes, list] = {}  # text digest -> [samples, up to two distinct image ids]
 
-    def add(self, original: Optional[str], rewrite: Optional[str], image_id: Optional[str]) -> None:
+    def add(self, original: Optional[str], rewrite: Optional[str], image_id: Optional[str],
+            orig_words: Optional[list[str]] = None, new_words: Optional[list[str]] = None) -> None:
+        """Count one rewrite; pass the words of both texts when already computed."""
         if not rewrite:
             return
         self.pairs += 1
         orig_n, new_n = normalize(original), normalize(rewrite)
         self.identical += bool(orig_n) and orig_n == new_n
         self.contains += bool(orig_n) and orig_n in new_n
-        self.added_df.update(set(added_words(original, rewrite)) - STOPWORDS)
+        orig_words = words(original) if orig_words is None else orig_words
+        new_words = words(rewrite) if new_words is None else new_words
+        self.added_df.update(set(new_words) - set(orig_words) - STOPWORDS)
         # near-duplicate: the same words in the same order, whatever the case and punctuation
-        digest = hashlib.blake2b(" ".join(words(rewrite)).encode(), digest_size=12).digest()
+        digest = hashlib.blake2b(" ".join(new_words).encode(), digest_size=12).digest()
         entry = self.by_text.setdefault(digest, [0, set()])
         entry[0] += 1
         if len(entry[1]) < 2:  # two distinct images are enough to call the text a near-duplicate
