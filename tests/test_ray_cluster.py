@@ -1,0 +1,105 @@
+"""An existing multi-node Ray cluster on this machine: `ray start --head` plus a second node
+joining it (1 CPU each), a run through `--ray-address` that uses both, then exactly those
+processes stopped. Also: an address where nothing listens fails in seconds, not minutes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers import make_shards, tiny_args
+from ray_helpers import REPO, wait_for
+from vlm_aug.cli import main
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
+RAY_CLI = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    """`ray start ... --block`: stays in the foreground, so we own its pid and stop it with SIGTERM."""
+    return subprocess.Popen([RAY_CLI, "start", "--num-cpus", "1", "--disable-usage-stats", "--block", *args],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+
+
+def stop(procs: list[subprocess.Popen]) -> list[str]:
+    """SIGTERM each `ray start --block` we started (it stops its own children); -> names of stragglers."""
+    family = []
+    for proc in procs:
+        try:
+            family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+        proc.terminate()
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for straggler in alive:
+        straggler.kill()
+    return [p.name() for p in alive]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("cluster")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    # token auth as on a real cluster: every process reads the token from ~/.ray/auth_token
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1"}
+    procs = [ray_start(["--head", "--port", str(port), "--include-dashboard", "false"], logs / "head.log", env),
+             ray_start(["--address", address], logs / "worker.log", env)]  # retries until the head is up
+    try:
+        wait_for(lambda: _listening(port), 60, "the head node's GCS port", step=0.5)
+        yield address, env
+    finally:
+        assert stop(procs) == [], "processes outlived their `ray start --block`"
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_run_uses_both_nodes_of_an_existing_cluster(cluster, tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    """The driver is a separate process, as with `ray job submit`; num_actors=2 makes it wait
+    (up to ray.resource_timeout_s) for the second node to join."""
+    address, env = cluster
+    make_shards(tmp_path / "in", n_shards=4, per_shard=6)
+    out = tmp_path / "out"
+    argv = ["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/*.tar"),
+            "--output", str(out), "--no-progress", "--no-report", *tiny_args(tiny_vlm_dir, tiny_clip_dir),
+            "--executor", "ray", "--ray-address", address, "--set", "ray.num_actors=2",
+            "--set", "ray.resource_timeout_s=60"]
+    done = subprocess.run([sys.executable, "-m", "vlm_aug", *argv], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ray cluster: 2 actor(s)" in done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    workers = manifest["workers"]
+    assert len(workers) == 2 and len({w["node_id"] for w in workers.values()}) == 2  # one actor per node
+    assert all(w["shards"] >= 1 for w in workers.values())
+    assert manifest["totals"]["inputs"] == 24 and len(list((out / "shards").glob("*.stats.json"))) == 4
+
+
+def test_unreachable_address_fails_in_seconds(tmp_path, tiny_vlm_dir, tiny_clip_dir, capsys):
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    dead = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    code = main(["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/*.tar"),
+                 "--output", str(tmp_path / "out"), "--no-progress", *tiny_args(tiny_vlm_dir, tiny_clip_dir),
+                 "--executor", "ray", "--ray-address", dead])
+    assert code == 2 and time.monotonic() - start < 15
+    err = capsys.readouterr().err
+    assert f"no Ray cluster answers at {dead!r}" in err and "ray start --head" in err
