@@ -72,7 +72,8 @@ def run(args) -> dict:
 def ray_figures(results: dict, figures: dict, vlm, clip, eight, work: Path, dev: dict) -> None:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200_000_000,
+             log_to_driver=False)
     try:
         one = config(vlm, clip, eight, work / "out_ray1", executor="ray", ray__num_actors=1,
                      ray__num_cpus_per_actor=1, ray__torch_threads_per_actor=2, **dev)

@@ -54,14 +54,16 @@ def _sentence_min(values: list[float]) -> Optional[float]:
 
 
 def build_record(sample: Sample, run: RunContext) -> dict[str, Any]:
-    """The full history of one sample; the same fields for every sample, kept or not."""
+    """The full history of one sample; the same fields for every sample, kept or not.
+    Optional text fields are "" rather than null: loaders such as HF datasets infer a
+    column's type from the first samples, and a null there breaks a later string."""
     f, s = sample.flags, sample.scores
     outcome = f.get("outcome") if sample.status == "kept" else sample.status
     return {
         "schema": SCHEMA_VERSION,
         "key": sample.key,
         "status": sample.status,
-        "reason": sample.reason,
+        "reason": sample.reason or "",
         "caption": sample.caption_final,
         "caption_orig": sample.caption_orig,
         "caption_rewrite": sample.caption_new,
@@ -69,7 +71,7 @@ def build_record(sample: Sample, run: RunContext) -> dict[str, Any]:
             "shard": sample.shard, "key": f.get("orig_key", sample.key), "members": list(sample.members),
             "image_sha256": hashlib.sha256(sample.image_bytes).hexdigest() if sample.image_bytes else None,
             "image_ext": sample.image_ext, "orig_json": sample.meta_orig,
-            "error_detail": f.get("error_detail"), "image_reencoded_to": f.get("image_reencoded_to"),
+            "error_detail": f.get("error_detail") or "", "image_reencoded_to": f.get("image_reencoded_to") or "",
         },
         "generation": {**run.generation, "rendered_prompt_sha256": f.get("rendered_prompt_sha256"),
                        "seed": f.get("seed"), "caption_truncated": bool(f.get("caption_truncated", False)),
@@ -77,8 +79,8 @@ def build_record(sample: Sample, run: RunContext) -> dict[str, Any]:
         "scoring": {**run.scoring, "clip_orig": s.get("clip_orig"), "clip_rewrite": s.get("clip_rewrite"),
                     "clip_sentences": list(s.get("clip_sentences", [])),
                     "clip_sentence_min": _sentence_min(s.get("clip_sentences", []))},
-        "decision": {**run.decision, "outcome": outcome, "reason": sample.reason,
-                     "rewrite_problem": f.get("rewrite_problem"), "mix_draw": f.get("mix_draw")},
+        "decision": {**run.decision, "outcome": outcome, "reason": sample.reason or "",
+                     "rewrite_problem": f.get("rewrite_problem") or "", "mix_draw": f.get("mix_draw")},
         "pipeline": run.pipeline(),
     }
 
@@ -96,7 +98,8 @@ PARQUET_SCHEMA = pa.schema([
 def parquet_row(record: dict, record_json: str) -> dict:
     src, gen, sc, dec = record["source"], record["generation"], record["scoring"], record["decision"]
     return {
-        "key": record["key"], "status": record["status"], "reason": record["reason"], "outcome": dec["outcome"],
+        "key": record["key"], "status": record["status"], "reason": record["reason"] or None,
+        "outcome": dec["outcome"],
         "caption": record["caption"], "caption_orig": record["caption_orig"],
         "caption_rewrite": record["caption_rewrite"], "clip_orig": sc["clip_orig"],
         "clip_rewrite": sc["clip_rewrite"], "clip_sentence_min": sc["clip_sentence_min"],
