@@ -9,4 +9,5 @@ COMMAND_MODULES = [
     "vlm_aug.commands.trace",
     "vlm_aug.commands.stats",
     "vlm_aug.commands.models",
+    "vlm_aug.commands.eval_downstream",
 ]

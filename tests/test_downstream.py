@@ -1,0 +1,180 @@
+"""`vlm-aug eval-downstream` on tiny data: real tars, a real pipeline run with tiny models, real
+open_clip_train subprocesses; the table and downstream.json must agree with the trainer's own logs."""
+
+import io
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from helpers import make_shards, sample_members, tiny_args, write_tar
+from vlm_aug.cli import main
+from vlm_aug.downstream.aggregate import paired_gain, summarize_arm
+from vlm_aug.downstream.evaluate import retrieval_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS, BATCH = 4, 4
+TRAIN_LINE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/\d+ .* Loss: ([\d.]+) \(")
+
+
+@pytest.fixture(scope="module")
+def consumer_python():
+    """open_clip_train's environment (webdataset 0.2.86), created by the setup script."""
+    if os.environ.get("VLM_AUG_CONSUMER_PYTHON"):
+        return os.environ["VLM_AUG_CONSUMER_PYTHON"]
+    done = subprocess.run(["bash", str(REPO / "scripts/setup_consumer_env.sh")], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, f"setup_consumer_env.sh failed:\n{done.stdout}\n{done.stderr}"
+    return str(REPO / ".venv/consumer/bin/python")
+
+
+def noise_png(seed: int, size: int = 40) -> bytes:
+    """A distinct image per seed (no two held-out images embed alike, so no tied scores)."""
+    buffer = io.BytesIO()
+    pixels = torch.randint(0, 256, (size, size, 3), generator=torch.Generator().manual_seed(seed))
+    Image.fromarray(pixels.to(torch.uint8).numpy()).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_heldout(path: Path, n: int = 12) -> Path:
+    """n samples with unique captions and distinct images; json labels of two classes (zero-shot)."""
+    members = []
+    for i in range(n):
+        colour = "red" if i % 2 else "blue"
+        members += sample_members(f"h{i:04d}", f"a {colour} square number {i}", noise_png(i),
+                                  {"label": colour}, ext="png")
+    return write_tar(path, members)
+
+
+@pytest.fixture(scope="module")
+def ab(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir, consumer_python):
+    root = tmp_path_factory.mktemp("downstream")
+    make_shards(root / "in", n_shards=2, per_shard=8)  # sample 3 of shard 0 is not an image
+    out = root / "out"
+    run = ["run", str(REPO / "configs/preview.yaml"), "--input", str(root / "in/*.tar"), "--output", str(out),
+           "--no-progress", "--no-report", *tiny_args(tiny_vlm_dir, tiny_clip_dir)]
+    assert main(run) == 0
+    held = write_heldout(root / "held" / "000000.tar")
+    argv = ["eval-downstream", str(out), "--heldout", str(held), "--model", "tiny", "--seeds", "1",
+            "--steps", str(STEPS), "--batch-size", str(BATCH), "--threads", "1",
+            "--trainer-python", consumer_python]
+    return out, argv
+
+
+@pytest.fixture(scope="module")
+def result(ab):
+    out, argv = ab
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return json.loads((out / "downstream.json").read_text()), printed.getvalue()
+
+
+def read_log(path):
+    lines = [TRAIN_LINE.search(line) for line in Path(path).read_text().splitlines()]
+    lines = [m for m in lines if m]
+    return int(lines[-1].group(1)) // BATCH, float(lines[-1].group(2))
+
+
+def test_arms_are_original_and_output(result, ab):
+    data, _ = result
+    arms = {a["name"]: a for a in data["arms"]}
+    assert list(arms) == ["original", "recaptioned"]
+    assert arms["original"]["samples"] == 15 and arms["original"]["skipped"] == {"decode_error": 1}
+    sizes = json.loads((ab[0] / "shards/sizes.json").read_text())
+    assert arms["recaptioned"]["samples"] == sum(sizes.values())
+    assert data["comparisons"] == [["original", "recaptioned"]]
+
+
+def test_json_agrees_with_training_logs(result):
+    data, _ = result
+    assert len(data["runs"]) == 2
+    for run in data["runs"]:
+        steps, loss = read_log(run["train"]["log"])
+        assert steps == run["train"]["steps"] == STEPS  # same steps for both arms
+        assert loss == pytest.approx(run["metrics"]["final_loss"], abs=1e-4)
+        results = Path(run["train"]["log"]).parent / "checkpoints" / "results.jsonl"
+        trainer = json.loads(results.read_text().splitlines()[-1])  # open_clip_train's own evaluation
+        for key in ("image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5"):
+            assert run["metrics"][key] == pytest.approx(trainer[key], abs=1e-6), key
+        assert run["metrics"]["zero_shot_classes"] == 2 and run["metrics"]["zero_shot_samples"] == 12
+        assert run["train"]["checkpoint"] is None  # removed after evaluation
+
+
+def test_table_matches_json(result):
+    data, printed = result
+    assert data["table"] in printed
+    for arm, summary in data["summary"].items():
+        assert summary["mean_R@1"]["n"] == 1
+        row = [line for line in data["table"].splitlines() if line.startswith("mean R@1")][0]
+        assert f"{summary['mean_R@1']['mean']:.3f}" in row
+        assert summary["final_loss"]["values"] == [r["metrics"]["final_loss"] for r in data["runs"] if r["arm"] == arm]
+    gain = data["gains"]["recaptioned_vs_original"]["mean_R@1"]
+    runs = {r["arm"]: r["metrics"]["mean_R@1"] for r in data["runs"]}
+    assert gain["mean"] == pytest.approx(runs["recaptioned"] - runs["original"], abs=1e-6)
+    assert f"gain recaptioned_vs_original (mean_R@1): {gain['mean']:+.3f}" in data["table"]
+
+
+def test_retrieval_equals_open_clip_train_metrics_on_unique_captions():
+    from open_clip_train.train import get_clip_metrics
+
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(40, 16), dim=1)
+    txt = torch.nn.functional.normalize(img + 0.8 * torch.randn(40, 16), dim=1)
+    ours = retrieval_metrics(img, txt, torch.arange(40))
+    theirs = get_clip_metrics(img, txt, torch.tensor(10.0))
+    for key in ("image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@10",
+                "image_to_text_mean_rank", "text_to_image_mean_rank"):
+        assert ours[key] == pytest.approx(float(theirs[key]), abs=1e-4), key
+
+
+def test_retrieval_counts_identical_captions_as_one_text():
+    img = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    txt = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # text 0 "B" for image 2, text 1 "A" for images 0, 1
+    m = retrieval_metrics(img, txt, torch.tensor([1, 1, 0]))
+    # image 1 (0.8, 0.6) prefers text "A" (0.8 > 0.6): right; all three images are right at R@1
+    assert m["image_to_text_R@1"] == 1.0
+    # text "A": best image is image 0 (score 1.0) -> right; text "B": image 2 (1.0) -> right
+    assert m["text_to_image_R@1"] == 1.0
+    m = retrieval_metrics(img, txt, torch.tensor([1, 0, 0]))  # image 1 now labelled "B"
+    assert m["image_to_text_R@1"] == pytest.approx(2 / 3)  # image 1 ranks "A" first
+    assert m["text_to_image_R@1"] == 1.0  # "A" -> image 0; "B" -> image 2 (one of its two images)
+
+
+def test_collapsed_model_scores_zero_not_one():
+    same = torch.nn.functional.normalize(torch.ones(5, 4), dim=1)
+    m = retrieval_metrics(same, same, torch.arange(5))  # every score ties
+    assert m["image_to_text_R@1"] == 0.0 and m["text_to_image_R@1"] == 0.0
+    assert m["image_to_text_R@5"] == 1.0  # 4 wrong texts tie: the right one is still in the top 5
+
+
+def test_paired_gain_and_summary_by_hand():
+    a = [{"m": 0.10}, {"m": 0.20}, {"m": 0.30}]
+    b = [{"m": 0.15}, {"m": 0.27}, {"m": 0.36}]
+    g = paired_gain(a, b, "m")  # differences 0.05, 0.07, 0.06: mean 0.06, std 0.01
+    assert g["mean"] == pytest.approx(0.06) and g["std"] == pytest.approx(0.01)
+    assert g["mean_minus_2std"] == pytest.approx(0.04) and g["significant"]
+    assert not paired_gain(a, [{"m": 0.3}, {"m": 0.1}, {"m": 0.3}], "m")["significant"]
+    assert summarize_arm(a)["m"]["std"] == pytest.approx(0.1)
+
+
+def test_clear_errors(tmp_path, ab, capsys):
+    out, argv = ab
+    assert main(["eval-downstream", str(tmp_path), *argv[2:]]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+    bad_held = argv[:3] + [str(tmp_path / "missing-*.tar")] + argv[4:]
+    assert main(bad_held) == 2
+    assert "matches no file" in capsys.readouterr().err
+    bad_model = [*argv, "--model", "no-such-model"]
+    assert main(bad_model) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    assert main([*argv, "--compare", "original:nope"]) == 2
+    assert "unknown arm" in capsys.readouterr().err

@@ -1,0 +1,118 @@
+"""Training sets ("arms") of the A/B, each a list of WebDataset shards open_clip_train can read.
+
+`original`: the input shards of a vlm_aug run with their original captions, rewritten as
+image + `txt` tars (the trainer reads only `txt`; the input may keep captions in json).
+Any vlm_aug output directory: its `shards/*.tar` as written (training caption in `txt`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlm_aug.downstream import DownstreamError
+
+
+@dataclass
+class Arm:
+    name: str
+    urls: list[str]
+    samples: int
+    source: str
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "samples": self.samples, "shards": len(self.urls),
+                "source": self.source, "skipped": self.skipped}
+
+
+def read_manifest(out_root: Path) -> dict:
+    path = Path(out_root) / "manifest.json"
+    if not path.is_file():
+        raise DownstreamError(f"{path} not found: give the output directory of a finished "
+                              "`vlm-aug run` (it writes manifest.json at the end)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def output_arm(name: str, out_root) -> Arm:
+    """The shards a vlm_aug run wrote, counted from their sizes.json (empty shards left out)."""
+    out_root = Path(out_root)
+    manifest = read_manifest(out_root)
+    sizes_path = out_root / "shards" / "sizes.json"
+    if not sizes_path.is_file():
+        raise DownstreamError(f"{sizes_path} not found: rerun `vlm-aug run` on {out_root} to finish it")
+    sizes = json.loads(sizes_path.read_text(encoding="utf-8"))
+    urls = [str(out_root / "shards" / shard) for shard, n in sorted(sizes.items()) if n > 0]
+    total = sum(sizes.values())
+    if total == 0:
+        raise DownstreamError(f"{out_root} kept no sample: nothing to train on (see its report.html)")
+    policy = (manifest.get("config") or {}).get("policy", {}).get("name", "?")
+    return Arm(name, urls, total, f"vlm_aug output {out_root} (policy {policy})")
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o644
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def _image_problem(data: bytes):
+    """None if PIL can parse the image, else a reason (the trainer would drop it silently)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except Exception:  # any parse failure is a per-sample reason, never a crash
+        return "decode_error"
+    return None
+
+
+def _write_original_shard(reader, dest: Path, skipped: dict) -> int:
+    count = 0
+    tmp = dest.with_suffix(".tar.tmp")
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in reader:
+            reason = sample.reason if not sample.active else _image_problem(sample.image_bytes)
+            if reason:
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            _add(tar, f"{sample.key}.{sample.image_ext}", sample.image_bytes)
+            _add(tar, f"{sample.key}.txt", sample.caption_orig.encode("utf-8"))
+            count += 1
+    if reader.report.error:
+        skipped["shard_read_error"] = skipped.get("shard_read_error", 0) + 1
+    tmp.replace(dest)
+    return count
+
+
+def original_arm(out_root, work_dir: Path, name: str = "original") -> Arm:
+    """The run's input shards with their original captions, as `txt` tars under `work_dir`."""
+    from vlm_aug.shards import ShardReader, expand_inputs, shard_name
+
+    config = read_manifest(Path(out_root))["config"]
+    inp, limits = config["input"], config["limits"]
+    try:
+        urls = expand_inputs(inp["paths"])
+    except FileNotFoundError as exc:
+        raise DownstreamError(f"the input shards of {out_root} are gone ({exc}); the original arm "
+                              "needs them: restore them or pass --no-original") from exc
+    arm_dir = work_dir / "arms" / name
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    skipped: dict[str, int] = {}
+    sizes, out_urls = {}, []
+    for i, url in enumerate(urls):
+        dest = arm_dir / f"{i:06d}_{shard_name(url)[-40:]}.tar"
+        reader = ShardReader(url, inp["caption_key"], inp["image_keys"], limits["max_sample_bytes"])
+        sizes[dest.name] = _write_original_shard(reader, dest, skipped)
+        if sizes[dest.name]:
+            out_urls.append(str(dest))
+    (arm_dir / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n", encoding="utf-8")
+    total = sum(sizes.values())
+    if total == 0:
+        raise DownstreamError(f"the input shards of {out_root} hold no readable image-caption sample")
+    return Arm(name, out_urls, total, f"input shards of {out_root}, original captions ({inp['caption_key']})",
+               skipped)

@@ -1,0 +1,141 @@
+"""The offline scene-world A/B: terse originals (20% wrong) vs vlm_aug output, filtered vs not.
+
+DIR/input      training scenes, terse captions, `wrong_fraction` of them wrong
+DIR/heldout    fresh scenes (another seed): txt = dense description, json label for 1-object scenes
+DIR/filtered   the demo pipeline (default policy: rewrite, fall back or reject by CLIP score)
+DIR/unfiltered the same pipeline keeping every rewrite (policy rewrite, no threshold)
+DIR/mix        (--with-mix) a 50/50 draw between rewrite and original, demo thresholds (policy mix)
+Then one open_clip_train run per arm and seed; DIR/downstream.json and DIR/filtered/downstream.json.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+from vlm_aug.downstream import DOWNSTREAM_JSON, DownstreamError
+
+TRAIN_SEED, HELDOUT_SEED = 2026, 777001  # distinct from every seed the scene models were trained on
+WRONG_FRACTION = 0.2
+ARM_POLICIES = {
+    "filtered": [],
+    "unfiltered": ["policy.name=rewrite", "policy.min_clip_rewrite=-1"],
+    "mix": ["policy.name=mix", "policy.mix_rewrite_fraction=0.5"],
+}
+COMPARISONS = [("original", "filtered"), ("unfiltered", "filtered"), ("original", "unfiltered"),
+               ("original", "mix")]
+
+
+def write_heldout(path: Path, n: int, seed: int = HELDOUT_SEED) -> Path:
+    """One shard of fresh scenes: png, dense description as txt, json with truth (+ label)."""
+    from vlm_aug.scenes.shards import _add_member, _png_bytes, shard_samples
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, s in enumerate(shard_samples(seed, 0, n)):
+            meta = {"truth": s.scene.to_json()}
+            if len(s.scene.objects) == 1:
+                meta["label"] = f"{s.scene.objects[0].colour} {s.scene.objects[0].shape}"
+            _add_member(tar, f"h{i:06d}.png", _png_bytes(s.image))
+            _add_member(tar, f"h{i:06d}.txt", s.dense.encode("utf-8"))
+            _add_member(tar, f"h{i:06d}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+    return path
+
+
+def run_pipeline(inputs: Path, out: Path, policy_sets: list[str], user_sets: list[str]) -> dict:
+    from vlm_aug.config import load_config
+    from vlm_aug.paths import configs_dir
+    from vlm_aug.run import execute
+
+    sets = [*policy_sets, *user_sets, f"input.paths=['{inputs}/*.tar']", f"output.path={out}"]
+    config = load_config(configs_dir() / "demo.yaml", sets)
+    result = execute(config, overwrite=True, progress=False)
+    if not result.ok:
+        raise DownstreamError(f"the pipeline run into {out} failed: {result.manifest['shards']['failed']}")
+    return result.manifest["totals"]
+
+
+def _arm_captions(urls: list[str]) -> dict[str, str]:
+    captions = {}
+    for url in urls:
+        with tarfile.open(url) as tar:
+            for m in tar:
+                if m.name.endswith(".txt"):
+                    captions[m.name[:-4]] = tar.extractfile(m).read().decode("utf-8")
+    return captions
+
+
+def caption_quality(arm_urls: list[str], truth: dict[str, dict]) -> dict:
+    """Shares of an arm's training captions: a dense description that is exactly right or has an
+    error, the input's terse caption (right or deliberately wrong), or anything else."""
+    from vlm_aug.scenes.world import Scene, parse_description
+
+    counts = {"dense_exact": 0, "dense_wrong": 0, "terse_right": 0, "terse_wrong": 0, "other": 0}
+    for key, caption in _arm_captions(arm_urls).items():
+        sample = truth[key]
+        if caption == sample["terse"]:
+            counts["terse_wrong" if sample["meta"]["terse_wrong"] else "terse_right"] += 1
+            continue
+        objects = parse_description(caption)
+        if objects is None:
+            counts["other"] += 1
+        else:
+            right = tuple(objects) == Scene.from_json(sample["meta"]["truth"]).objects
+            counts["dense_exact" if right else "dense_wrong"] += 1
+    total = sum(counts.values())
+    return {"samples": total, **{k: round(v / max(total, 1), 4) for k, v in counts.items()}}
+
+
+def _truth(inputs: Path) -> dict[str, dict]:
+    """key -> {"terse": input caption, "meta": input json (truth, terse_wrong)}."""
+    found: dict[str, dict] = {}
+    for path in sorted(inputs.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                data = tar.extractfile(m).read()
+                if ext == "json":
+                    found.setdefault(key, {})["meta"] = json.load(io.BytesIO(data))
+                elif ext == "txt":
+                    found.setdefault(key, {})["terse"] = data.decode("utf-8")
+    return found
+
+
+def run_scene_ab(args) -> dict:
+    """Everything the scene-world A/B needs, from nothing; returns downstream.json's content."""
+    from vlm_aug.commands.eval_downstream import build_experiment
+    from vlm_aug.downstream.arms import original_arm, output_arm
+    from vlm_aug.downstream.experiment import run_experiment, write_json
+    from vlm_aug.scenes import write_scene_shards
+
+    root, t0 = Path(args.scenes), time.time()
+    inputs, work = root / "input", root / "work"
+    for stale in (inputs, root / "heldout", work, *(root / name for name in ARM_POLICIES)):
+        shutil.rmtree(stale, ignore_errors=True)
+    write_scene_shards(inputs, args.scene_shards, args.scene_per_shard, TRAIN_SEED, WRONG_FRACTION)
+    args.heldout = [str(write_heldout(root / "heldout" / "000000.tar", args.scene_heldout))]
+    timings = {"data_s": round(time.time() - t0, 1)}
+    names = [n for n in ARM_POLICIES if args.with_mix or n != "mix"]
+    pipeline = {}
+    for name in names:
+        start = time.time()
+        pipeline[name] = run_pipeline(inputs, root / name, ARM_POLICIES[name], args.set)
+        print(f"pipeline {name}: {pipeline[name]} in {time.time() - start:.0f}s")
+    timings["pipeline_s"] = round(time.time() - t0 - timings["data_s"], 1)
+    arms = [original_arm(root / "filtered", work)] + [output_arm(n, root / n) for n in names]
+    truth = _truth(inputs)
+    quality = {arm.name: caption_quality(arm.urls, truth) for arm in arms}
+    args.compare = args.compare or [f"{a}:{b}" for a, b in COMPARISONS if {a, b} <= {x.name for x in arms}]
+    exp = build_experiment(args, root / "filtered", work, arms)
+    extra = {"scene_world": {"train_seed": TRAIN_SEED, "heldout_seed": HELDOUT_SEED,
+                             "wrong_fraction": WRONG_FRACTION, "train_samples": args.scene_shards * args.scene_per_shard,
+                             "pipeline_totals": pipeline, "caption_quality": quality, "timings": timings}}
+    result = run_experiment(exp, root / "filtered" / DOWNSTREAM_JSON, extra=extra)
+    result["scene_world"]["timings"]["total_s"] = round(time.time() - t0, 1)
+    write_json(root / "filtered" / DOWNSTREAM_JSON, result)
+    write_json(root / DOWNSTREAM_JSON, result)
+    return result
