@@ -123,6 +123,18 @@ def test_table_matches_json(result):
     assert f"gain recaptioned_vs_original (mean_R@1): {gain['mean']:+.3f}" in data["table"]
 
 
+def test_report_shows_the_ab(result, ab):
+    data, _ = result
+    out = ab[0]
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    section = html[html.index('<section id="downstream">'):]
+    section = section[:section.index("</section>")]
+    assert "<th>original</th><th>recaptioned</th>" in section
+    assert f"{data['summary']['original']['mean_R@1']['mean']:.3f}" in section
+    assert "recaptioned_vs_original" in section
+
+
 def test_retrieval_equals_open_clip_train_metrics_on_unique_captions():
     from open_clip_train.train import get_clip_metrics
 

@@ -151,4 +151,9 @@ def cmd_eval_downstream(args) -> int:
         return 2
     print("\n" + result["table"])
     print(f"\nwrote {where} ({result['wall_s']:.0f} s)")
+    run_dir = Path(args.scenes) / "filtered" if args.scenes else Path(args.output)
+    if (run_dir / "report.html").exists():  # the report shows downstream.json: refresh it
+        from vlm_aug.commands.report import write_run_report
+
+        write_run_report(str(run_dir))
     return 0

@@ -23,8 +23,8 @@ TRAIN_SEED, HELDOUT_SEED = 2026, 777001  # distinct from every seed the scene mo
 WRONG_FRACTION = 0.2
 ARM_POLICIES = {
     "filtered": [],
-    "unfiltered": ["policy.name=rewrite", "policy.min_clip_rewrite=-1"],
-    "mix": ["policy.name=mix", "policy.mix_rewrite_fraction=0.5"],
+    "unfiltered": ["policy.name=rewrite", "policy.min_clip_rewrite=-1", "output.report=false"],
+    "mix": ["policy.name=mix", "policy.mix_rewrite_fraction=0.5", "output.report=false"],
 }
 COMPARISONS = [("original", "filtered"), ("unfiltered", "filtered"), ("original", "unfiltered"),
                ("original", "mix")]

@@ -7,6 +7,7 @@ from html import escape
 from importlib import resources
 from typing import Optional
 
+from vlm_aug.downstream.report_section import downstream_section
 from vlm_aug.report.collect import STATUSES, RunData
 from vlm_aug.report.gallery import render_gallery
 
@@ -119,6 +120,7 @@ def render_page(data: RunData, plots: dict[str, str], low: Optional[float]) -> s
 <body><header class="top"><h1>vlm-aug report</h1><div class="meta">run {run_id} · {escape(data.out)} ·
 made {made}</div></header><main>
 {summary_section(data)}
+{downstream_section(data.out)}
 {plots_section(plots)}
 {diversity_section(data)}
 {gallery_section(data, low)}
