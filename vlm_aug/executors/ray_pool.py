@@ -130,16 +130,20 @@ class ShardScheduler:
                     slot.counters["starved_s"] += now - slot.idle_since
                     slot.idle_since = None
 
-    def _done(self, slot: Slot, ref, stats: dict) -> None:
+    def _release(self, slot: Slot, ref) -> Task:
         task = slot.inflight.pop(ref)
+        if not slot.inflight:
+            slot.idle_since = time.monotonic()
+        return task
+
+    def _done(self, slot: Slot, ref, stats: dict) -> None:
+        task = self._release(slot, ref)
         counters = slot.counters
         counters["shards"] += 1
         counters["samples"] += stats["counts"]["inputs"]
         counters["tokens"] += stats.get("scores", {}).get("new_tokens", 0)
         self.outcomes.append(ShardOutcome(task.url, stats=stats, attempts=task.attempts, worker=slot.identity))
         self.progress.shard_done(stats)
-        if not slot.inflight:
-            slot.idle_since = time.monotonic()
 
     # ---- events ------------------------------------------------------------------------------
     def _handle(self, ref) -> None:
@@ -153,7 +157,7 @@ class ShardScheduler:
             value = ray.get(ref)
         except RayTaskError as exc:
             if kind == "shard":
-                slot.inflight.pop(ref)
+                self._release(slot, ref)
                 return self._retry_or_fail(task, _error_text(exc))
             cause = getattr(exc, "cause", None)  # a model that cannot load fails on every actor
             raise (cause if isinstance(cause, Exception) else exc) from None
