@@ -70,8 +70,14 @@ class RayExecutor:
         options = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0,
                        max_concurrency=self.config.ray.max_shards_in_flight_per_actor + 1)  # +1: ping/metrics
 
+        config = self.config
+        if not plan.num_gpus:  # no GPU reserved: `auto` must not pick up a GPU another actor holds
+            config = config.model_copy(deep=True)
+            for section in (config.vlm, config.clip):
+                section.device = "cpu" if section.device == "auto" else section.device
+
         def spawn(index: int):
-            return worker_cls.options(**options).remote(self.config, processor.run, index, plan.torch_threads)
+            return worker_cls.options(**options).remote(config, processor.run, index, plan.torch_threads)
 
         return spawn
 

@@ -234,14 +234,16 @@ class ShardScheduler:
         """Per-actor throughput and idle time: the actor's own view, with the driver's counters."""
         import ray
 
+        for slot in self.slots:
+            if slot.state in ("loading", "ready"):
+                if slot.idle_since is not None:
+                    slot.counters["starved_s"] += time.monotonic() - slot.idle_since
+                    slot.idle_since = None
+                self._record_worker(slot, state=slot.state)  # "loading": the run ended before its models did
         live = [s for s in self.slots if s.state == "ready"]
         refs = [s.handle.metrics.remote() for s in live]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
         for slot, ref in zip(live, refs):
-            if slot.idle_since is not None:
-                slot.counters["starved_s"] += time.monotonic() - slot.idle_since
-                slot.idle_since = None
-            self._record_worker(slot)
             if ref in ready:
                 self.workers[slot.identity].update(ray.get(ref))
         return self.workers
