@@ -174,7 +174,11 @@ def test_paired_gain_and_summary_by_hand():
     g = paired_gain(a, b, "m")  # differences 0.05, 0.07, 0.06: mean 0.06, std 0.01
     assert g["mean"] == pytest.approx(0.06) and g["std"] == pytest.approx(0.01)
     assert g["mean_minus_2std"] == pytest.approx(0.04) and g["significant"]
-    assert not paired_gain(a, [{"m": 0.3}, {"m": 0.1}, {"m": 0.3}], "m")["significant"]
+    assert g["verdict"] == "real gain"
+    noisy = paired_gain(a, [{"m": 0.3}, {"m": 0.1}, {"m": 0.3}], "m")
+    assert not noisy["significant"] and noisy["verdict"] == "not significant"
+    assert paired_gain(b, a, "m")["verdict"] == "real loss"
+    assert paired_gain(a[:1], b[:1], "m")["verdict"] == "one seed: no verdict"
     assert summarize_arm(a)["m"]["std"] == pytest.approx(0.1)
 
 
@@ -190,3 +194,23 @@ def test_clear_errors(tmp_path, ab, capsys):
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
     assert main([*argv, "--compare", "original:nope"]) == 2
     assert "unknown arm" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_scene_world_mode_with_tiny_models(tmp_path, tiny_vlm_dir, tiny_clip_dir, consumer_python):
+    root = tmp_path / "scenes"
+    overrides = tiny_args(tiny_vlm_dir, tiny_clip_dir, "--set", "output.report=false")
+    argv = ["eval-downstream", "--scenes", str(root), "--scene-shards", "2", "--scene-per-shard", "12",
+            "--scene-heldout", "16", "--model", "tiny", "--seeds", "2", "--steps", "2", "--batch-size", "4",
+            "--trainer-python", consumer_python, *overrides]
+    assert main(argv) == 0
+    data = json.loads((root / "downstream.json").read_text())
+    assert data == json.loads((root / "filtered" / "downstream.json").read_text())
+    assert [a["name"] for a in data["arms"]] == ["original", "filtered", "unfiltered"]
+    quality = data["scene_world"]["caption_quality"]
+    assert quality["original"]["samples"] == 24
+    assert quality["original"]["terse_wrong"] == pytest.approx(round(0.2 * 12) * 2 / 24, abs=1e-3)
+    assert quality["unfiltered"]["terse_right"] + quality["unfiltered"]["terse_wrong"] == 0  # all rewrites
+    assert set(data["gains"]) == {"filtered_vs_original", "filtered_vs_unfiltered", "unfiltered_vs_original"}
+    assert len(data["runs"]) == 6 and {r["seed"] for r in data["runs"]} == {0, 1}
+    assert data["heldout"]["samples"] == 16 and data["heldout"]["unique_captions"] <= 16

@@ -19,12 +19,13 @@ def add_training_args(p) -> None:
     g.add_argument("--pretrained", help="open_clip pretrained tag to fine-tune from (default: from scratch)")
     g.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
     g.add_argument("--seed-base", type=int, default=0, help="first seed (default 0)")
-    g.add_argument("--steps", type=int, help="optimizer steps per run (default 300; scene world 200)")
+    g.add_argument("--steps", type=int, help="optimizer steps per run (default 300; scene world 150)")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; scene world 2e-3)")
     g.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 10%% of --steps)")
     g.add_argument("--wd", type=float, default=0.1)
-    g.add_argument("--threads", type=int, default=2, help="torch threads of the trainer (default 2)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the trainer (default 1: on a shared 2-core CPU, 2 threads ran 3x slower)")
     g.add_argument("--workers", type=int, default=0, help="dataloader workers (default 0)")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     g.add_argument("--precision", default="fp32", help="open_clip_train --precision (amp on a GPU)")
@@ -63,7 +64,8 @@ def register(sub) -> None:
 
 
 DEFAULTS = {"steps": 300, "lr": 1e-3}
-SCENE_DEFAULTS = {"steps": 200, "lr": 2e-3}  # measured: 200 steps reach R@1 > 0.9 on dense captions
+# Measured with exact dense captions (500 held-out scenes): R@1 0.89 after 120 steps, 0.97 after 300.
+SCENE_DEFAULTS = {"steps": 150, "lr": 2e-3}
 
 
 def spec_from_args(args):

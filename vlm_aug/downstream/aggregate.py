@@ -34,7 +34,16 @@ def paired_gain(a_runs: list[dict], b_runs: list[dict], metric: str) -> Optional
     stats = mean_std([b - a for a, b in pairs])
     stats["mean_minus_2std"] = round(stats["mean"] - 2 * stats["std"], 6)
     stats["significant"] = len(pairs) > 1 and stats["mean_minus_2std"] > 0
+    stats["verdict"] = verdict(stats)
     return stats
+
+
+def verdict(gain: dict) -> str:
+    if gain["n"] < 2:
+        return "one seed: no verdict"
+    if gain["significant"]:
+        return "real gain"
+    return "real loss" if gain["mean"] + 2 * gain["std"] < 0 else "not significant"
 
 
 def gains(runs: dict[str, list[dict]], comparisons: list[tuple[str, str]]) -> dict:
@@ -64,8 +73,6 @@ def format_table(summary: dict[str, dict], gain_table: dict, seeds: int) -> str:
     for name, per_metric in gain_table.items():
         g = per_metric.get(HEADLINE)
         if g:
-            worse = g["mean"] + 2 * g["std"] < 0
-            verdict = "real gain" if g["significant"] else ("real loss" if worse else "not significant")
             lines.append(f"gain {name} ({HEADLINE}): {g['mean']:+.3f} ± {g['std']:.3f} "
-                         f"(mean-2std {g['mean_minus_2std']:+.3f}: {verdict})")
+                         f"(mean-2std {g['mean_minus_2std']:+.3f}: {g['verdict']})")
     return "\n".join(lines)

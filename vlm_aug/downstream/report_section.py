@@ -46,9 +46,8 @@ def downstream_section(out: str) -> str:
     for name, per_metric in data.get("gains", {}).items():
         g = per_metric.get(HEADLINE)
         if g:
-            verdict = "real gain" if g["significant"] else "not significant"
             gains.append(f"<li><code>{escape(name)}</code>: {g['mean']:+.3f} ± {g['std']:.3f} "
-                         f"(mean − 2 std {g['mean_minus_2std']:+.3f}: {verdict})</li>")
+                         f"(mean − 2 std {g['mean_minus_2std']:+.3f}: {escape(g['verdict'])})</li>")
     train, held = data.get("train", {}), data.get("heldout", {})
     note = (f"{escape(str(data.get('model', {}).get('name', '?')))} trained by open_clip_train, "
             f"{train.get('steps', '?')} steps × batch {train.get('batch_size', '?')} per run, seeds {data.get('seeds')}; "
