@@ -14,8 +14,11 @@ from pathlib import Path
 
 def add_training_args(p) -> None:
     g = p.add_argument_group("training (the same for every arm and seed)")
+    from vlm_aug.downstream.models import PRESET_NOTES
+
+    presets = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items())
     g.add_argument("--model", default="scene",
-                   help="tiny | scene | cpu-small | gpu (ViT-B-32) | an open_clip model name | a model config .json")
+                   help=f"a preset ({presets}), an open_clip model name, or a model config .json (default scene)")
     g.add_argument("--pretrained", help="open_clip pretrained tag to fine-tune from (default: from scratch)")
     g.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
     g.add_argument("--seed-base", type=int, default=0, help="first seed (default 0)")
@@ -92,7 +95,7 @@ def _parse_pairs(items: list[str], sep: str, what: str) -> list[tuple[str, str]]
     return pairs
 
 
-def build_experiment(args, out: Path, work: Path, arms):
+def build_experiment(args, work: Path, arms):
     from vlm_aug.downstream.experiment import Experiment, default_comparisons
     from vlm_aug.downstream.models import resolve_model
     from vlm_aug.downstream.train import trainer_python
@@ -122,17 +125,19 @@ def run_on_output(args) -> dict:
     if not args.output or not args.heldout:
         raise DownstreamError("give OUTPUT (a finished run's directory) and --heldout SHARDS, or --scenes DIR")
     from vlm_aug.downstream.models import resolve_model
+    from vlm_aug.downstream.train import trainer_python
     from vlm_aug.shards import expand_inputs
 
     out = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else out / "downstream"
-    expand_inputs(args.heldout), resolve_model(args.model, work)  # fail fast, before copying the arms
+    # fail fast, before copying the arms
+    expand_inputs(args.heldout), resolve_model(args.model, work), trainer_python(args.trainer_python)
     arms = [] if args.no_original else [original_arm(out, work)]
     arms.append(output_arm(args.name, out))
     arms += [output_arm(name, Path(path)) for name, path in _parse_pairs(args.arm, "=", "--arm")]
     if len({a.name for a in arms}) != len(arms):
         raise DownstreamError(f"arm names must differ: {[a.name for a in arms]}")
-    exp = build_experiment(args, out, work, arms)
+    exp = build_experiment(args, work, arms)
     print(f"eval-downstream: {len(arms)} arm(s) x {len(exp.seeds)} seed(s), {exp.spec.steps} steps each, "
           f"model {exp.model.name}")
     return run_experiment(exp, out / DOWNSTREAM_JSON)

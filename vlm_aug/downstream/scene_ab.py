@@ -112,6 +112,12 @@ def run_scene_ab(args) -> dict:
     from vlm_aug.downstream.experiment import run_experiment, write_json
     from vlm_aug.scenes import write_scene_shards
 
+    from vlm_aug.downstream.train import trainer_python
+    from vlm_aug.paths import resolve_builtin
+
+    trainer_python(args.trainer_python)  # fail before minutes of pipeline work, not after
+    if not any(s.startswith(("vlm.model=", "clip.model=")) for s in args.set):
+        resolve_builtin("vlm_aug:scene_vlm"), resolve_builtin("vlm_aug:scene_clip")
     root, t0 = Path(args.scenes), time.time()
     inputs, work = root / "input", root / "work"
     for stale in (inputs, root / "heldout", work, *(root / name for name in ARM_POLICIES)):
@@ -130,7 +136,7 @@ def run_scene_ab(args) -> dict:
     truth = _truth(inputs)
     quality = {arm.name: caption_quality(arm.urls, truth) for arm in arms}
     args.compare = args.compare or [f"{a}:{b}" for a, b in COMPARISONS if {a, b} <= {x.name for x in arms}]
-    exp = build_experiment(args, root / "filtered", work, arms)
+    exp = build_experiment(args, work, arms)
     extra = {"scene_world": {"train_seed": TRAIN_SEED, "heldout_seed": HELDOUT_SEED,
                              "wrong_fraction": WRONG_FRACTION, "train_samples": args.scene_shards * args.scene_per_shard,
                              "pipeline_totals": pipeline, "caption_quality": quality, "timings": timings}}
