@@ -91,7 +91,7 @@ def batch_loss(model, tokenizer, pixels, scenes, rng) -> torch.Tensor:
 
 
 def train_clip(out_dir, *, minutes: float, seed: int = 0, image_size: int = 64,
-               n_train: int = 30000, batch_size: int = 64, peak_lr: float = 1e-3, warmup: int = 50,
+               n_train: int = 20000, batch_size: int = 64, peak_lr: float = 1e-3, warmup: int = 50,
                log=print) -> dict:
     """Train the scene CLIP for `minutes`, save it (fp16) to `out_dir`; return the training record."""
     import open_clip
@@ -120,7 +120,7 @@ def train_clip(out_dir, *, minutes: float, seed: int = 0, image_size: int = 64,
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 4))
-        if step % 50 == 0:
+        if step % 20 == 0:
             log(f"clip step {step} loss {loss.item():.4f} scale {model.logit_scale.exp().item():.1f} "
                 f"{elapsed:.0f}s")
         step += 1

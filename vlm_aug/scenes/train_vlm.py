@@ -79,7 +79,7 @@ def lr_at(progress: float, step: int, peak: float, warmup: int) -> float:
     return peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_vlm(out_dir, *, minutes: float, seed: int = 0, image_size: int = 64, n_train: int = 40000,
+def train_vlm(out_dir, *, minutes: float, seed: int = 0, image_size: int = 64, n_train: int = 30000,
               batch_size: int = 64, peak_lr: float = 1.5e-3, warmup: int = 60, log=print) -> dict:
     """Build the scene VLM in `out_dir`, train it for `minutes`, save it; return the training record."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -106,7 +106,7 @@ def train_vlm(out_dir, *, minutes: float, seed: int = 0, image_size: int = 64, n
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 4))
-        if step % 50 == 0:
+        if step % 20 == 0:
             log(f"vlm step {step} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{elapsed:.0f}s")
         step += 1
