@@ -78,7 +78,7 @@ class ShardWorker:
         """Load the models; -> what the stages describe (for the run manifest)."""
         start = time.perf_counter()
         self.processor.setup()
-        self.ready_at = time.perf_counter()
+        self.ready_at, self.ready_cpu = time.perf_counter(), _process_cpu_s()
         run = self.processor.run
         return {"generation": run.generation, "scoring": run.scoring, "decision": run.decision,
                 "setup_s": round(self.ready_at - start, 3)}
@@ -107,4 +107,11 @@ class ShardWorker:
                 "model_idle_s": round(max(alive - busy, 0.0), 3),
                 "samples_per_s": round(self.samples / alive, 3) if alive else None,
                 "tokens_per_s": round(self.tokens / alive, 3) if alive else None,
-                "max_shards_open": self.meter.max_open_shards, "torch_threads": self.torch_threads}
+                "max_shards_open": self.meter.max_open_shards, "torch_threads": self.torch_threads,
+                # cores this process really used: > reserved CPUs means it competes with its neighbours
+                "cores_used": round((_process_cpu_s() - self.ready_cpu) / alive, 2) if alive else None}
+
+
+def _process_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
