@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, ImageOps
@@ -46,4 +47,5 @@ def decode_samples(samples: list[Sample], max_pixels: int, max_image_bytes: int)
             sample.image = decode_image(sample.image_bytes, max_pixels)
         except Exception as exc:  # PIL raises many types for hostile bytes
             reason = "image_too_large" if "too_large" in str(exc) or "DecompressionBomb" in type(exc).__name__ else "decode_error"
-            sample.fail(reason, f"{type(exc).__name__}: {exc}")
+            detail = re.sub(r" at 0x[0-9a-f]+", "", f"{type(exc).__name__}: {exc}")  # reruns record the same text
+            sample.fail(reason, detail)

@@ -80,7 +80,8 @@ def build_record(sample: Sample, run: RunContext) -> dict[str, Any]:
                     "clip_sentences": list(s.get("clip_sentences", [])),
                     "clip_sentence_min": _sentence_min(s.get("clip_sentences", []))},
         "decision": {**run.decision, "outcome": outcome, "reason": sample.reason or "",
-                     "rewrite_problem": f.get("rewrite_problem") or "", "mix_draw": f.get("mix_draw")},
+                     "rewrite_problem": f.get("rewrite_problem") or "", "mix_draw": f.get("mix_draw"),
+                     "orig_passed": f.get("orig_passed")},
         "pipeline": run.pipeline(),
     }
 

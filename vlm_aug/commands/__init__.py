@@ -4,6 +4,7 @@ its parser and sets `func` (args -> exit code). Add a command by adding its modu
 COMMAND_MODULES = [
     "vlm_aug.commands.run",
     "vlm_aug.commands.demo",
+    "vlm_aug.commands.eval_scenes",
     "vlm_aug.commands.report",
     "vlm_aug.commands.export",
     "vlm_aug.commands.trace",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import time
 import traceback
 
@@ -23,8 +24,9 @@ class LocalExecutor:
     def run(self, urls: list[str], processor: ShardProcessor, progress: RunProgress) -> ExecutorReport:
         import torch
 
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+        # one core stays free for the prefetch (read/decode) thread: on 2 cores, torch with
+        # 2 threads beside it ran 5x slower than with 1 (measured: 8.6 vs 44.7 samples/s)
+        torch.set_num_threads(self.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         report = ExecutorReport()
         start = time.perf_counter()
         processor.setup()

@@ -29,6 +29,8 @@ class DecideStage:
     def process_batch(self, samples: list[Sample]) -> None:
         for sample in samples:
             if sample.active:
+                orig = sample.scores.get("clip_orig")
+                sample.flags["orig_passed"] = None if orig is None else orig >= self.policy.min_clip_orig
                 getattr(self, f"_{self.policy.name}")(sample)
 
     def _rewrite_problem(self, sample: Sample) -> str | None:
