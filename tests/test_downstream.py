@@ -6,8 +6,10 @@ import json
 import os
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -62,7 +64,7 @@ def ab(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir, consumer_python):
     held = write_heldout(root / "held" / "000000.tar")
     argv = ["eval-downstream", str(out), "--heldout", str(held), "--model", "tiny", "--seeds", "1",
             "--steps", str(STEPS), "--batch-size", str(BATCH), "--threads", "1",
-            "--trainer-python", consumer_python]
+            "--trainer-python", consumer_python, "--unfiltered"]
     return out, argv
 
 
@@ -87,16 +89,24 @@ def read_log(path):
 def test_arms_are_original_and_output(result, ab):
     data, _ = result
     arms = {a["name"]: a for a in data["arms"]}
-    assert list(arms) == ["original", "recaptioned"]
+    assert list(arms) == ["original", "recaptioned", "unfiltered"]
     assert arms["original"]["samples"] == 15 and arms["original"]["skipped"] == {"decode_error": 1}
     sizes = json.loads((ab[0] / "shards/sizes.json").read_text())
     assert arms["recaptioned"]["samples"] == sum(sizes.values())
-    assert data["comparisons"] == [["original", "recaptioned"]]
+    rows = [r for p in sorted((ab[0] / "shards").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    rewrites = {r["key"]: r["caption_rewrite"] for r in rows if r["caption_rewrite"]}
+    assert arms["unfiltered"]["samples"] == len(rewrites)
+    written = {}
+    for path in sorted((ab[0] / "downstream/arms/unfiltered").glob("*.tar")):
+        with tarfile.open(path) as tar:
+            written.update({m.name[:-4]: tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".txt")})
+    assert written == rewrites  # every rewrite the run made, whatever the policy decided
+    assert data["comparisons"] == [["original", "recaptioned"], ["original", "unfiltered"]]
 
 
 def test_json_agrees_with_training_logs(result):
     data, _ = result
-    assert len(data["runs"]) == 2
+    assert len(data["runs"]) == 3
     for run in data["runs"]:
         steps, loss = read_log(run["train"]["log"])
         assert steps == run["train"]["steps"] == STEPS  # same steps for both arms
@@ -130,7 +140,7 @@ def test_report_shows_the_ab(result, ab):
     html = (out / "report.html").read_text()
     section = html[html.index('<section id="downstream">'):]
     section = section[:section.index("</section>")]
-    assert "<th>original</th><th>recaptioned</th>" in section
+    assert "<th>original</th><th>recaptioned</th><th>unfiltered</th>" in section
     assert f"{data['summary']['original']['mean_R@1']['mean']:.3f}" in section
     assert "recaptioned_vs_original" in section
 

@@ -52,6 +52,8 @@ def register(sub) -> None:
                    help="another run's output as an extra arm, e.g. unfiltered=out_rewrite (repeatable)")
     p.add_argument("--name", default="recaptioned", help="arm name of OUTPUT (default recaptioned)")
     p.add_argument("--no-original", action="store_true", help="no arm on the input's original captions")
+    p.add_argument("--unfiltered", action="store_true",
+                   help="add an arm with every rewrite OUTPUT's run made, kept whatever its policy decided")
     p.add_argument("--compare", action="append", default=[], metavar="A:B",
                    help="report the gain of arm B over arm A (default: every arm over original)")
     p.add_argument("--work-dir", help="arms, logs, model configs (default OUTPUT/downstream)")
@@ -119,7 +121,7 @@ def build_experiment(args, work: Path, arms):
 
 def run_on_output(args) -> dict:
     from vlm_aug.downstream import DOWNSTREAM_JSON, DownstreamError
-    from vlm_aug.downstream.arms import original_arm, output_arm
+    from vlm_aug.downstream.arms import original_arm, output_arm, unfiltered_arm
     from vlm_aug.downstream.experiment import run_experiment
 
     if not args.output or not args.heldout:
@@ -134,6 +136,8 @@ def run_on_output(args) -> dict:
     expand_inputs(args.heldout), resolve_model(args.model, work), trainer_python(args.trainer_python)
     arms = [] if args.no_original else [original_arm(out, work)]
     arms.append(output_arm(args.name, out))
+    if args.unfiltered:
+        arms.append(unfiltered_arm(out, work))
     arms += [output_arm(name, Path(path)) for name, path in _parse_pairs(args.arm, "=", "--arm")]
     if len({a.name for a in arms}) != len(arms):
         raise DownstreamError(f"arm names must differ: {[a.name for a in arms]}")
@@ -159,7 +163,7 @@ def cmd_eval_downstream(args) -> int:
     print("\n" + result["table"])
     print(f"\nwrote {where} ({result['wall_s']:.0f} s)")
     run_dir = Path(args.scenes) / "filtered" if args.scenes else Path(args.output)
-    if (run_dir / "report.html").exists():  # the report shows downstream.json: refresh it
+    if args.scenes or (run_dir / "report.html").exists():  # the report shows downstream.json
         from vlm_aug.commands.report import write_run_report
 
         write_run_report(str(run_dir))

@@ -2,6 +2,8 @@
 
 `original`: the input shards of a vlm_aug run with their original captions, rewritten as
 image + `txt` tars (the trainer reads only `txt`; the input may keep captions in json).
+`unfiltered`: the same images with every VLM rewrite the run made (from its parquet), kept
+whatever the policy decided: the filter's value without a second VLM pass.
 Any vlm_aug output directory: its `shards/*.tar` as written (training caption in `txt`).
 """
 
@@ -71,17 +73,20 @@ def _image_problem(data: bytes):
     return None
 
 
-def _write_original_shard(reader, dest: Path, skipped: dict) -> int:
+def _write_input_shard(reader, dest: Path, skipped: dict, captions=None) -> int:
     count = 0
     tmp = dest.with_suffix(".tar.tmp")
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in reader:
             reason = sample.reason if not sample.active else _image_problem(sample.image_bytes)
+            caption = sample.caption_orig if captions is None else captions.get(sample.key)
+            if not reason and not caption:
+                reason = "no_rewrite"
             if reason:
                 skipped[reason] = skipped.get(reason, 0) + 1
                 continue
             _add(tar, f"{sample.key}.{sample.image_ext}", sample.image_bytes)
-            _add(tar, f"{sample.key}.txt", sample.caption_orig.encode("utf-8"))
+            _add(tar, f"{sample.key}.txt", caption.encode("utf-8"))
             count += 1
     if reader.report.error:
         skipped["shard_read_error"] = skipped.get("shard_read_error", 0) + 1
@@ -89,8 +94,31 @@ def _write_original_shard(reader, dest: Path, skipped: dict) -> int:
     return count
 
 
+def _rewrites(out_root: Path, url: str) -> dict[str, str]:
+    """key -> the VLM rewrite the run recorded for it (kept or not), from the shard's parquet."""
+    import pyarrow.parquet as pq
+
+    from vlm_aug.shards import shard_name
+
+    path = out_root / "shards" / f"{shard_name(url)}.parquet"
+    if not path.is_file():
+        raise DownstreamError(f"{path} not found: the run did not finish shard {url}; rerun `vlm-aug run`")
+    table = pq.read_table(path, columns=["key", "caption_rewrite"]).to_pydict()
+    return {k: c for k, c in zip(table["key"], table["caption_rewrite"]) if c}
+
+
 def original_arm(out_root, work_dir: Path, name: str = "original") -> Arm:
     """The run's input shards with their original captions, as `txt` tars under `work_dir`."""
+    return input_arm(out_root, work_dir, name, rewrites=False)
+
+
+def unfiltered_arm(out_root, work_dir: Path, name: str = "unfiltered") -> Arm:
+    """The run's input images with every rewrite it made, whatever its policy decided."""
+    return input_arm(out_root, work_dir, name, rewrites=True)
+
+
+def input_arm(out_root, work_dir: Path, name: str, rewrites: bool) -> Arm:
+    """The run's input images, with original captions or with the run's rewrites, as `txt` tars."""
     from vlm_aug.shards import ShardReader, expand_inputs, shard_name
 
     config = read_manifest(Path(out_root))["config"]
@@ -107,12 +135,13 @@ def original_arm(out_root, work_dir: Path, name: str = "original") -> Arm:
     for i, url in enumerate(urls):
         dest = arm_dir / f"{i:06d}_{shard_name(url)[-40:]}.tar"
         reader = ShardReader(url, inp["caption_key"], inp["image_keys"], limits["max_sample_bytes"])
-        sizes[dest.name] = _write_original_shard(reader, dest, skipped)
+        captions = _rewrites(Path(out_root), url) if rewrites else None
+        sizes[dest.name] = _write_input_shard(reader, dest, skipped, captions)
         if sizes[dest.name]:
             out_urls.append(str(dest))
     (arm_dir / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n", encoding="utf-8")
     total = sum(sizes.values())
     if total == 0:
         raise DownstreamError(f"the input shards of {out_root} hold no readable image-caption sample")
-    return Arm(name, out_urls, total, f"input shards of {out_root}, original captions ({inp['caption_key']})",
-               skipped)
+    what = "every VLM rewrite, unfiltered" if rewrites else f"original captions ({inp['caption_key']})"
+    return Arm(name, out_urls, total, f"input shards of {out_root}, {what}", skipped)
