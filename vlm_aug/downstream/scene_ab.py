@@ -105,44 +105,48 @@ def _truth(inputs: Path) -> dict[str, dict]:
     return found
 
 
+def _prepare(args, root: Path) -> tuple[Path, dict]:
+    """Check the tools, write training and held-out shards, run the pipeline(s)."""
+    from vlm_aug.downstream.train import trainer_python
+    from vlm_aug.paths import resolve_builtin
+    from vlm_aug.scenes import write_scene_shards
+
+    trainer_python(args.trainer_python)  # fail before minutes of pipeline work, not after
+    if not any(s.startswith(("vlm.model=", "clip.model=")) for s in args.set):
+        resolve_builtin("vlm_aug:scene_vlm"), resolve_builtin("vlm_aug:scene_clip")
+    t0, inputs = time.time(), root / "input"
+    for stale in (inputs, root / "heldout", root / "work", *(root / name for name in ARM_POLICIES)):
+        shutil.rmtree(stale, ignore_errors=True)
+    write_scene_shards(inputs, args.scene_shards, args.scene_per_shard, TRAIN_SEED, WRONG_FRACTION)
+    args.heldout = [str(write_heldout(root / "heldout" / "000000.tar", args.scene_heldout))]
+    info = {"train_seed": TRAIN_SEED, "heldout_seed": HELDOUT_SEED, "wrong_fraction": WRONG_FRACTION,
+            "train_samples": args.scene_shards * args.scene_per_shard, "pipeline_totals": {},
+            "timings": {"data_s": round(time.time() - t0, 1)}}
+    for name in [n for n in ARM_POLICIES if args.with_mix or n != "mix"]:
+        start = time.time()
+        info["pipeline_totals"][name] = run_pipeline(inputs, root / name, ARM_POLICIES[name], args.set)
+        print(f"pipeline {name}: {info['pipeline_totals'][name]} in {time.time() - start:.0f}s")
+    info["timings"]["pipeline_s"] = round(time.time() - t0 - info["timings"]["data_s"], 1)
+    return inputs, info
+
+
 def run_scene_ab(args) -> dict:
     """Everything the scene-world A/B needs, from nothing; returns downstream.json's content."""
     from vlm_aug.commands.eval_downstream import build_experiment
     from vlm_aug.downstream.arms import original_arm, output_arm, unfiltered_arm
     from vlm_aug.downstream.experiment import run_experiment, write_json
-    from vlm_aug.scenes import write_scene_shards
 
-    from vlm_aug.downstream.train import trainer_python
-    from vlm_aug.paths import resolve_builtin
-
-    trainer_python(args.trainer_python)  # fail before minutes of pipeline work, not after
-    if not any(s.startswith(("vlm.model=", "clip.model=")) for s in args.set):
-        resolve_builtin("vlm_aug:scene_vlm"), resolve_builtin("vlm_aug:scene_clip")
     root, t0 = Path(args.scenes), time.time()
-    inputs, work = root / "input", root / "work"
-    for stale in (inputs, root / "heldout", work, *(root / name for name in ARM_POLICIES)):
-        shutil.rmtree(stale, ignore_errors=True)
-    write_scene_shards(inputs, args.scene_shards, args.scene_per_shard, TRAIN_SEED, WRONG_FRACTION)
-    args.heldout = [str(write_heldout(root / "heldout" / "000000.tar", args.scene_heldout))]
-    timings = {"data_s": round(time.time() - t0, 1)}
-    names = [n for n in ARM_POLICIES if args.with_mix or n != "mix"]
-    pipeline = {}
-    for name in names:
-        start = time.time()
-        pipeline[name] = run_pipeline(inputs, root / name, ARM_POLICIES[name], args.set)
-        print(f"pipeline {name}: {pipeline[name]} in {time.time() - start:.0f}s")
-    timings["pipeline_s"] = round(time.time() - t0 - timings["data_s"], 1)
-    arms = [original_arm(root / "filtered", work), output_arm("filtered", root / "filtered"),
-            unfiltered_arm(root / "filtered", work)] + [output_arm(n, root / n) for n in names[1:]]
+    inputs, info = _prepare(args, root)
+    work, runs = root / "work", root / "filtered"
+    arms = [original_arm(runs, work), output_arm("filtered", runs), unfiltered_arm(runs, work)]
+    arms += [output_arm(n, root / n) for n in info["pipeline_totals"] if n != "filtered"]
     truth = _truth(inputs)
-    quality = {arm.name: caption_quality(arm.urls, truth) for arm in arms}
+    info["caption_quality"] = {arm.name: caption_quality(arm.urls, truth) for arm in arms}
     args.compare = args.compare or [f"{a}:{b}" for a, b in COMPARISONS if {a, b} <= {x.name for x in arms}]
     exp = build_experiment(args, work, arms)
-    extra = {"scene_world": {"train_seed": TRAIN_SEED, "heldout_seed": HELDOUT_SEED,
-                             "wrong_fraction": WRONG_FRACTION, "train_samples": args.scene_shards * args.scene_per_shard,
-                             "pipeline_totals": pipeline, "caption_quality": quality, "timings": timings}}
-    result = run_experiment(exp, root / "filtered" / DOWNSTREAM_JSON, extra=extra)
+    result = run_experiment(exp, runs / DOWNSTREAM_JSON, extra={"scene_world": info})
     result["scene_world"]["timings"]["total_s"] = round(time.time() - t0, 1)
-    write_json(root / "filtered" / DOWNSTREAM_JSON, result)
+    write_json(runs / DOWNSTREAM_JSON, result)
     write_json(root / DOWNSTREAM_JSON, result)
     return result
