@@ -132,7 +132,8 @@ def main(argv=None) -> int:
     for preset, local_dir in presets:
         out = work / preset.name
         argv = ["run", str(configs_dir() / "preview.yaml"), "--input", str(shard), "--output", str(out),
-                "--overwrite", "--no-progress", "--no-report", "--set", f"vlm.preset={preset.name}",
+                "--overwrite", "--no-progress", "--no-report", "--executor", "local",  # 4 images: no Ray needed
+                "--set", f"vlm.preset={preset.name}",
                 "--set", f"vlm.device={args.device}", "--set", f"clip.device={args.device}",
                 "--set", f"generation.max_new_tokens={args.max_new_tokens}", *clip_args]
         if local_dir:
