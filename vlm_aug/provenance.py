@@ -92,6 +92,7 @@ PARQUET_SCHEMA = pa.schema([
     ("clip_orig", pa.float64()), ("clip_rewrite", pa.float64()), ("clip_sentence_min", pa.float64()),
     ("clip_sentences", pa.list_(pa.float64())), ("shard", pa.string()), ("source_key", pa.string()),
     ("image_sha256", pa.string()), ("seed", pa.int64()), ("caption_truncated", pa.bool_()),
+    ("orig_passed", pa.bool_()),
     ("run_id", pa.string()), ("provenance", pa.string()),
 ])
 
@@ -106,6 +107,7 @@ def parquet_row(record: dict, record_json: str) -> dict:
         "clip_rewrite": sc["clip_rewrite"], "clip_sentence_min": sc["clip_sentence_min"],
         "clip_sentences": sc["clip_sentences"], "shard": src["shard"], "source_key": src["key"],
         "image_sha256": src["image_sha256"], "seed": gen["seed"], "caption_truncated": gen["caption_truncated"],
+        "orig_passed": dec["orig_passed"],
         "run_id": record["pipeline"]["run_id"], "provenance": record_json,
     }
 

@@ -99,6 +99,8 @@ class ShardWriter:
                 self.score_sums[f"{name}_sum"] += sample.scores[name]
                 self.score_sums[f"{name}_n"] += 1
         self.score_sums["new_tokens"] += sample.flags.get("new_tokens") or 0
+        if sample.status == KEPT and sample.flags.get("orig_passed") is False:
+            self.score_sums["corrected"] += 1  # kept with a rewrite; CLIP judged the original wrong
 
     def commit(self, read_error: Optional[str], ignored_members: int, timings: dict) -> dict:
         self.tar.close()

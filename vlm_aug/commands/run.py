@@ -64,6 +64,9 @@ def print_summary(manifest: dict, out=None) -> None:
         share = f"{t[status] / t['inputs']:.1%}" if t["inputs"] else "-"
         print(f"  {status:<10}{t[status]:>10,}{share:>9}", file=out)
     print(f"  {'total':<10}{t['inputs']:>10,}", file=out)
+    if t.get("corrected"):
+        print(f"  of the kept, {t['corrected']:,} original caption(s) scored below policy.min_clip_orig and "
+              "were replaced by the rewrite (decision.orig_passed = false)", file=out)
     before, after = t["mean_clip_orig"], t["mean_clip_rewrite"]
     gain = f"  ({after - before:+.3f})" if before is not None and after is not None else ""
     print(f"  CLIP cosine mean   original {before}   rewrite {after}{gain}", file=out)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from vlm_aug.report.diversity import CaptionSetStats, RewriteStats, words
 
 LIGHT_COLUMNS = ["key", "status", "reason", "caption", "caption_orig", "caption_rewrite",
-                 "clip_orig", "clip_rewrite", "image_sha256"]
+                 "clip_orig", "clip_rewrite", "image_sha256", "orig_passed"]
 STATUSES = ("kept", "rejected", "error")
 _SCALE = float(2 ** 64)
 
@@ -133,6 +133,8 @@ def _scan_file(data: RunData, picker: _Picker, index: int, name: str, handle, te
 def _scan_row(data: RunData, picker: _Picker, where: tuple, name: str, r: dict, text_share: float) -> None:
     opts = data.options
     data.counts[r["status"]] += 1
+    if r["status"] == "kept" and r.get("orig_passed") is False:
+        data.counts["corrected"] += 1
     if r["reason"]:
         data.reasons[f"{r['status']}:{r['reason']}"] += 1
     orig, new = r["clip_orig"], r["clip_rewrite"]

@@ -38,6 +38,7 @@ def summary_section(data: RunData) -> str:
     m = data.manifest or {}
     tiles = [_tile(f"{data.total_rows:,}", "samples")]
     tiles += [_tile(f"{data.counts.get(s, 0):,}", s, s) for s in STATUSES]
+    tiles.append(_tile(f"{data.counts.get('corrected', 0):,}", "kept, original judged wrong by CLIP"))
     tiles += [_tile(_fmt("{:.3f}", _mean(data.clip_orig)), "mean CLIP cosine, original"),
               _tile(_fmt("{:.3f}", _mean(data.clip_rewrite)), "mean CLIP cosine, rewrite")]
     wall = (m.get("timings") or {}).get("wall_s")
