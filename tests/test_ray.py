@@ -54,7 +54,9 @@ def test_ray_output_identical_to_local(tmp_path, tiny_vlm_dir, tiny_clip_dir):
     assert manifest["executor"] == "ray" and manifest["models"]["rewrite"]["model"] == str(tiny_vlm_dir)
     workers = manifest["workers"]
     assert len(workers) == 2 and sum(w["shards"] for w in workers.values()) == 4
-    for w in workers.values():
+    busy = [w for w in workers.values() if w["shards"]]  # under load one actor may still be loading
+    assert busy
+    for w in busy:
         assert w["torch_threads"] == 1 and w["max_shards_open"] <= 2
         assert w["model_busy_s"] > 0 and w["model_idle_s"] >= 0 and "samples_per_s" in w
     rows = pq.read_table(out / "shards/000000.parquet").to_pylist()
