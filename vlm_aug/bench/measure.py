@@ -136,8 +136,8 @@ class _RayDataCaptioner:
         image_emb = self.score.encode_images(images)
         text_emb = self.score.encode_texts(texts)
         cosines = (image_emb * text_emb).sum(-1).tolist()
-        return {"__key__": batch["__key__"], "png": batch["png"], "txt": texts,
-                "json": [json.dumps({"clip_rewrite": c}) for c in cosines]}
+        return {"__key__": batch["__key__"], "png": batch["png"], "txt": [t.encode() for t in texts],
+                "json": [json.dumps({"clip_rewrite": c}).encode() for c in cosines]}
 
 
 def ray_data(cfg: Config, inputs: list[Path], out_dir: Path) -> dict:
@@ -148,7 +148,7 @@ def ray_data(cfg: Config, inputs: list[Path], out_dir: Path) -> dict:
     ds = ray.data.read_webdataset([str(p) for p in inputs], decoder=None)
     ds = ds.map_batches(_RayDataCaptioner, fn_constructor_args=(cfg.model_dump_json(),),
                         batch_size=cfg.vlm.batch_size, concurrency=1, num_cpus=1)
-    ds.write_webdataset(str(out_dir))
+    ds.write_webdataset(str(out_dir), encoder=None)  # members are bytes already
     wall = time.perf_counter() - start
     samples = sum(1 for p in inputs for m in tarfile.open(p).getnames() if m.endswith(".txt"))
     return {"samples": samples, "wall_s": wall, "samples_s": samples / wall}
