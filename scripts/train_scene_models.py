@@ -50,32 +50,22 @@ def write_record(out_dir: Path, record: dict) -> None:
     (out_dir / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
-def run_vlm(args) -> None:
+def run_model(args, name: str) -> None:
+    """Train one scene model, save it with its training.json, then evaluate it on fresh scenes."""
+    from vlm_aug.scenes.train_clip import train_clip
     from vlm_aug.scenes.train_vlm import train_vlm
 
-    out_dir = args.out / "scene_vlm"
-    record = train_vlm(out_dir, minutes=args.vlm_minutes, seed=args.seed, log=log)
+    train, minutes = (train_vlm, args.vlm_minutes) if name == "vlm" else (train_clip, args.clip_minutes)
+    out_dir = args.out / f"scene_{name}"
+    record = train(out_dir, minutes=minutes, seed=args.seed, log=log)
     record["command"] = " ".join(["python", "scripts/train_scene_models.py", *sys.argv[1:]])
     write_record(out_dir, record)
-    from vlm_aug.scenes.evaluate import vlm_accuracy  # imported late: written while training
+    from vlm_aug.scenes.evaluate import clip_metrics, vlm_accuracy  # imported late: written while training
 
-    record["final_metrics"] = vlm_accuracy(out_dir, n=args.eval_n, seed=EVAL_SEED)
+    evaluate = vlm_accuracy if name == "vlm" else clip_metrics
+    record["final_metrics"] = evaluate(out_dir, n=args.eval_n, seed=EVAL_SEED)
     write_record(out_dir, record)
-    log(f"vlm done: {record['final_metrics']}")
-
-
-def run_clip(args) -> None:
-    from vlm_aug.scenes.train_clip import train_clip
-
-    out_dir = args.out / "scene_clip"
-    record = train_clip(out_dir, minutes=args.clip_minutes, seed=args.seed, log=log)
-    record["command"] = " ".join(["python", "scripts/train_scene_models.py", *sys.argv[1:]])
-    write_record(out_dir, record)
-    from vlm_aug.scenes.evaluate import clip_metrics
-
-    record["final_metrics"] = clip_metrics(out_dir, n=args.eval_n, seed=EVAL_SEED)
-    write_record(out_dir, record)
-    log(f"clip done: {record['final_metrics']}")
+    log(f"{name} done: {record['final_metrics']}")
 
 
 def main(argv=None) -> int:
@@ -83,9 +73,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.models in ("vlm", "both"):
-        run_vlm(args)
+        run_model(args, "vlm")
     if args.models in ("clip", "both"):
-        run_clip(args)
+        run_model(args, "clip")
     return 0
 
 
