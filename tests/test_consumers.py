@@ -8,9 +8,7 @@ import math
 import os
 import re
 import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 from PIL import Image

@@ -1,6 +1,5 @@
 """The tiny models load through the same entry points the pipeline uses for real ones."""
 
-import pytest
 import torch
 from PIL import Image
 

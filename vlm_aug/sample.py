@@ -24,7 +24,6 @@ class Sample:
     status: str = PENDING
     reason: Optional[str] = None
     flags: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -39,18 +38,3 @@ class Sample:
     def reject(self, reason: str) -> None:
         self.status, self.reason = REJECTED, reason
 
-
-@dataclass
-class ShardResult:
-    """What one shard produced: counts (the invariant) and per-stage timings."""
-
-    shard: str
-    counts: dict[str, int]
-    reasons: dict[str, int]
-    read_error: Optional[str] = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def check(self) -> None:
-        total = self.counts["kept"] + self.counts["rejected"] + self.counts["error"]
-        if total != self.counts["inputs"]:
-            raise AssertionError(f"{self.shard}: inputs {self.counts['inputs']} != kept+rejected+error {total}")

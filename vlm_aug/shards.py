@@ -19,7 +19,6 @@ import fsspec
 
 from vlm_aug.sample import Sample
 
-CAPTION_EXTS = ("txt",)
 META_EXT = "json"
 
 

@@ -7,8 +7,6 @@ from vlm_aug.config import PolicyConfig
 from vlm_aug.sample import KEPT, Sample
 from vlm_aug.stages import Resources, derive_seed
 
-REASONS = ("empty_rewrite", "low_clip_rewrite", "low_clip_orig", "rewrite_worse")
-
 
 class DecideStage:
     name = "decide"
