@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import posixpath
 import tarfile
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ def expand_inputs(patterns: list[str]) -> list[str]:
                 found += [f"{protocol}://{h}" for h in hits]
             else:
                 local = item[len("file://"):] if item.startswith("file://") else item
-                found += sorted(glob.glob(local)) if glob.has_magic(local) else (
+                hits = sorted(glob.glob(local)) if glob.has_magic(local) else (
                     [local] if posixpath.exists(local) else [])
+                found += [os.path.abspath(h) for h in hits]  # provenance must not depend on the cwd
         if not found:
             raise FileNotFoundError(f"input {pattern!r} matches no file; check the path or pattern")
         urls += found
