@@ -224,3 +224,20 @@ def test_scene_world_mode_with_tiny_models(tmp_path, tiny_vlm_dir, tiny_clip_dir
     assert set(data["gains"]) == {"filtered_vs_original", "filtered_vs_unfiltered", "unfiltered_vs_original"}
     assert len(data["runs"]) == 6 and {r["seed"] for r in data["runs"]} == {0, 1}
     assert data["heldout"]["samples"] == 16 and data["heldout"]["unique_captions"] <= 16
+
+
+def test_same_seed_same_training_different_seed_not(ab, result, tmp_path, consumer_python):
+    """The runner seeds open_clip_train's sample shuffle from --seed (webdataset seeds it from the
+    clock otherwise): the same arm and seed give the same loss curve twice, so arms are paired."""
+    from vlm_aug.downstream.arms import output_arm
+    from vlm_aug.downstream.models import resolve_model
+    from vlm_aug.downstream.train import TrainSpec, run_training
+
+    out, _ = ab
+    spec = TrainSpec(steps=6, batch_size=BATCH, threads=1, log_every=1)
+    model, arm = resolve_model("tiny", tmp_path), output_arm("recaptioned", out)
+    curves = [run_training(spec, model, arm, seed, tmp_path / f"logs{i}", consumer_python)["loss_curve"]
+              for i, seed in enumerate([5, 5, 6])]
+    assert len(curves[0]) == 6
+    assert curves[0] == curves[1]
+    assert curves[0] != curves[2]
