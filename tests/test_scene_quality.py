@@ -36,3 +36,29 @@ def test_demo_runs_offline_and_corrects_wrong_captions(tmp_path, capsys):
     manifest = json.loads((out / "output/manifest.json").read_text())
     assert manifest["models"]["rewrite"]["model"] == "vlm_aug:scene_vlm"
     assert Path(manifest["config"]["input"]["paths"][0]).parent == out / "input"
+
+
+def test_reject_misaligned_orig_rejects_what_clip_judged_wrong(tmp_path):
+    """policy.reject_misaligned_orig: a sample whose original caption fails min_clip_orig is rejected
+    (reason orig_misaligned) even when its rewrite passes; every other decision is unchanged."""
+    from vlm_aug.downstream.scene_ab import run_pipeline
+    from vlm_aug.scenes import write_scene_shards
+
+    write_scene_shards(tmp_path / "in", 1, 40, 4242, 0.25)
+    local = ["executor=local", "torch_threads=1"]
+    run_pipeline(tmp_path / "in", tmp_path / "plain", local, [])
+    run_pipeline(tmp_path / "in", tmp_path / "strict", [*local, "policy.reject_misaligned_orig=true"], [])
+    plain, strict = ({r["key"]: r for r in pq.read_table(tmp_path / name / "shards/000000.parquet").to_pylist()}
+                     for name in ("plain", "strict"))
+    misaligned = {k for k, r in plain.items() if r["orig_passed"] is False}
+    assert len(misaligned) >= 8  # 10 of the 40 terse captions are wrong
+    assert all(plain[k]["status"] == "kept" for k in misaligned)  # the default policy keeps their rewrite
+    for key, row in strict.items():
+        assert row["caption_rewrite"] == plain[key]["caption_rewrite"]
+        if key in misaligned:
+            assert (row["status"], row["reason"]) == ("rejected", "orig_misaligned")
+        else:
+            assert (row["status"], row["caption"]) == (plain[key]["status"], plain[key]["caption"])
+    decision = json.loads(next(iter(strict.values()))["provenance"])["decision"]
+    assert decision["params"]["reject_misaligned_orig"] is True
+    assert "reject_misaligned_orig" not in json.loads(next(iter(plain.values()))["provenance"])["decision"]["params"]

@@ -51,6 +51,9 @@ class PolicyConfig(Strict):
     min_clip_orig: float = Field(0.20, ge=-1, le=1)
     max_drop: float = Field(0.02, ge=0, le=2)
     mix_rewrite_fraction: float = Field(0.8, ge=0, le=1)
+    # Reject a sample whose original caption scores below min_clip_orig even when its rewrite passes
+    # (reason `orig_misaligned`): the rewrite was written from that caption and may repeat its error.
+    reject_misaligned_orig: bool = False
 
 
 class LimitsConfig(Strict):

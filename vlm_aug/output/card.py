@@ -75,6 +75,9 @@ def _policy_section(config: dict) -> list[str]:
              "both": f"as `rewrite`, and the original caption is written beside it as `KEY.{ORIG_CAPTION_EXT}`."}
     note = notes.get(policy.get("name"), "")
     lines.append(note[:1].upper() + note[1:])
+    if policy.get("reject_misaligned_orig"):
+        lines.append("Samples whose original caption fails `min_clip_orig` are rejected even when the rewrite "
+                     "passes (reason `orig_misaligned`): the rewrite may repeat the original's error.")
     lines.append("Input limits: " + ", ".join(f"`{k}={v}`" for k, v in limits.items()) + ".")
     return lines
 

@@ -22,6 +22,8 @@ class DecideStage:
         p = self.policy
         params = {"min_clip_rewrite": p.min_clip_rewrite, "min_clip_orig": p.min_clip_orig,
                   "max_drop": p.max_drop, "mix_rewrite_fraction": p.mix_rewrite_fraction if p.name == "mix" else None}
+        if p.reject_misaligned_orig:  # only when on: records of runs without it keep their exact params
+            params["reject_misaligned_orig"] = True
         return {"policy": p.name, "params": params}
 
     def process_batch(self, samples: list[Sample]) -> None:
@@ -29,6 +31,9 @@ class DecideStage:
             if sample.active:
                 orig = sample.scores.get("clip_orig")
                 sample.flags["orig_passed"] = None if orig is None else orig >= self.policy.min_clip_orig
+                if self.policy.reject_misaligned_orig and sample.flags["orig_passed"] is False:
+                    sample.reject("orig_misaligned")
+                    continue
                 getattr(self, f"_{self.policy.name}")(sample)
 
     def _rewrite_problem(self, sample: Sample) -> str | None:
