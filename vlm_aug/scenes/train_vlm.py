@@ -41,8 +41,9 @@ def pixels_of(images) -> torch.Tensor:
 class VlmData:
     """Pre-rendered training samples tokenised as prompt + dense target, prompt masked out."""
 
-    def __init__(self, processor, n: int, seed: int, image_size: int, wrong_fraction: float = 0.25):
-        rng = random.Random(f"scene-vlm-train/{seed}")
+    def __init__(self, processor, n: int, seed: int, image_size: int, wrong_fraction: float = 0.25,
+                 target=lambda sample: sample.dense, namespace: str = "scene-vlm-train"):
+        rng = random.Random(f"{namespace}/{seed}")
         samples = [make_sample(rng, image_size, wrong=rng.random() < wrong_fraction) for _ in range(n)]
         self.pixels = ((pixels_of([s.image for s in samples]) + 1) * 127.5).round().to(torch.uint8)
         tok, template = processor.tokenizer, load_template(PROMPT_ID)
@@ -52,7 +53,7 @@ class VlmData:
                                                  add_generation_prompt=True) for s in samples]
         expanded = [p.replace("<image>", image_text) for p in prompts]
         prompt_ids = tok(expanded, add_special_tokens=False)["input_ids"]
-        full_ids = tok([e + " " + s.dense + END_OF_UTTERANCE for e, s in zip(expanded, samples)],
+        full_ids = tok([e + " " + target(s) + END_OF_UTTERANCE for e, s in zip(expanded, samples)],
                        add_special_tokens=False)["input_ids"]
         self.ids, self.n_prompt = full_ids, [len(p) for p in prompt_ids]
         assert all(f[:k] == p for f, p, k in zip(full_ids[:50], prompt_ids, self.n_prompt))
@@ -79,6 +80,39 @@ def lr_at(progress: float, step: int, peak: float, warmup: int) -> float:
     return peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def fit(model, data: VlmData, *, seed: int, batch_size: int, peak_lr: float, warmup: int,
+        minutes: float | None = None, steps: int | None = None, log=print,
+        log_every: int = 20) -> tuple[list[float], int, float]:
+    """AdamW on random batches of `data` for a time budget (`minutes`) or a step budget (`steps`,
+    reproducible whatever the machine's load); cosine decay over the budget. Returns the losses,
+    the number of steps and the seconds taken."""
+    if (minutes is None) == (steps is None):
+        raise ValueError("give exactly one of minutes and steps")
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    gen = torch.Generator().manual_seed(seed)
+    losses, step, start = [], 0, time.time()
+    model.train()
+    while True:
+        elapsed = time.time() - start
+        progress = elapsed / (minutes * 60) if minutes is not None else step / steps
+        if progress >= 1:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(progress, step, peak_lr, warmup)
+        index = torch.randint(len(data), (batch_size,), generator=gen).tolist()
+        loss = model(**data.batch(index)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 4))
+        if step % log_every == 0:
+            log(f"vlm step {step} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} {elapsed:.0f}s")
+        step += 1
+    model.eval()
+    return losses, step, round(time.time() - start, 1)
+
+
 def train_vlm(out_dir, *, minutes: float, seed: int = 0, image_size: int = 64, n_train: int = 30000,
               batch_size: int = 64, peak_lr: float = 1.5e-3, warmup: int = 60, log=print) -> dict:
     """Build the scene VLM in `out_dir`, train it for `minutes`, save it; return the training record."""
@@ -92,27 +126,10 @@ def train_vlm(out_dir, *, minutes: float, seed: int = 0, image_size: int = 64, n
     data = VlmData(processor, n_train, seed, image_size)
     log(f"vlm: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
         f"{len(data)} samples prepared in {time.time() - t0:.0f}s")
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.98))
-    gen = torch.Generator().manual_seed(seed)
-    losses, step, start = [], 0, time.time()
-    model.train()
-    while (elapsed := time.time() - start) < minutes * 60:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(elapsed / (minutes * 60), step, peak_lr, warmup)
-        index = torch.randint(len(data), (batch_size,), generator=gen).tolist()
-        loss = model(**data.batch(index)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(round(loss.item(), 4))
-        if step % 20 == 0:
-            log(f"vlm step {step} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"{elapsed:.0f}s")
-        step += 1
-    model.eval()
+    losses, step, seconds = fit(model, data, seed=seed, batch_size=batch_size, peak_lr=peak_lr, warmup=warmup,
+                                minutes=minutes, log=log)
     model.save_pretrained(out_dir, safe_serialization=True)
     return {"model": "idefics3", "prompt_template": PROMPT_ID, "seed": seed, "steps": step,
             "batch_size": batch_size, "peak_lr": peak_lr, "warmup_steps": warmup,
             "train_samples": n_train, "image_size": image_size, "size": VLM_SIZE,
-            "train_seconds": round(time.time() - start, 1), "loss_curve": losses[::10]}
+            "train_seconds": seconds, "loss_curve": losses[::10]}
