@@ -34,6 +34,7 @@ class Experiment:
     trainer_val: bool = True
     keep_checkpoints: bool = False
     max_heldout: Optional[int] = None
+    parallel: int = 1  # trainings at once (each a subprocess with spec.threads torch threads)
 
 
 def _one_run(exp: Experiment, arm: Arm, seed: int, held, log: Callable) -> dict:
@@ -63,17 +64,26 @@ def run_experiment(exp: Experiment, out_path: Path, log: Callable = print, extra
     start = time.time()
     held = load_heldout(exp.heldout, exp.caption_key, exp.label_field, exp.max_heldout)
     log(f"held-out: {held.describe()}")
-    records: list[dict] = []
-    for seed in exp.seeds:  # seed-major: an interrupted run still has every arm for the first seeds
-        for arm in exp.arms:
-            records.append(_one_run(exp, arm, seed, held, log))
+    # Seed-major: an interrupted run still has every arm for the first seeds. With parallel > 1 the
+    # jobs start in that order on a pool; evaluation in this process then runs on spec.threads too.
+    jobs = [(seed, arm) for seed in exp.seeds for arm in exp.arms]
+    if exp.parallel > 1 and len(jobs) > 1:
+        import torch
+        from concurrent.futures import ThreadPoolExecutor
+
+        torch.set_num_threads(exp.spec.threads)
+        with ThreadPoolExecutor(max_workers=min(exp.parallel, len(jobs))) as pool:
+            futures = [pool.submit(_one_run, exp, arm, seed, held, log) for seed, arm in jobs]
+            records = [f.result() for f in futures]
+    else:
+        records = [_one_run(exp, arm, seed, held, log) for seed, arm in jobs]
     runs = {arm.name: [r["metrics"] for r in records if r["arm"] == arm.name] for arm in exp.arms}
     summary = {name: summarize_arm(metric_runs) for name, metric_runs in runs.items()}
     gain_table = gains(runs, exp.comparisons)
     result = {
         "schema_version": SCHEMA_VERSION, "kind": "vlm_aug.downstream",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": exp.model.describe(), "train": exp.spec.describe(), "seeds": exp.seeds,
+        "model": exp.model.describe(), "train": exp.spec.describe(), "seeds": exp.seeds, "parallel": exp.parallel,
         "heldout": {"shards": exp.heldout, "caption_key": exp.caption_key, "label_field": exp.label_field,
                     "templates": exp.templates, **held.describe()},
         "arms": [arm.describe() for arm in exp.arms], "comparisons": [list(c) for c in exp.comparisons],
