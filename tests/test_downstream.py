@@ -212,9 +212,15 @@ def test_scene_world_mode_with_tiny_models(tmp_path, tiny_vlm_dir, tiny_clip_dir
     overrides = tiny_args(tiny_vlm_dir, tiny_clip_dir, "--set", "output.report=false")
     argv = ["eval-downstream", "--scenes", str(root), "--scene-shards", "2", "--scene-per-shard", "12",
             "--scene-heldout", "16", "--model", "tiny", "--seeds", "2", "--steps", "2", "--batch-size", "4",
-            "--trainer-python", consumer_python, *overrides]
+            "--credulous-steps", "2", "--trainer-python", consumer_python, *overrides]
     assert main(argv) == 0
     data = json.loads((root / "downstream.json").read_text())
+    world = data["scene_world"]
+    assert world["rewriter"] == "credulous" and world["credulous_vlm"]["fine_tune"]["steps"] == 2
+    assert world["credulous_vlm"]["path"] == str(root / "credulous_vlm")
+    manifest = json.loads((root / "filtered/manifest.json").read_text())
+    assert manifest["models"]["rewrite"]["model"] == str(root / "credulous_vlm")  # fine-tuned from the tiny VLM
+    assert manifest["config"]["policy"]["reject_misaligned_orig"] is True
     assert data == json.loads((root / "filtered" / "downstream.json").read_text())
     assert [a["name"] for a in data["arms"]] == ["original", "filtered", "unfiltered"]
     quality = data["scene_world"]["caption_quality"]

@@ -1,10 +1,13 @@
 """The offline scene-world A/B: terse originals (20% wrong) vs vlm_aug output, filtered vs not.
 
-DIR/input      training scenes, terse captions, `wrong_fraction` of them wrong
-DIR/heldout    fresh scenes (another seed): txt = dense description, json label for 1-object scenes
-DIR/filtered   the demo pipeline (default policy: rewrite, fall back or reject by CLIP score)
-unfiltered     the same run's rewrites, every one kept (from its parquet: no second VLM pass)
-DIR/mix        (--with-mix) a 50/50 draw between rewrite and original, demo thresholds (policy mix)
+DIR/input          training scenes, terse captions, `wrong_fraction` of them wrong
+DIR/heldout        fresh scenes (another seed): txt = dense description, json label for 1-object scenes
+DIR/credulous_vlm  (--rewriter credulous, the default) the scene VLM fine-tuned to copy a wrong caption's
+                   colour or shape (vlm_aug.scenes.credulous); reused while its recipe is unchanged
+DIR/filtered       the demo pipeline with that rewriter; the filter is the demo thresholds plus
+                   `policy.reject_misaligned_orig` (see FILTER)
+unfiltered         the same run's rewrites, every one kept (from its parquet: no second VLM pass)
+DIR/mix            (--with-mix) a 50/50 draw between rewrite and original, demo thresholds (policy mix)
 Then one open_clip_train run per arm and seed; DIR/downstream.json and DIR/filtered/downstream.json.
 """
 
@@ -21,9 +24,14 @@ from vlm_aug.downstream import DOWNSTREAM_JSON, DownstreamError
 
 TRAIN_SEED, HELDOUT_SEED = 2026, 777001  # distinct from every seed the scene models were trained on
 WRONG_FRACTION = 0.2
+REWRITERS = ("credulous", "shipped")
+# The filter of the `filtered` arm: the demo thresholds (configs/demo.yaml), and no sample whose terse
+# caption CLIP judged wrong, since the rewrite was written from it. With the shipped VLM, which ignores
+# wrong captions, the second rule only costs samples; with the credulous one it removes copied errors.
+FILTER = ["policy.reject_misaligned_orig=true"]
 # One torch thread per pipeline: on the shared 2-core CPU, 2 threads were ~3x slower.
 ARM_POLICIES = {
-    "filtered": ["torch_threads=1"],
+    "filtered": ["torch_threads=1", *FILTER],
     "mix": ["policy.name=mix", "policy.mix_rewrite_fraction=0.5", "torch_threads=1"],
 }
 COMPARISONS = [("original", "filtered"), ("unfiltered", "filtered"), ("original", "unfiltered"),
@@ -105,28 +113,64 @@ def _truth(inputs: Path) -> dict[str, dict]:
     return found
 
 
+def credulous_rewriter(root: Path, base: str, steps: int | None = None, log=print) -> tuple[str, dict]:
+    """DIR/credulous_vlm, fine-tuned from `base` unless a finished one with the same recipe is there."""
+    from vlm_aug.scenes import credulous
+
+    steps = steps or credulous.DEFAULTS["steps"]
+    target = root / "credulous_vlm"
+    recipe = {"base": str(Path(base).resolve()), **credulous.DEFAULTS, "steps": steps}
+    record_path = target / "training.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("recipe") == recipe and "credulity" in record:
+            log(f"credulous rewriter: reusing {target} (same recipe)")
+            return str(target), record
+    log(f"credulous rewriter: fine-tuning {base} for {steps} steps into {target} ...")
+    record = credulous.build(target, recipe["base"], log=lambda m: log(f"  {m}"), steps=steps)
+    record["recipe"] = recipe
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    log(f"credulous rewriter: copies a wrong caption's error {record['credulity']['copies_error']:.0%} of the time, "
+        f"exact when the caption is right {record['credulity']['exact_when_right']:.0%} "
+        f"({record['fine_tune']['train_seconds']:.0f}s)")
+    return str(target), record
+
+
 def _prepare(args, root: Path) -> tuple[Path, dict]:
-    """Check the tools, write training and held-out shards, run the pipeline(s)."""
+    """Check the tools, write training and held-out shards, build the rewriter, run the pipeline(s)."""
     from vlm_aug.downstream.train import trainer_python
     from vlm_aug.paths import resolve_builtin
     from vlm_aug.scenes import write_scene_shards
 
     trainer_python(args.trainer_python)  # fail before minutes of pipeline work, not after
-    if not any(s.startswith(("vlm.model=", "clip.model=")) for s in args.set):
-        resolve_builtin("vlm_aug:scene_vlm"), resolve_builtin("vlm_aug:scene_clip")
+    user_vlm = [s.split("=", 1)[1] for s in args.set if s.startswith("vlm.model=")]
+    if not user_vlm:
+        resolve_builtin("vlm_aug:scene_vlm")
+    if not any(s.startswith("clip.model=") for s in args.set):
+        resolve_builtin("vlm_aug:scene_clip")
     t0, inputs = time.time(), root / "input"
     for stale in (inputs, root / "heldout", root / "work", *(root / name for name in ARM_POLICIES)):
         shutil.rmtree(stale, ignore_errors=True)
     write_scene_shards(inputs, args.scene_shards, args.scene_per_shard, TRAIN_SEED, WRONG_FRACTION)
     args.heldout = [str(write_heldout(root / "heldout" / "000000.tar", args.scene_heldout))]
     info = {"train_seed": TRAIN_SEED, "heldout_seed": HELDOUT_SEED, "wrong_fraction": WRONG_FRACTION,
-            "train_samples": args.scene_shards * args.scene_per_shard, "pipeline_totals": {},
-            "timings": {"data_s": round(time.time() - t0, 1)}}
+            "train_samples": args.scene_shards * args.scene_per_shard, "rewriter": args.rewriter,
+            "filter": FILTER, "pipeline_totals": {}, "timings": {"data_s": round(time.time() - t0, 1)}}
+    sets = list(args.set)
+    if args.rewriter == "credulous":
+        start, base = time.time(), user_vlm[-1] if user_vlm else resolve_builtin("vlm_aug:scene_vlm")
+        model, record = credulous_rewriter(root, resolve_builtin(base), args.credulous_steps)
+        sets = [s for s in sets if not s.startswith("vlm.model=")] + [f"vlm.model={model}"]
+        info["credulous_vlm"] = {"path": model, "fine_tune": {k: v for k, v in record["fine_tune"].items()
+                                                              if k != "loss_curve"},
+                                 "credulity": record["credulity"]}
+        info["timings"]["rewriter_s"] = round(time.time() - start, 1)
+    start = time.time()
     for name in [n for n in ARM_POLICIES if args.with_mix or n != "mix"]:
-        start = time.time()
-        info["pipeline_totals"][name] = run_pipeline(inputs, root / name, ARM_POLICIES[name], args.set)
-        print(f"pipeline {name}: {info['pipeline_totals'][name]} in {time.time() - start:.0f}s")
-    info["timings"]["pipeline_s"] = round(time.time() - t0 - info["timings"]["data_s"], 1)
+        began = time.time()
+        info["pipeline_totals"][name] = run_pipeline(inputs, root / name, ARM_POLICIES[name], sets)
+        print(f"pipeline {name}: {info['pipeline_totals'][name]} in {time.time() - began:.0f}s")
+    info["timings"]["pipeline_s"] = round(time.time() - start, 1)
     return inputs, info
 
 
