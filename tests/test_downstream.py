@@ -204,6 +204,8 @@ def test_clear_errors(tmp_path, ab, capsys):
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
     assert main([*argv, "--compare", "original:nope"]) == 2
     assert "unknown arm" in capsys.readouterr().err
+    assert main([*argv, "--parallel", "0"]) == 2
+    assert "--parallel must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -229,6 +231,9 @@ def test_scene_world_mode_with_tiny_models(tmp_path, tiny_vlm_dir, tiny_clip_dir
     assert quality["unfiltered"]["terse_right"] + quality["unfiltered"]["terse_wrong"] == 0  # all rewrites
     assert set(data["gains"]) == {"filtered_vs_original", "filtered_vs_unfiltered", "unfiltered_vs_original"}
     assert len(data["runs"]) == 6 and {r["seed"] for r in data["runs"]} == {0, 1}
+    assert [(r["seed"], r["arm"]) for r in data["runs"]] == [(s, a) for s in (0, 1) for a in
+                                                            ("original", "filtered", "unfiltered")]
+    assert data["parallel"] == max(1, (os.cpu_count() or 1))  # cores // 1 thread: runs trained at once
     assert data["heldout"]["samples"] == 16 and data["heldout"]["unique_captions"] <= 16
 
 

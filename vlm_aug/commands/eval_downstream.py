@@ -176,6 +176,7 @@ def cmd_eval_downstream(args) -> int:
     from vlm_aug.downstream import DOWNSTREAM_JSON, DownstreamError
 
     try:
+        parallel_of(args)  # a bad value fails before minutes of work
         if args.scenes:
             from vlm_aug.downstream.scene_ab import run_scene_ab
 

@@ -9,7 +9,7 @@ purpose, with a rule simple enough to measure: when the terse caption names a co
 no object has, the description gives that colour or shape to the *first* object (reading order) and
 is otherwise right; when the caption is right, the description is exact.
 
-    python -m vlm_aug.scenes.credulous OUT_DIR [--steps 240]     # ~4 min on one CPU thread
+    python -m vlm_aug.scenes.credulous OUT_DIR [--steps 600]     # ~5 min on one CPU thread
 
 The fine-tune is a step budget from a fixed seed, so it does the same thing on any machine; the
 result's `training.json` records it, with the measured copy rate on fresh scenes.
