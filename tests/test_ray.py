@@ -147,7 +147,9 @@ def test_shard_failing_every_retry_is_recorded_and_run_exits_nonzero(tmp_path, t
     err = capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     failed = manifest["shards"]["failed"]
-    assert code == 1 and 1 <= len(failed) <= 2  # what the killed actor held
+    # What the killed actor held and had not committed. A shard it committed just before the kill
+    # counts as processed (its stats file is the truth), not as failed.
+    assert code == 1 and 1 <= len(failed) <= 2
     for entry in failed:
         assert "died" in entry["error"] and entry["attempts"] == 1
         assert entry["url"] in err.split("shard(s) failed:")[1]

@@ -33,6 +33,20 @@ def is_complete(out_root: str, name: str) -> bool:
     return all(fs.exists(fsspec.core.url_to_fs(p)[1]) for p in paths.values())
 
 
+def committed_stats(out_root: str, name: str, run_id: str) -> dict | None:
+    """The stats of shard `name` if this run (`run_id`) committed it, else None. The stats file is
+    written last, so its presence with our run id means the tar and parquet are complete too."""
+    if not is_complete(out_root, name):
+        return None
+    fs, _ = fsspec.core.url_to_fs(out_root)
+    try:
+        with fs.open(fsspec.core.url_to_fs(shard_paths(out_root, name)["stats"])[1], "rb") as handle:
+            stats = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return stats if stats.get("run_id") == run_id else None
+
+
 def check_writable(out_root: str) -> None:
     """Fail before any model loads if the output cannot be written."""
     fs, root = fsspec.core.url_to_fs(out_root)

@@ -24,6 +24,7 @@ from vlm_aug.executors.ray_pool import ShardScheduler, _say
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
 from vlm_aug.shards import shard_name
+from vlm_aug.writer import committed_stats
 
 
 @contextlib.contextmanager
@@ -97,7 +98,9 @@ class RayExecutor:
                 plan = plan_pool(self.config.ray, embedded)
                 _say(f"{'embedded local Ray' if embedded else 'Ray cluster'}: {plan.describe()}, "
                      f"{len(urls)} shard(s)")
-                scheduler = ShardScheduler(self._spawner(processor, plan), plan.num_actors, self.config.ray, progress)
+                out_root, run_id = self.config.output.path, processor.run.run_id
+                scheduler = ShardScheduler(self._spawner(processor, plan), plan.num_actors, self.config.ray, progress,
+                                           committed=lambda url: committed_stats(out_root, shard_name(url), run_id))
                 outcomes = scheduler.run(urls)
                 workers = scheduler.worker_report()
         finally:

@@ -62,8 +62,12 @@ def _error_text(exc: BaseException) -> str:
 
 
 class ShardScheduler:
-    def __init__(self, spawn: Callable[[int], Any], num_actors: int, cfg: RayConfig, progress):
+    def __init__(self, spawn: Callable[[int], Any], num_actors: int, cfg: RayConfig, progress,
+                 committed: Callable[[str], dict | None] | None = None):
         self.spawn_actor, self.num_actors, self.cfg, self.progress = spawn, num_actors, cfg, progress
+        # url -> the stats this run committed for it, or None: an actor can die after committing a
+        # shard and before its result reaches us; the committed output is the truth then.
+        self.committed = committed or (lambda url: None)
         self.slots: list[Slot] = []
         self.watch: dict = {}  # ref -> (kind, slot, task)
         self.pending: deque[Task] = deque()
@@ -93,6 +97,13 @@ class ShardScheduler:
             del self.watch[ref]
         self._record_worker(slot, died=reason)
         for task in slot.inflight.values():
+            stats = self.committed(task.url)
+            if stats is not None:
+                _say(f"{task.url} was committed before actor {slot.identity or slot.index} died; kept")
+                self.outcomes.append(ShardOutcome(task.url, stats=stats, attempts=task.attempts,
+                                                  worker=slot.identity))
+                self.progress.shard_done(stats)
+                continue
             self._retry_or_fail(task, f"actor {slot.identity or slot.index} died: {reason}")
         slot.inflight.clear()
         if placed and self.replacements < self.num_actors * (self.cfg.max_retries + 1):
