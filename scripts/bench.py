@@ -20,8 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vlm_aug.bench import measure  # noqa: E402
-from vlm_aug.bench.setup import config, models, shards  # noqa: E402
+from vlm_aug.lab.bench import measure  # noqa: E402
+from vlm_aug.lab.bench.setup import config, models, shards  # noqa: E402
 
 TARGETS = {"pipeline_vs_bare": (">=", 0.90), "io_vs_tar": (">=", 0.5), "ray_vs_local": (">=", 0.9),
            "ray_scaling": (">=", 1.6), "rss_16_vs_2": ("<=", 1.15)}

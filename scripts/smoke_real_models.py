@@ -75,14 +75,14 @@ def write_shard(path: Path, images: list[tuple[bytes, str]]) -> Path:
 
 
 def clip_settings(name, work: Path) -> tuple[list[str], str]:
-    from vlm_aug.presets import list_presets, load_preset, offline_location
+    from vlm_aug.config.presets import list_presets, load_preset, offline_location
 
     if name:
         return ["--set", f"clip.preset={load_preset(name, 'clip').name}"], name
     cached = [p for p in list_presets("clip") if offline_location(p)]
     if cached:
         return ["--set", f"clip.preset={cached[0].name}"], cached[0].name
-    from vlm_aug.tiny import build_tiny_clip
+    from vlm_aug.lab.tiny import build_tiny_clip
 
     tiny = build_tiny_clip(work / "tiny_clip")
     sets = {"clip.model": tiny, "clip.pretrained": "null", "policy.min_clip_orig": -1,
@@ -92,7 +92,7 @@ def clip_settings(name, work: Path) -> tuple[list[str], str]:
 
 def chosen_presets(args) -> list[tuple[object, str | None]]:
     """-> [(preset, local directory or None)]: named ones, else those found offline."""
-    from vlm_aug.presets import list_presets, load_preset, offline_location
+    from vlm_aug.config.presets import list_presets, load_preset, offline_location
 
     if args.presets:
         found = [(load_preset(n, "vlm"), offline_location(load_preset(n, "vlm"), args.models_dir)) for n in args.presets]

@@ -52,15 +52,15 @@ def write_record(out_dir: Path, record: dict) -> None:
 
 def run_model(args, name: str) -> None:
     """Train one scene model, save it with its training.json, then evaluate it on fresh scenes."""
-    from vlm_aug.scenes.train_clip import train_clip
-    from vlm_aug.scenes.train_vlm import train_vlm
+    from vlm_aug.lab.scenes.train_clip import train_clip
+    from vlm_aug.lab.scenes.train_vlm import train_vlm
 
     train, minutes = (train_vlm, args.vlm_minutes) if name == "vlm" else (train_clip, args.clip_minutes)
     out_dir = args.out / f"scene_{name}"
     record = train(out_dir, minutes=minutes, seed=args.seed, log=log)
     record["command"] = " ".join(["python", "scripts/train_scene_models.py", *sys.argv[1:]])
     write_record(out_dir, record)
-    from vlm_aug.scenes.evaluate import clip_metrics, vlm_accuracy  # imported late: written while training
+    from vlm_aug.lab.scenes.evaluate import clip_metrics, vlm_accuracy  # imported late: written while training
 
     evaluate = vlm_accuracy if name == "vlm" else clip_metrics
     record["final_metrics"] = evaluate(out_dir, n=args.eval_n, seed=EVAL_SEED)

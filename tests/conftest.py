@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory):
     """A randomly initialised tiny Idefics3 VLM saved like a real SmolVLM."""
-    from vlm_aug.tiny import build_tiny_vlm
+    from vlm_aug.lab.tiny import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm"))
 
@@ -19,6 +19,6 @@ def tiny_vlm_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A randomly initialised tiny open_clip CLIP in the `local-dir:` layout."""
-    from vlm_aug.tiny import build_tiny_clip
+    from vlm_aug.lab.tiny import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from output_helpers import REPO, run_pipeline
-from vlm_aug.stages import derive_seed
+from vlm_aug.stages.base import derive_seed
 
 CONSUMER_PYTHON = REPO / ".venv" / "consumer" / "bin" / "python"
 
@@ -84,13 +84,13 @@ def test_open_clip_trainer_reads_output_with_our_sizes_json(both_out, consumer_p
 def test_our_writer_works_with_webdataset_0_2_86(consumer_python, tmp_path):
     script = f"""
 import tarfile, webdataset, importlib.metadata as m
-from vlm_aug.provenance import RunContext
-from vlm_aug.sample import Sample
-from vlm_aug.writer import ShardWriter
+from vlm_aug.record import RunContext
+from vlm_aug.sample import Decision, Sample
+from vlm_aug.shards.write import ShardWriter
 assert m.version("webdataset") == "0.2.86"
-w = ShardWriter({str(tmp_path)!r}, "000000", RunContext("0" * 64), write_orig=True)
+w = ShardWriter({str(tmp_path)!r}, "000000", RunContext("0" * 64))
 s = Sample(key="k1", shard="in/000000.tar", image_bytes=b"img", image_ext="jpg", caption_orig="a cat",
-           caption_new="a grey cat", caption_final="a grey cat", status="kept")
+           caption_rewrite="a grey cat", caption="a grey cat", status="kept", decision=Decision(write_orig=True))
 w.add(s)
 stats = w.commit(None, 0, {{}})
 with tarfile.open({str(tmp_path / 'shards/000000.tar')!r}) as tar:
@@ -139,7 +139,7 @@ def test_hf_datasets_default_inference_on_mix_output(mix_out, tmp_path):
 
 
 def test_hf_datasets_loads_mix_output_with_schema_features(mix_out, tmp_path):
-    from vlm_aug.output.reader import OutputDir
+    from vlm_aug.shards.layout import OutputDir
     from vlm_aug.output.schema import hf_features
     from itertools import islice
 

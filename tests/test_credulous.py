@@ -1,4 +1,4 @@
-"""The credulous scene VLM (vlm_aug.scenes.credulous): its training target and its fine-tune, on a
+"""The credulous scene VLM (vlm_aug.lab.scenes.credulous): its training target and its fine-tune, on a
 real tiny Idefics3 model through transformers."""
 
 import random
@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlm_aug.scenes.credulous import NAMESPACE, credulous_description, credulous_objects, train_credulous
-from vlm_aug.scenes.shards import make_sample
-from vlm_aug.scenes.world import parse_description
+from vlm_aug.lab.scenes.credulous import NAMESPACE, credulous_description, credulous_objects, train_credulous
+from vlm_aug.lab.scenes.shards import make_sample
+from vlm_aug.lab.scenes.world import parse_description
 
 
 def test_target_gives_the_wrong_attribute_to_the_first_object_only():
@@ -35,7 +35,7 @@ def test_target_gives_the_wrong_attribute_to_the_first_object_only():
 def test_fine_tune_learns_from_credulous_targets(tmp_path, tiny_vlm_dir):
     from transformers import AutoProcessor
 
-    from vlm_aug.scenes.train_vlm import VlmData
+    from vlm_aug.lab.scenes.train_vlm import VlmData
 
     out = tmp_path / "credulous"
     record = train_credulous(tiny_vlm_dir, out, steps=3, n_train=16, batch_size=4, warmup=1, log=lambda m: None)
@@ -57,7 +57,7 @@ def test_fine_tune_learns_from_credulous_targets(tmp_path, tiny_vlm_dir):
 
 
 def test_fine_tune_refuses_two_budgets(tmp_path, tiny_vlm_dir):
-    from vlm_aug.scenes.train_vlm import fit
+    from vlm_aug.lab.scenes.train_vlm import fit
 
     with pytest.raises(ValueError, match="exactly one of minutes and steps"):
         fit(None, None, seed=0, batch_size=1, peak_lr=1e-3, warmup=1, minutes=1, steps=1)

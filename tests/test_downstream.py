@@ -16,8 +16,8 @@ from PIL import Image
 
 from helpers import make_shards, sample_members, tiny_args, write_tar
 from vlm_aug.cli import main
-from vlm_aug.downstream.aggregate import paired_gain, summarize_arm
-from vlm_aug.downstream.evaluate import retrieval_metrics
+from vlm_aug.lab.downstream.aggregate import paired_gain, summarize_arm
+from vlm_aug.lab.downstream.evaluate import retrieval_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH = 4, 4
@@ -234,15 +234,17 @@ def test_scene_world_mode_with_tiny_models(tmp_path, tiny_vlm_dir, tiny_clip_dir
     assert [(r["seed"], r["arm"]) for r in data["runs"]] == [(s, a) for s in (0, 1) for a in
                                                             ("original", "filtered", "unfiltered")]
     assert data["parallel"] == max(1, (os.cpu_count() or 1))  # cores // 1 thread: runs trained at once
-    assert data["heldout"]["samples"] == 16 and data["heldout"]["unique_captions"] <= 16
+    with tarfile.open(root / "heldout" / "000000.tar") as tar:
+        held_captions = [tar.extractfile(m).read() for m in tar if m.name.endswith(".txt")]
+    assert data["heldout"]["samples"] == 16 and data["heldout"]["unique_captions"] == len(set(held_captions))
 
 
 def test_same_seed_same_training_different_seed_not(ab, result, tmp_path, consumer_python):
     """The runner seeds open_clip_train's sample shuffle from --seed (webdataset seeds it from the
     clock otherwise): the same arm and seed give the same loss curve twice, so arms are paired."""
-    from vlm_aug.downstream.arms import output_arm
-    from vlm_aug.downstream.models import resolve_model
-    from vlm_aug.downstream.train import TrainSpec, run_training
+    from vlm_aug.lab.downstream.arms import output_arm
+    from vlm_aug.lab.downstream.models import resolve_model
+    from vlm_aug.lab.downstream.train import TrainSpec, run_training
 
     out, _ = ab
     spec = TrainSpec(steps=6, batch_size=BATCH, threads=1, log_every=1)

@@ -11,7 +11,7 @@ import pytest
 from helpers import make_shards, tiny_args
 from vlm_aug import SCHEMA_VERSION
 from vlm_aug.cli import main
-from vlm_aug.prompts import load_template
+from vlm_aug.stages.prompts import load_template
 
 REPO = Path(__file__).resolve().parents[1]
 

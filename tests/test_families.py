@@ -13,12 +13,12 @@ from PIL import Image
 from helpers import make_shards, tiny_args
 from vlm_aug.cli import main
 from vlm_aug.config import ConfigError, GenerationConfig, LimitsConfig, VLMConfig
-from vlm_aug.families import Family, _require_modules, family_of, load_processor
-from vlm_aug.models import ModelUnavailable
-from vlm_aug.presets import list_presets
+from vlm_aug.stages.families import Family, _require_modules, family_of, load_processor
+from vlm_aug.stages.models import ModelUnavailable
+from vlm_aug.config.presets import list_presets
 from vlm_aug.sample import Sample
 from vlm_aug.stages.rewrite import RewriteStage
-from vlm_aug.tiny_families import TINY_BUILDERS
+from vlm_aug.lab.tiny_families import TINY_BUILDERS
 
 # model_type -> (model class, processor class, image placeholder in the prompt, tail of the prompt)
 EXPECTED = {
@@ -69,14 +69,14 @@ def test_family_rewrites_a_batch_of_differently_sized_images(family_dirs, model_
 
     stage.process_batch(batch)
     for sample in batch:
-        assert isinstance(sample.caption_new, str)
-        assert 1 <= sample.flags["new_tokens"] <= 5
+        assert isinstance(sample.caption_rewrite, str)
+        assert 1 <= sample.generation.new_tokens <= 5
     assert stage.describe()["revision"].startswith("sha256:")
 
     # the same sample alone and inside a left-padded batch of other sizes decodes the same tokens
     alone = samples()[3]
     rewrite_stage(family_dirs[model_type], batch_size=1).process_batch([alone])
-    assert alone.caption_new == batch[3].caption_new
+    assert alone.caption_rewrite == batch[3].caption_rewrite
 
 
 def image_token_counts(stage, batch) -> list[int]:
@@ -120,7 +120,7 @@ def test_misspelt_processor_setting_is_an_error_not_ignored(family_dirs):
 
 
 def test_qwen_without_pixel_bound_warns(family_dirs, caplog):
-    with caplog.at_level(logging.WARNING, logger="vlm_aug.families"):
+    with caplog.at_level(logging.WARNING, logger="vlm_aug.stages.families"):
         load_processor(str(family_dirs["qwen2_vl"]), "tiny-qwen", {})
     assert "max_pixels" in caplog.text and "16,384 tokens" in caplog.text
 

@@ -144,13 +144,19 @@ def test_duplicate_keys_and_dotted_keys(hostile_run):
     assert "dotted_key_v2.jpg" in names and not any(n.startswith(("..", "/")) for n in names)
 
 
-def test_counts_invariant_everywhere(hostile_run):
+def test_stats_counts_match_the_rows_and_the_tar(hostile_run):
+    """The writer's counters, checked against what it wrote: parquet rows by status, keys in the tar."""
     root = hostile_run[0]
     for stats_file in (root / "out/shards").glob("*.stats.json"):
-        c = json.loads(stats_file.read_text())["counts"]
-        assert c["inputs"] == c["kept"] + c["rejected"] + c["error"]
-    assert json.loads((root / "out/shards/000000.stats.json").read_text())["counts"]["inputs"] == len(
-        pq.read_table(root / "out/shards/000000.parquet"))
+        name = stats_file.name[: -len(".stats.json")]
+        stats = json.loads(stats_file.read_text())
+        statuses = [r["status"] for r in pq.read_table(root / f"out/shards/{name}.parquet").to_pylist()]
+        with tarfile.open(root / f"out/shards/{name}.tar") as tar:
+            tar_keys = {m.name.split(".", 1)[0] for m in tar}
+        assert stats["counts"] == {"inputs": len(statuses), **{s: statuses.count(s) for s in ("kept", "rejected", "error")}}
+        assert stats["counts"]["kept"] == len(tar_keys)
+        reasons = sum(stats["reasons"].values())
+        assert reasons == sum(1 for r in pq.read_table(root / f"out/shards/{name}.parquet").to_pylist() if r["reason"])
 
 
 def test_long_caption_truncated_with_flag(hostile_run):

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import open_clip
+import torch
 import pytest
 import yaml
 from PIL import Image
@@ -14,13 +15,13 @@ from PIL import Image
 from helpers import make_shards, tiny_args
 from vlm_aug.cli import main
 from vlm_aug.config import CLIPConfig, ConfigError, GenerationConfig, LimitsConfig, VLMConfig, load_config
-from vlm_aug.models import ModelUnavailable
-from vlm_aug.presets import list_presets
-from vlm_aug.prompts import load_template
+from vlm_aug.stages.models import ModelUnavailable
+from vlm_aug.config.presets import list_presets
+from vlm_aug.stages.prompts import load_template
 from vlm_aug.sample import Sample
 from vlm_aug.stages.rewrite import RewriteStage
 from vlm_aug.stages.score import ScoreStage
-from vlm_aug.tiny_families import TINY_BUILDERS, build_tiny_clip_variant, build_tiny_qwen_vl
+from vlm_aug.lab.tiny_families import TINY_BUILDERS, build_tiny_clip_variant, build_tiny_qwen_vl
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_VLM = {"HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
@@ -154,10 +155,16 @@ def test_tiny_variant_of_each_open_clip_preset_architecture_scores(preset, tmp_p
     assert cfg["vision_cfg"]["patch_size"] == open_clip.get_model_config(arch)["vision_cfg"]["patch_size"]
     stage = ScoreStage(CLIPConfig(model=str(model_dir), pretrained=None, device="cpu"))
     stage.setup()
-    sample = Sample(key="k", shard="s", caption_orig="a red square", caption_new="A red square. It is small.",
+    sample = Sample(key="k", shard="s", caption_orig="a red square", caption_rewrite="A red square. It is small.",
                     image=Image.new("RGB", (70, 50), (220, 20, 20)))
     stage.process_batch([sample])
-    assert -1 <= sample.scores["clip_orig"] <= 1 and len(sample.scores["clip_sentences"]) == 2
+    with torch.no_grad():  # the cosines the model itself gives, outside the stage's batching
+        image = stage.model.encode_image(stage.preprocess(sample.image)[None], normalize=True)
+        texts = stage.model.encode_text(stage.tokenizer(["a red square", "A red square.", "It is small."]),
+                                        normalize=True)
+    orig, *sentences = (texts @ image.T).squeeze(1).tolist()
+    assert sample.scores["clip_orig"] == pytest.approx(orig, abs=1e-5)
+    assert sample.scores["clip_sentences"] == pytest.approx(sentences, abs=1e-5)
 
 
 def test_siglip_preset_offline_gives_a_clear_error(hub_cache, tiny_vlm_dir, tmp_path, capsys):

@@ -11,7 +11,7 @@ import pytest
 from output_helpers import run_pipeline
 from vlm_aug.cli import main
 from vlm_aug.output.query import stats
-from vlm_aug.output.reader import OutputDir
+from vlm_aug.shards.layout import OutputDir
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_stats_fast_on_thousands_of_shards(out, tmp_path):
     big = tmp_path / "big"
     (big / "shards").mkdir(parents=True)
     for i in range(2000):
-        for suffix in ("parquet", "stats.json"):
+        for suffix in ("tar", "parquet", "stats.json"):  # a complete shard has all three
             shutil.copyfile(out / "shards" / f"000000.{suffix}", big / "shards" / f"{i:06d}.{suffix}")
     start = time.monotonic()
     result = stats(OutputDir(str(big)))

@@ -16,12 +16,13 @@ import pytest
 from helpers import make_shards, tiny_args
 from ray_helpers import REPO, kill_a_worker_after_first_shard, shard_view, tiny_config, worker_pids
 from vlm_aug.cli import main
+from vlm_aug.config import Config
 from vlm_aug.executors.ray import RayExecutor
 from vlm_aug.executors.ray_cluster import ClusterResourceError
 from vlm_aug.executors.ray_pool import ShardScheduler
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
-from vlm_aug.provenance import RunContext
+from vlm_aug.record import RunContext
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -49,8 +50,9 @@ def test_ray_output_identical_to_local(tmp_path, tiny_vlm_dir, tiny_clip_dir):
     for name in ("000000", "000001", "000002", "000003"):
         assert shard_view(out, name) == shard_view(tmp_path / "out_local", name), f"shard {name} differs"
     rows = shard_view(out, "000000")["rows"]
-    assert rows[0]["provenance"]["pipeline"]["config_sha256"]  # compared above, so equal across executors
     manifest = json.loads((out / "manifest.json").read_text())
+    # the record cites the config that made it: equal across executors (compared above) and to the run's
+    assert rows[0]["provenance"]["pipeline"]["config_sha256"] == Config.model_validate(manifest["config"]).sha256()
     assert manifest["executor"] == "ray" and manifest["models"]["rewrite"]["model"] == str(tiny_vlm_dir)
     workers = manifest["workers"]
     assert len(workers) == 2 and sum(w["shards"] for w in workers.values()) == 4

@@ -9,7 +9,7 @@ import pytest
 
 from vlm_aug.cli import main
 from vlm_aug.paths import ASSETS_DIR
-from vlm_aug.scenes.pipeline_eval import pipeline_catch_rate
+from vlm_aug.lab.scenes.pipeline_eval import pipeline_catch_rate
 
 pytestmark = pytest.mark.skipif(not (ASSETS_DIR / "scene_clip").is_dir(), reason="scene models not shipped")
 
@@ -41,8 +41,8 @@ def test_demo_runs_offline_and_corrects_wrong_captions(tmp_path, capsys):
 def test_reject_misaligned_orig_rejects_what_clip_judged_wrong(tmp_path):
     """policy.reject_misaligned_orig: a sample whose original caption fails min_clip_orig is rejected
     (reason orig_misaligned) even when its rewrite passes; every other decision is unchanged."""
-    from vlm_aug.downstream.scene_ab import run_pipeline
-    from vlm_aug.scenes import write_scene_shards
+    from vlm_aug.lab.downstream.scene_ab import run_pipeline
+    from vlm_aug.lab.scenes import write_scene_shards
 
     write_scene_shards(tmp_path / "in", 1, 40, 4242, 0.25)
     local = ["executor=local", "torch_threads=1"]

@@ -7,11 +7,11 @@ import pytest
 import webdataset as wds
 
 from vlm_aug.paths import ASSETS_DIR
-from vlm_aug.scenes import (
+from vlm_aug.lab.scenes import (
     SceneObject, dense_description, parse_description, perturb, plant_wrong_sentence, sample_scene,
     write_scene_shards,
 )
-from vlm_aug.scenes.world import COLOURS, SHAPES
+from vlm_aug.lab.scenes.world import COLOURS, SHAPES
 
 
 def _read(paths):
@@ -76,7 +76,7 @@ VLM_DIR, CLIP_DIR = ASSETS_DIR / "scene_vlm", ASSETS_DIR / "scene_clip"
 @pytest.mark.slow
 @pytest.mark.skipif(not (VLM_DIR / "config.json").is_file(), reason="scene VLM not trained")
 def test_shipped_scene_vlm_meets_floor():
-    from vlm_aug.scenes.evaluate import vlm_accuracy
+    from vlm_aug.lab.scenes.evaluate import vlm_accuracy
 
     result = vlm_accuracy(VLM_DIR, n=60, seed=2024)
     assert result["objects_colour_shape_accuracy"] >= 0.85, result
@@ -86,7 +86,7 @@ def test_shipped_scene_vlm_meets_floor():
 @pytest.mark.skipif(not (CLIP_DIR / "open_clip_config.json").is_file(),
                     reason="scene CLIP not trained")
 def test_shipped_scene_clip_meets_floor():
-    from vlm_aug.scenes.evaluate import clip_metrics
+    from vlm_aug.lab.scenes.evaluate import clip_metrics
 
     result = clip_metrics(CLIP_DIR, n=60, seed=2024)
     assert result["pair_accuracy_colour_or_shape"] >= 0.9, result

@@ -11,7 +11,7 @@ import pytest
 from output_helpers import run_pipeline
 from vlm_aug import SCHEMA_VERSION
 from vlm_aug.output.schema import parquet_columns, sample_schema, validate_record
-from vlm_aug.provenance import PARQUET_SCHEMA
+from vlm_aug.record import PARQUET_SCHEMA
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "schema.md"
 
@@ -75,3 +75,12 @@ def test_docs_cover_every_field():
             assert f"`{name}.{child}`" in text, f"{name}.{child}"
     for column, _ in parquet_columns():
         assert re.search(rf"\| `{column}` \|", text), column
+
+
+def test_croissant_parquet_and_schema_list_the_same_columns(out):
+    """One column definition (the schema's x-parquet-columns): drift between the three would show here."""
+    croissant = [f["name"] for f in json.loads((out / "croissant.json").read_text())["recordSet"][0]["field"]]
+    written = pq.read_schema(out / "shards" / "000000.parquet").names
+    defined = [c["name"] for c in sample_schema()["x-parquet-columns"]]
+    assert croissant == written == defined == PARQUET_SCHEMA.names
+    assert {"clip_sentences", "orig_passed"} <= set(croissant)

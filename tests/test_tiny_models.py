@@ -3,8 +3,8 @@
 import torch
 from PIL import Image
 
-from vlm_aug.prompts import chat_messages, load_template
-from vlm_aug.tiny import END_OF_UTTERANCE, train_bpe_tokenizer
+from vlm_aug.stages.prompts import chat_messages, load_template
+from vlm_aug.lab.tiny import END_OF_UTTERANCE, train_bpe_tokenizer
 
 SIZES = [(40, 70), (64, 64), (200, 100)]
 CAPTIONS = ["a red shape", "two shapes on a long line of caption text", "circle"]

@@ -10,10 +10,10 @@ BUILTIN_PREFIX = "vlm_aug:"
 
 
 def configs_dir() -> Path:
-    """The `configs/` folder: beside the package in a checkout, else bundled inside it."""
-    for candidate in (PACKAGE_DIR.parent / "configs", PACKAGE_DIR / "_configs"):
-        if candidate.is_dir():
-            return candidate
+    """The `configs/` folder beside the package (vlm_aug installs from a checkout, `pip install -e .`)."""
+    candidate = PACKAGE_DIR.parent / "configs"
+    if candidate.is_dir():
+        return candidate
     raise FileNotFoundError(
         "vlm_aug's configs/ folder was not found; install from a checkout with `pip install -e .`"
     )

@@ -9,14 +9,14 @@ from collections import defaultdict
 from typing import Iterable, Iterator
 
 from vlm_aug.config import Config
-from vlm_aug.decode import decode_samples
-from vlm_aug.provenance import RunContext
+from vlm_aug.shards.decode import decode_samples
+from vlm_aug.record import RunContext
 from vlm_aug.sample import Sample
-from vlm_aug.shards import ShardReader, shard_name
+from vlm_aug.shards.read import ShardReader, shard_name
 from vlm_aug.stages.decide import DecideStage
 from vlm_aug.stages.rewrite import RewriteStage
 from vlm_aug.stages.score import ScoreStage
-from vlm_aug.writer import ShardWriter
+from vlm_aug.shards.write import ShardWriter
 
 _DONE = object()
 
@@ -86,10 +86,7 @@ class ShardProcessor:
         if not self.ready:
             for stage in self.stages:
                 stage.setup()
-            described = {stage.name: stage.describe() for stage in self.stages}
-            self.run.generation = described.get("rewrite", {})
-            self.run.scoring = described.get("score", {})
-            self.run.decision = described.get("decide", described.get("passthrough", {}))
+            self.run.describe_stages(self.stages)
             self.ready = True
 
     def _batches(self, reader: ShardReader, timings: dict) -> Iterator[list[Sample]]:
@@ -112,9 +109,8 @@ class ShardProcessor:
     def process(self, url: str) -> dict:
         self.setup()
         cfg = self.config
-        reader = ShardReader(url, cfg.input.caption_key, cfg.input.image_keys, cfg.limits.max_sample_bytes)
-        writer = ShardWriter(cfg.output.path, shard_name(url), self.run, write_orig=cfg.policy.name == "both",
-                             normalize_image_format=cfg.output.normalize_image_format)
+        reader = ShardReader(url, cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes)
+        writer = ShardWriter(cfg.output.path, shard_name(url), self.run, cfg.output.normalize_image_format)
         timings: dict = defaultdict(float)
         try:
             for batch in prefetch(self._batches(reader, timings)):

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass
 from importlib import metadata
-
-import fsspec
 
 from vlm_aug.config import Config, ConfigError
 from vlm_aug.executors import ExecutorReport
 from vlm_aug.output.card import write_card
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
-from vlm_aug.prompts import load_template
-from vlm_aug.provenance import RunContext
-from vlm_aug.shards import expand_inputs, shard_name
-from vlm_aug.writer import check_writable, is_complete
+from vlm_aug.stages.prompts import load_template
+from vlm_aug.record import RunContext
+from vlm_aug.shards.read import expand_inputs, shard_name
+from vlm_aug.shards.layout import OutputDir
 
 PACKAGES = ("vlm-aug", "torch", "transformers", "open_clip_torch", "webdataset", "ray", "pyarrow", "pillow")
 
@@ -44,8 +41,10 @@ def plan(config: Config, overwrite: bool) -> tuple[list[str], list[str]]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"input shards share output names {dupes}: each input shard needs a unique file name")
-    check_writable(config.output.path)
-    done = [] if overwrite else [u for u in urls if is_complete(config.output.path, shard_name(u))]
+    out = OutputDir(config.output.path, must_exist=False)
+    out.check_writable()
+    complete = set() if overwrite else set(out.complete_names())
+    done = [u for u in urls if shard_name(u) in complete]
     return [u for u in urls if u not in done], done
 
 
@@ -93,15 +92,6 @@ def _hardware() -> dict:
             "cpus": os.cpu_count(), "gpus": gpus}
 
 
-def collect_stats(out_root: str) -> list[dict]:
-    fs, root = fsspec.core.url_to_fs(out_root)
-    stats = []
-    for path in sorted(fs.glob(f"{root.rstrip('/')}/shards/*.stats.json")):
-        with fs.open(path, "r") as handle:
-            stats.append(json.load(handle))
-    return stats
-
-
 def totals(all_stats: list[dict]) -> dict:
     keys = ("inputs", "kept", "rejected", "error")
     total = {k: sum(s["counts"][k] for s in all_stats) for k in keys}
@@ -114,11 +104,10 @@ def totals(all_stats: list[dict]) -> dict:
 
 
 def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skipped: list[str], wall: float) -> dict:
-    fs, root = fsspec.core.url_to_fs(config.output.path)
-    fs.makedirs(f"{root}/shards", exist_ok=True)
-    all_stats = collect_stats(config.output.path)
-    with fs.open(f"{root}/shards/sizes.json", "w") as handle:  # open_clip reads it beside the shards
-        json.dump({f"{s['shard']}.tar": s["counts"]["kept"] for s in all_stats}, handle, indent=1)
+    out = OutputDir(config.output.path, must_exist=False)
+    out.fs.makedirs(out.shards_dir, exist_ok=True)
+    all_stats = out.all_stats()
+    out.write_sizes(all_stats)
     template = load_template(config.generation.prompt)
     stage_time: dict = {}
     for outcome in report.outcomes:
@@ -127,7 +116,7 @@ def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skip
     manifest = {
         "run_id": run.run_id, "config": config.model_dump(), "config_sha256": run.config_sha256,
         "versions": _versions(), "hardware": _hardware(), "executor": config.executor,
-        "models": {"rewrite": run.generation, "score": run.scoring, "decide": run.decision},
+        "models": run.models,
         "prompt": {"id": template.id, "text": template.text, "sha256": template.sha256},
         "timings": {"wall_s": round(wall, 3), "startup_s": round(report.startup_s, 3), "stages_s": stage_time},
         "workers": report.workers,
@@ -137,6 +126,5 @@ def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skip
                    "read_errors": {s["shard"]: s["read_error"] for s in all_stats if s.get("read_error")}},
         "totals": totals(all_stats),
     }
-    with fs.open(f"{root}/manifest.json", "w") as handle:
-        json.dump(manifest, handle, indent=1, default=str)
+    out.write_manifest(manifest)
     return manifest

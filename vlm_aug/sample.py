@@ -1,4 +1,5 @@
-"""The one record type that flows between stages, and the shard that carries them."""
+"""The one record type that flows between stages. A field keeps its name from the reader to the
+parquet: `caption_rewrite` here is `caption_rewrite` in the record and the parquet column."""
 
 from __future__ import annotations
 
@@ -9,21 +10,46 @@ PENDING, KEPT, REJECTED, ERROR = "pending", "kept", "rejected", "error"
 
 
 @dataclass
+class Generation:
+    """What the rewrite stage did for this sample (the stage's settings are in the run context)."""
+
+    rendered_prompt_sha256: Optional[str] = None
+    seed: Optional[int] = None
+    caption_truncated: bool = False  # the original caption was cut to limits.max_caption_chars
+    new_tokens: Optional[int] = None
+
+
+@dataclass
+class Decision:
+    """What the policy decided for this sample, beyond status and reason."""
+
+    outcome: Optional[str] = None  # which caption was kept: rewrite | original | dry_run
+    rewrite_problem: Optional[str] = None  # why the rewrite was unusable when the original was too
+    mix_draw: Optional[float] = None  # policy mix: the seeded draw
+    orig_passed: Optional[bool] = None  # clip_orig >= min_clip_orig; None when unscored
+    write_orig: bool = False  # write the original caption beside the training caption (policy `both`)
+
+
+@dataclass
 class Sample:
-    key: str
-    shard: str
+    key: str  # the output key (dots sanitised)
+    shard: str  # the input shard url
+    source_key: Optional[str] = None  # the key in the input shard; None when equal to `key`
     members: list[str] = field(default_factory=list)
     image_bytes: Optional[bytes] = None
     image_ext: Optional[str] = None
     image: Any = None  # decoded PIL image; transient, never written
+    image_reencoded_to: Optional[str] = None  # output.normalize_image_format re-encoded the image
     caption_orig: Optional[str] = None
-    meta_orig: Optional[str] = None  # the original json member, verbatim text
-    caption_new: Optional[str] = None
-    caption_final: Optional[str] = None
+    orig_json: Optional[str] = None  # the original json member, verbatim text
+    caption_rewrite: Optional[str] = None
+    caption: Optional[str] = None  # the training caption, once kept
     scores: dict[str, Any] = field(default_factory=dict)
     status: str = PENDING
     reason: Optional[str] = None
-    flags: dict[str, Any] = field(default_factory=dict)
+    error_detail: Optional[str] = None
+    generation: Generation = field(default_factory=Generation)
+    decision: Decision = field(default_factory=Decision)
 
     @property
     def active(self) -> bool:
@@ -33,8 +59,12 @@ class Sample:
     def fail(self, reason: str, detail: str = "") -> None:
         self.status, self.reason = ERROR, reason
         if detail:
-            self.flags["error_detail"] = detail[:500]
+            self.error_detail = detail[:500]
 
     def reject(self, reason: str) -> None:
         self.status, self.reason = REJECTED, reason
 
+    def keep(self, caption: str, outcome: str, note: Optional[str] = None) -> None:
+        """Keep the sample with `caption` as its training caption; `note` says why, if not the rewrite."""
+        self.status, self.caption = KEPT, caption
+        self.decision.outcome, self.reason = outcome, note

@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from vlm_aug.scenes import write_scene_shards
+    from vlm_aug.lab.scenes import write_scene_shards
 
     root = Path(args.output)
     inputs, out = root / "input", root / "output"

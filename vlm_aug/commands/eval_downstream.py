@@ -14,7 +14,7 @@ from pathlib import Path
 
 def add_training_args(p) -> None:
     g = p.add_argument_group("training (the same for every arm and seed)")
-    from vlm_aug.downstream.models import PRESET_NOTES
+    from vlm_aug.lab.downstream.models import PRESET_NOTES
 
     presets = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items())
     g.add_argument("--model", default="scene",
@@ -76,84 +76,17 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_eval_downstream)
 
 
-DEFAULTS = {"steps": 300, "lr": 1e-3}
-# Scene world: 300 steps at lr 1e-3. At 150 steps / 2e-3 (and 300 / 2e-3) one seed in three fell far
-# behind in every arm (mean R@1 0.37-0.86 across seeds): that spread, not the data, decided the
-# paired gains. At 300 / 1e-3 each arm's seed spread is about 0.02 (docs/downstream.md).
-SCENE_DEFAULTS = {"steps": 300, "lr": 1e-3}
-
-
-def spec_from_args(args):
-    from vlm_aug.downstream.train import TrainSpec
-
-    for key, value in (SCENE_DEFAULTS if args.scenes else DEFAULTS).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    warmup = args.warmup if args.warmup is not None else max(1, args.steps // 10)
-    return TrainSpec(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=warmup, wd=args.wd,
-                     threads=args.threads, workers=args.workers, precision=args.precision,
-                     device=args.device, pretrained=args.pretrained)
-
-
-def _parse_pairs(items: list[str], sep: str, what: str) -> list[tuple[str, str]]:
-    from vlm_aug.downstream import DownstreamError
-
-    pairs = []
-    for item in items:
-        left, found, right = item.partition(sep)
-        if not found or not left or not right:
-            raise DownstreamError(f"{what} {item!r} must look like A{sep}B")
-        pairs.append((left, right))
-    return pairs
-
-
-def build_experiment(args, work: Path, arms):
-    from vlm_aug.downstream.experiment import Experiment, default_comparisons
-    from vlm_aug.downstream.models import resolve_model
-    from vlm_aug.downstream.train import trainer_python
-    from vlm_aug.shards import expand_inputs
-
-    names = [a.name for a in arms]
-    compare = _parse_pairs(args.compare, ":", "--compare") or default_comparisons(names)
-    unknown = sorted({n for pair in compare for n in pair} - set(names))
-    if unknown:
-        from vlm_aug.downstream import DownstreamError
-
-        raise DownstreamError(f"--compare names unknown arm(s) {unknown}; arms are {names}")
-    return Experiment(
-        arms=arms, heldout=expand_inputs(args.heldout), model=resolve_model(args.model, work),
-        spec=spec_from_args(args), seeds=list(range(args.seed_base, args.seed_base + args.seeds)),
-        work_dir=work, python=trainer_python(args.trainer_python), comparisons=compare,
-        caption_key=args.heldout_caption_key, label_field=args.label_field or None,
-        templates=args.templates or ["a {}.", "a photo of a {}."], trainer_val=not args.no_trainer_val,
-        keep_checkpoints=args.keep_checkpoints, max_heldout=args.max_heldout, parallel=parallel_of(args))
-
-
-def parallel_of(args) -> int:
-    """--parallel, else as many 1-process trainings as the CPU's cores hold at --threads each."""
-    import os
-
-    if args.parallel is not None:
-        if args.parallel < 1:
-            from vlm_aug.downstream import DownstreamError
-
-            raise DownstreamError(f"--parallel must be at least 1, not {args.parallel}")
-        return args.parallel
-    if args.device != "cpu":
-        return 1
-    return max(1, (os.cpu_count() or 1) // max(1, args.threads))
-
-
 def run_on_output(args) -> dict:
-    from vlm_aug.downstream import DOWNSTREAM_JSON, DownstreamError
-    from vlm_aug.downstream.arms import original_arm, output_arm, unfiltered_arm
-    from vlm_aug.downstream.experiment import run_experiment
+    from vlm_aug.lab.downstream import DOWNSTREAM_JSON, DownstreamError
+    from vlm_aug.lab.downstream.arms import original_arm, output_arm, unfiltered_arm
+    from vlm_aug.lab.downstream.experiment import run_experiment
+    from vlm_aug.lab.downstream.from_args import build_experiment, parse_pairs
 
     if not args.output or not args.heldout:
         raise DownstreamError("give OUTPUT (a finished run's directory) and --heldout SHARDS, or --scenes DIR")
-    from vlm_aug.downstream.models import resolve_model
-    from vlm_aug.downstream.train import trainer_python
-    from vlm_aug.shards import expand_inputs
+    from vlm_aug.lab.downstream.models import resolve_model
+    from vlm_aug.lab.downstream.train import trainer_python
+    from vlm_aug.shards.read import expand_inputs
 
     out = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else out / "downstream"
@@ -163,7 +96,7 @@ def run_on_output(args) -> dict:
     arms.append(output_arm(args.name, out))
     if args.unfiltered:
         arms.append(unfiltered_arm(out, work))
-    arms += [output_arm(name, Path(path)) for name, path in _parse_pairs(args.arm, "=", "--arm")]
+    arms += [output_arm(name, Path(path)) for name, path in parse_pairs(args.arm, "=", "--arm")]
     if len({a.name for a in arms}) != len(arms):
         raise DownstreamError(f"arm names must differ: {[a.name for a in arms]}")
     exp = build_experiment(args, work, arms)
@@ -173,12 +106,13 @@ def run_on_output(args) -> dict:
 
 
 def cmd_eval_downstream(args) -> int:
-    from vlm_aug.downstream import DOWNSTREAM_JSON, DownstreamError
+    from vlm_aug.lab.downstream import DOWNSTREAM_JSON, DownstreamError
+    from vlm_aug.lab.downstream.from_args import parallel_of
 
     try:
         parallel_of(args)  # a bad value fails before minutes of work
         if args.scenes:
-            from vlm_aug.downstream.scene_ab import run_scene_ab
+            from vlm_aug.lab.downstream.scene_ab import run_scene_ab
 
             result, where = run_scene_ab(args), Path(args.scenes) / DOWNSTREAM_JSON
         else:

@@ -26,7 +26,7 @@ def _run_dtype(dtype: str, kind: str, cuda: bool) -> str:
 
 def preset_rows(kind=None, search_dirs=(), cuda: bool = False) -> list[dict]:
     """One row per preset: what it is, how big, where it is (or None)."""
-    from vlm_aug.presets import list_presets, offline_location
+    from vlm_aug.config.presets import list_presets, offline_location
 
     rows = []
     for p in list_presets(kind):

@@ -19,6 +19,14 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def register_lab_sections() -> None:
+    """The report's sections that the lab owns (the downstream A/B, when OUT/downstream.json exists)."""
+    from vlm_aug.lab.downstream.report_section import downstream_section
+    from vlm_aug.report.sections import register_section
+
+    register_section(downstream_section)
+
+
 def options_from_args(args):
     from vlm_aug.report import ReportOptions
 
@@ -33,6 +41,7 @@ def write_run_report(out: str, options=None) -> str | None:
     """Write the report after a run; a failure is reported, never fatal to the finished run."""
     from vlm_aug.report import ReportOptions, write_report
 
+    register_lab_sections()
     start = time.perf_counter()
     try:
         path = write_report(out, options or ReportOptions())
@@ -52,6 +61,7 @@ def cmd_report(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    register_lab_sections()
     start = time.perf_counter()
     path = write_report(args.out, options, args.html)
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")

@@ -29,23 +29,23 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def config_from_args(args, config_path=None):
+def config_from_args(args):
     direct = {"input__paths": args.input, "output__path": args.output, "executor": args.executor,
               "ray__address": args.ray_address}
     if args.no_report:
         direct["output__report"] = False
     if getattr(args, "no_model", False):
         direct["dry_run"] = True
-    return load_config(config_path or args.config, args.set, **direct)
+    return load_config(args.config, args.set, **direct)
 
 
 def _throughput(manifest: dict) -> tuple[int, int]:
     """(samples, new tokens) of the shards this invocation processed, from their stats files."""
-    from vlm_aug.run import collect_stats
-    from vlm_aug.shards import shard_name
+    from vlm_aug.shards.layout import OutputDir
+    from vlm_aug.shards.read import shard_name
 
     done = {shard_name(url) for url in manifest["shards"]["processed"]}
-    stats = [s for s in collect_stats(manifest["config"]["output"]["path"]) if s["shard"] in done]
+    stats = [s for s in OutputDir(manifest["config"]["output"]["path"]).all_stats() if s["shard"] in done]
     return (sum(s["counts"]["inputs"] for s in stats),
             sum(s.get("scores", {}).get("new_tokens", 0) for s in stats))
 

@@ -36,7 +36,7 @@ def format_summary(title: str, summary: dict) -> list[str]:
 
 def cmd_stats(args) -> int:
     from vlm_aug.output.query import stats
-    from vlm_aug.output.reader import OutputDir
+    from vlm_aug.shards.layout import OutputDir
 
     result = stats(OutputDir(args.output), per_shard=not args.no_per_shard)
     if args.json:

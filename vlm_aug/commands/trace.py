@@ -44,12 +44,12 @@ def format_record(record: dict, prompt: dict | None) -> str:
 
 def cmd_trace(args) -> int:
     from vlm_aug.output.query import trace
-    from vlm_aug.output.reader import OutputDir
+    from vlm_aug.shards.layout import OutputDir
 
     out = OutputDir(args.output)
     records = trace(out, args.key, args.shard)
     if not records:
-        where = f"shard {args.shard}" if args.shard else f"any of the {len(out.shard_names())} complete shard(s)"
+        where = f"shard {args.shard}" if args.shard else f"any of the {len(out.complete_names())} complete shard(s)"
         print(f"error: no sample with key {args.key!r} in {where} of {args.output}; "
               "keys are the file stems in the tars (KEY.jpg) and the `key` column of shards/*.parquet",
               file=sys.stderr)

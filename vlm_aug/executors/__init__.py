@@ -11,7 +11,6 @@ class ShardOutcome:
     stats: dict | None = None
     error: str | None = None
     attempts: int = 1
-    worker: str | None = None
 
 
 @dataclass

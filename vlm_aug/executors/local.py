@@ -10,7 +10,7 @@ import traceback
 from vlm_aug.executors import ExecutorReport, ShardOutcome
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
-from vlm_aug.writer import OutputUnwritable
+from vlm_aug.shards.layout import OutputUnwritable
 
 FATAL_WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
 
@@ -36,7 +36,7 @@ class LocalExecutor:
             t0 = time.perf_counter()
             try:
                 stats = processor.process(url)
-                report.outcomes.append(ShardOutcome(url, stats=stats, worker="local"))
+                report.outcomes.append(ShardOutcome(url, stats=stats))
                 progress.shard_done(stats)
             except (KeyboardInterrupt, SystemExit):
                 raise
@@ -45,11 +45,11 @@ class LocalExecutor:
                     raise OutputUnwritable(f"cannot write output shard for {url}: {exc.strerror}; free space "
                                            "or choose another --output, then rerun: complete shards are kept") from exc
                 detail = f"{type(exc).__name__}: {exc}"
-                report.outcomes.append(ShardOutcome(url, error=detail, worker="local"))
+                report.outcomes.append(ShardOutcome(url, error=detail))
                 progress.shard_failed(url, detail)
             except Exception as exc:
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                report.outcomes.append(ShardOutcome(url, error=detail, worker="local"))
+                report.outcomes.append(ShardOutcome(url, error=detail))
                 progress.shard_failed(url, detail)
             busy += time.perf_counter() - t0
         report.workers["local"] = {"busy_s": round(busy, 3), "shards": len(urls)}

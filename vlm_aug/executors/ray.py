@@ -14,8 +14,6 @@ import sys
 import threading
 import time
 
-import fsspec
-
 from vlm_aug.config import Config
 from vlm_aug.executors import ExecutorReport
 from vlm_aug.executors.ray_actor import ShardWorker
@@ -23,8 +21,9 @@ from vlm_aug.executors.ray_cluster import connect, plan_pool
 from vlm_aug.executors.ray_pool import ShardScheduler, _say
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
-from vlm_aug.shards import shard_name
-from vlm_aug.writer import committed_stats
+from vlm_aug.shards.read import shard_name
+from vlm_aug.stages.base import Resources
+from vlm_aug.shards.layout import OutputDir
 
 
 @contextlib.contextmanager
@@ -42,20 +41,6 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def remove_temps(out_root: str, names: set[str], keep_run_id: str | None = None) -> int:
-    """Delete `NAME.*.tmp-RUNID` files of the given shards (never complete output); -> how many."""
-    fs, root = fsspec.core.url_to_fs(out_root)
-    fs.invalidate_cache()  # actors in other processes wrote here since this process last listed
-    removed = 0
-    for path in fs.glob(f"{root.rstrip('/')}/shards/*.tmp-*"):
-        base = path.rsplit("/", 1)[-1]
-        name, run_id = base.split(".", 1)[0], base.rsplit(".tmp-", 1)[-1]
-        if name in names and run_id != keep_run_id:
-            fs.rm(path)
-            removed += 1
-    return removed
 
 
 class RayExecutor:
@@ -87,7 +72,8 @@ class RayExecutor:
 
         start = time.perf_counter()
         names = {shard_name(u) for u in urls}
-        stale = remove_temps(self.config.output.path, names)
+        out = OutputDir(self.config.output.path, must_exist=False)
+        stale = out.remove_temps(names)
         if stale:
             _say(f"removed {stale} partial file(s) left by an interrupted run; those shards are redone")
         owned, embedded = False, False
@@ -95,12 +81,12 @@ class RayExecutor:
         try:
             owned, embedded = connect(self.config.ray)
             with sigterm_as_interrupt():  # after connect: ray.init installs its own SIGTERM handler
-                plan = plan_pool(self.config.ray, embedded)
+                plan = plan_pool(self.config.ray, embedded, Resources.of_worker(processor.stages))
                 _say(f"{'embedded local Ray' if embedded else 'Ray cluster'}: {plan.describe()}, "
                      f"{len(urls)} shard(s)")
-                out_root, run_id = self.config.output.path, processor.run.run_id
+                run_id = processor.run.run_id
                 scheduler = ShardScheduler(self._spawner(processor, plan), plan.num_actors, self.config.ray, progress,
-                                           committed=lambda url: committed_stats(out_root, shard_name(url), run_id))
+                                           committed=lambda url: out.committed_stats(shard_name(url), run_id))
                 outcomes = scheduler.run(urls)
                 workers = scheduler.worker_report()
         finally:
@@ -108,7 +94,7 @@ class RayExecutor:
                 scheduler.stop()
             if owned:
                 ray.shutdown()
-            remove_temps(self.config.output.path, names)  # left by actors killed mid-shard
+            out.remove_temps(names)  # left by actors killed mid-shard
         self._cite_stages(processor, scheduler.described)
         report = ExecutorReport(outcomes=outcomes, workers=workers)
         report.startup_s = scheduler.startup_s or time.perf_counter() - start
@@ -118,8 +104,6 @@ class RayExecutor:
     def _cite_stages(processor: ShardProcessor, described: dict | None) -> None:
         """The models were loaded in the actors: copy what they describe into the driver's run."""
         if described:
-            processor.run.generation = described["generation"]
-            processor.run.scoring = described["scoring"]
-            processor.run.decision = described["decision"]
+            processor.run.sections, processor.run.models = described["sections"], described["models"]
         else:
             print("vlm-aug[ray]: no actor finished loading the models", file=sys.stderr)

@@ -17,7 +17,7 @@ import time
 
 from vlm_aug.config import Config
 from vlm_aug.pipeline import ShardProcessor, build_stages
-from vlm_aug.provenance import RunContext
+from vlm_aug.record import RunContext
 
 
 class ModelMeter:
@@ -34,7 +34,7 @@ class LockedStage:
 
     def __init__(self, stage, meter: ModelMeter):
         self.stage, self.meter = stage, meter
-        self.name, self.resources = stage.name, stage.resources
+        self.name, self.section, self.resources = stage.name, stage.section, stage.resources
 
     def setup(self) -> None:
         self.stage.setup()
@@ -80,8 +80,7 @@ class ShardWorker:
         self.processor.setup()
         self.ready_at, self.ready_cpu = time.perf_counter(), _process_cpu_s()
         run = self.processor.run
-        return {"generation": run.generation, "scoring": run.scoring, "decision": run.decision,
-                "setup_s": round(self.ready_at - start, 3)}
+        return {"sections": run.sections, "models": run.models, "setup_s": round(self.ready_at - start, 3)}
 
     def process(self, url: str) -> dict:
         with self.count_lock:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from vlm_aug.config import ConfigError, RayConfig
+from vlm_aug.stages.base import Resources
 
 
 class ClusterResourceError(ConfigError):
@@ -87,11 +88,14 @@ def describe_nodes(nodes: list[dict]) -> str:
     return f"{len(nodes)} node(s), {total_cpu:g} CPU and {total_gpu:g} GPU in all ({per_node})"
 
 
-def fit(cfg: RayConfig, nodes: list[dict]) -> tuple[PoolPlan | None, str]:
-    """-> (plan, "") when the cluster can hold the pool, else (None, what is wrong)."""
+def fit(cfg: RayConfig, nodes: list[dict], declared: Resources) -> tuple[PoolPlan | None, str]:
+    """-> (plan, "") when the cluster can hold the pool, else (None, what is wrong). Each actor
+    reserves what its stages `declared`, unless the config says otherwise."""
     has_gpus = any(n["gpus"] > 0 for n in nodes)
-    gpus = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if has_gpus else 0.0)
-    cpus = cfg.num_cpus_per_actor
+    gpus = cfg.num_gpus_per_actor
+    if gpus is None:
+        gpus = declared.gpus if has_gpus or declared.needs_gpu else 0.0
+    cpus = cfg.num_cpus_per_actor or declared.cpus
 
     def fits(node: dict) -> int:
         by_cpu = math.floor(node["cpus"] / cpus + 1e-9)
@@ -103,18 +107,19 @@ def fit(cfg: RayConfig, nodes: list[dict]) -> tuple[PoolPlan | None, str]:
     if capacity >= max(wanted, 1):
         return PoolPlan(wanted, cpus, gpus, threads), ""
     asked = f"{cfg.num_actors or 'at least 1'} actor(s) with {cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
-    fix = ("set ray.num_gpus_per_actor: 0 for a CPU pool, or connect to a cluster with GPUs (--ray-address)"
+    fix = ("set ray.num_gpus_per_actor: 0 and vlm.device / clip.device: cpu for a CPU pool, or connect to a "
+           "cluster with GPUs (--ray-address)"
            if gpus and not has_gpus else
            "lower ray.num_cpus_per_actor / ray.num_gpus_per_actor / ray.num_actors, or add nodes")
     return None, (f"the Ray cluster cannot hold the actor pool: asked for {asked} each "
                   f"(room for {capacity}); the cluster has {describe_nodes(nodes)}. Fix: {fix}")
 
 
-def plan_pool(cfg: RayConfig, embedded: bool) -> PoolPlan:
+def plan_pool(cfg: RayConfig, embedded: bool, declared: Resources) -> PoolPlan:
     """Size the pool; on a cluster that may still be adding nodes, wait up to resource_timeout_s."""
     deadline = time.monotonic() + (0.0 if embedded else cfg.resource_timeout_s)
     while True:
-        plan, problem = fit(cfg, alive_nodes())
+        plan, problem = fit(cfg, alive_nodes(), declared)
         if plan is not None:
             return plan
         if time.monotonic() >= deadline:

@@ -101,7 +101,7 @@ class ShardScheduler:
             if stats is not None:
                 _say(f"{task.url} was committed before actor {slot.identity or slot.index} died; kept")
                 self.outcomes.append(ShardOutcome(task.url, stats=stats, attempts=task.attempts,
-                                                  worker=slot.identity))
+))
                 self.progress.shard_done(stats)
                 continue
             self._retry_or_fail(task, f"actor {slot.identity or slot.index} died: {reason}")
@@ -153,7 +153,7 @@ class ShardScheduler:
         counters["shards"] += 1
         counters["samples"] += stats["counts"]["inputs"]
         counters["tokens"] += stats.get("scores", {}).get("new_tokens", 0)
-        self.outcomes.append(ShardOutcome(task.url, stats=stats, attempts=task.attempts, worker=slot.identity))
+        self.outcomes.append(ShardOutcome(task.url, stats=stats, attempts=task.attempts))
         self.progress.shard_done(stats)
 
     # ---- events ------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ import json
 
 import yaml
 
+from vlm_aug.formats import ORIG_CAPTION_EXT
 from vlm_aug.output.croissant import croissant
 from vlm_aug.output.query import stats
-from vlm_aug.output.reader import OutputDir
-from vlm_aug.writer import ORIG_CAPTION_EXT
+from vlm_aug.shards.layout import OutputDir
 
 LICENSE_PLACEHOLDER = "other"  # placeholder: set to the seed data's license before publishing
 SIZE_BOUNDS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -137,13 +137,11 @@ def write_card(out_path: str, manifest: dict) -> dict:
     summary = stats(out, per_shard=False)["overall"]
     metadata = card_metadata(manifest, summary["counts"]["kept"])
     front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
-    with out.fs.open(f"{out.root}/README.md", "w") as handle:
-        handle.write(f"---\n{front}---\n\n{card_body(manifest, summary, len(out.shard_names()))}")
-    shard_runs = {s["shard"]: s.get("run_id") for s in out.shard_stats()}
+    out.write_text("README.md", f"---\n{front}---\n\n{card_body(manifest, summary, len(out.complete_names()))}")
+    shard_runs = {s["shard"]: s.get("run_id") for s in out.all_stats()}
     description = (f"{summary['counts']['kept']} image-caption pairs whose captions were rewritten by "
                    f"{manifest.get('models', {}).get('rewrite', {}).get('model')} and checked with CLIP.")
     document = croissant(manifest, shard_runs, "vlm_aug-recaptioned", description,
                          "https://example.invalid/set-the-license")
-    with out.fs.open(f"{out.root}/croissant.json", "w") as handle:
-        json.dump(document, handle, indent=1)
+    out.write_json(out.top("croissant.json"), document)
     return metadata

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from vlm_aug.shards import shard_name
+from vlm_aug.record import COLUMNS, Column
+from vlm_aug.shards.read import shard_name
 
 CONTEXT = {
     "@language": "en", "@vocab": "https://schema.org/", "sc": "https://schema.org/",
@@ -22,31 +23,18 @@ CONTEXT = {
     "repeated": "cr:repeated", "replace": "cr:replace", "samplingRate": "cr:samplingRate",
     "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField", "transform": "cr:transform",
 }
-# parquet sidecar columns described as fields of the `samples` record set
-FIELDS = (
-    ("key", "sc:Text", "output sample key (KEY.jpg / KEY.txt / KEY.json in the tar)"),
-    ("status", "sc:Text", "kept | rejected | error"),
-    ("reason", "sc:Text", "why rejected or failed, or why the original caption was kept"),
-    ("outcome", "sc:Text", "which caption was kept: rewrite | original"),
-    ("caption", "sc:Text", "the training caption (null unless kept)"),
-    ("caption_orig", "sc:Text", "the input caption"),
-    ("caption_rewrite", "sc:Text", "the VLM rewrite"),
-    ("clip_orig", "sc:Float", "CLIP cosine of image and original caption"),
-    ("clip_rewrite", "sc:Float", "CLIP cosine of image and rewrite"),
-    ("clip_sentence_min", "sc:Float", "lowest per-sentence CLIP cosine of the rewrite"),
-    ("shard", "sc:Text", "input shard url"),
-    ("source_key", "sc:Text", "key in the input shard"),
-    ("image_sha256", "sc:Text", "sha256 of the image bytes"),
-    ("seed", "sc:Integer", "generation seed of this sample"),
-    ("caption_truncated", "sc:Boolean", "the original caption was cut before prompting"),
-    ("run_id", "sc:Text", "the run that wrote the row"),
-    ("provenance", "sc:Text", "the full per-sample record (JSON, schema vlm_aug.sample/1)"),
-)
+CROISSANT_TYPES = {"string": "sc:Text", "double": "sc:Float", "int64": "sc:Integer", "bool": "sc:Boolean",
+                   "list<item: double>": "sc:Float"}
 
 
-def _field(name: str, dtype: str, description: str) -> dict:
-    return {"@type": "cr:Field", "@id": f"samples/{name}", "name": name, "description": description,
-            "dataType": dtype, "source": {"fileSet": {"@id": "parquet-sidecars"}, "extract": {"column": name}}}
+def _field(column: Column) -> dict:
+    """A parquet column as a Croissant field; a list column is a repeated field."""
+    field = {"@type": "cr:Field", "@id": f"samples/{column.name}", "name": column.name,
+             "description": column.description, "dataType": CROISSANT_TYPES[column.type],
+             "source": {"fileSet": {"@id": "parquet-sidecars"}, "extract": {"column": column.name}}}
+    if column.type.startswith("list<"):
+        field["repeated"] = True
+    return field
 
 
 def _activity(manifest: dict) -> dict:
@@ -91,7 +79,7 @@ def croissant(manifest: dict, shard_runs: dict[str, str], name: str, description
         ],
         "recordSet": [{"@type": "cr:RecordSet", "@id": "samples", "name": "samples",
                        "description": "every input sample with its decision and provenance",
-                       "field": [_field(*f) for f in FIELDS]}],
+                       "field": [_field(c) for c in COLUMNS]}],
         "prov:wasDerivedFrom": [{"@id": url} for url in inputs],
         "prov:wasGeneratedBy": activity,
         "prov:hadMember": _derivations(inputs, shard_runs),

@@ -18,11 +18,11 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlm_aug.output.reader import OutputDir
+from vlm_aug.formats import IMAGE_EXTS
+from vlm_aug.shards.layout import OutputDir
 
 FORMATS = ("llava", "messages")
 DEFAULT_INSTRUCTION = "Describe this image in detail."
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # Hugging Face `datasets` reads these features from the parquet metadata: images decode to PIL.
 HF_FEATURES = {
     "messages": [{"role": {"dtype": "string", "_type": "Value"},
@@ -55,7 +55,7 @@ def kept_samples(out: OutputDir, shard: str) -> Iterator[tuple[str, bytes, str, 
 
 def _llava(out: OutputDir, dest: Path, instruction: str) -> int:
     entries = []
-    for shard in out.shard_names():
+    for shard in out.complete_names():
         (dest / "images" / shard).mkdir(parents=True, exist_ok=True)
         for ext, image, caption, link in kept_samples(out, shard):
             relative = f"images/{shard}/{link['key']}.{ext}"
@@ -71,7 +71,7 @@ def _llava(out: OutputDir, dest: Path, instruction: str) -> int:
 def _messages(out: OutputDir, dest: Path, instruction: str) -> int:
     (dest / "data").mkdir(parents=True, exist_ok=True)
     total = 0
-    for shard in out.shard_names():
+    for shard in out.complete_names():
         rows = []
         for ext, image, caption, link in kept_samples(out, shard):
             user = {"role": "user", "content": [{"type": "image", "text": None},

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from vlm_aug.output.reader import OutputDir
+from vlm_aug.shards.layout import OutputDir
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 SCORES = ("clip_orig", "clip_rewrite", "clip_final")  # before, after, and what training sees
@@ -71,7 +71,7 @@ def stats(out: OutputDir, per_shard: bool = True) -> dict:
     columns = ["status", "reason", "outcome", "clip_orig", "clip_rewrite"]
     table = out.table(columns)
     table = table.append_column("clip_final", _final_score(table))
-    result = {"output": out.path, "shards": len(out.shard_names()), "overall": _summary(table)}
+    result = {"output": out.path, "shards": len(out.complete_names()), "overall": _summary(table)}
     if per_shard:
         order = pc.sort_indices(table, [("out_shard", "ascending")])
         table = table.take(order)

@@ -4,22 +4,16 @@ the Hugging Face `datasets` features it implies for the output tars."""
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from typing import Any, Iterable
 
-from vlm_aug.paths import PACKAGE_DIR
+from vlm_aug.formats import IMAGE_EXTS
+from vlm_aug.record import COLUMNS, sample_schema
 
-SCHEMA_PATH = PACKAGE_DIR / "schema" / "sample.schema.json"
 _ARROW_OF_JSON = {"string": "string", "number": "float64", "integer": "int64", "boolean": "bool"}
 
 
-@lru_cache(maxsize=1)
-def sample_schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-
-
 def parquet_columns() -> list[tuple[str, str]]:
-    return [(c["name"], c["type"]) for c in sample_schema()["x-parquet-columns"]]
+    return [(c.name, c.type) for c in COLUMNS]
 
 
 def validate_record(record: dict) -> list[str]:
@@ -81,7 +75,7 @@ def hf_features(first_samples: Iterable[dict]):
     features = Features.from_arrow_schema(pa.Table.from_pylist(rows).schema)
     _pin_nullables(features["json"], sample_schema())
     for name in rows[0]:
-        if name in ("jpg", "jpeg", "png", "webp"):
+        if name in IMAGE_EXTS:
             features[name] = Image()
     features["__key__"], features["__url__"] = Features.from_arrow_schema(
         pa.schema([("__key__", pa.string()), ("__url__", pa.string())])).values()

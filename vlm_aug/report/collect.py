@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-import fsspec
 import pyarrow.parquet as pq
 
 from vlm_aug.report.diversity import CaptionSetStats, RewriteStats, words
+from vlm_aug.shards.layout import OutputDir
 
 LIGHT_COLUMNS = ["key", "status", "reason", "caption", "caption_orig", "caption_rewrite",
                  "clip_orig", "clip_rewrite", "image_sha256", "orig_passed"]
@@ -84,27 +84,20 @@ def _rank(seed: int, shard: str, key: str) -> float:
     return int.from_bytes(digest, "big") / _SCALE
 
 
-def _open_json(fs, path: str) -> Optional[dict]:
-    try:
-        with fs.open(path, "r") as handle:
-            return json.load(handle)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def parquet_files(out: str) -> tuple:
-    """-> (fs, sorted parquet paths); a clear error when the directory holds no run."""
-    fs, root = fsspec.core.url_to_fs(out)
-    files = sorted(fs.glob(f"{root.rstrip('/')}/shards/*.parquet"))
+    """-> (output dir, parquet paths of its complete shards); a clear error when it holds none."""
+    output = OutputDir(out, must_exist=False)
+    files = [output.file(name, "parquet") for name in output.complete_names()]
     if not files:
-        raise FileNotFoundError(f"{out} holds no shards/*.parquet: is it the output directory of a "
-                                "`vlm-aug run` that completed at least one shard?")
-    return fs, root, files
+        raise FileNotFoundError(f"{out} holds no shards/*.parquet of a complete shard: is it the output "
+                                "directory of a `vlm-aug run` that completed at least one shard?")
+    return output, files
 
 
 def collect(out: str, options: ReportOptions = ReportOptions()) -> RunData:
-    fs, root, files = parquet_files(out)
-    data = RunData(out=out, options=options, manifest=_open_json(fs, f"{root.rstrip('/')}/manifest.json"))
+    output, files = parquet_files(out)
+    fs = output.fs
+    data = RunData(out=out, options=options, manifest=output.manifest() or None)
     for path in files:  # one file open at a time: a run may have thousands of shards
         with fs.open(path, "rb") as handle:
             data.total_rows += pq.read_metadata(handle).num_rows

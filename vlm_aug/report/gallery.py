@@ -10,7 +10,7 @@ from html import escape
 from typing import Optional
 
 from vlm_aug.report.diversity import WORD_RE, words
-from vlm_aug.stages.score import split_sentences
+from vlm_aug.text import split_sentences
 
 
 def highlight_added(original: Optional[str], rewrite: Optional[str]) -> str:

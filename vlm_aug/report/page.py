@@ -7,9 +7,9 @@ from html import escape
 from importlib import resources
 from typing import Optional
 
-from vlm_aug.downstream.report_section import downstream_section
 from vlm_aug.report.collect import STATUSES, RunData
 from vlm_aug.report.gallery import render_gallery
+from vlm_aug.report.sections import registered_sections
 
 DIVERSITY_ROWS = [("captions", "captions analysed", "{:,}"), ("vocabulary", "vocabulary (distinct words)", "{:,}"),
                   ("ttr", "type-token ratio (mean per caption)", "{:.3f}"), ("distinct_1", "distinct-1", "{:.4f}"),
@@ -121,7 +121,7 @@ def render_page(data: RunData, plots: dict[str, str], low: Optional[float]) -> s
 <body><header class="top"><h1>vlm-aug report</h1><div class="meta">run {run_id} · {escape(data.out)} ·
 made {made}</div></header><main>
 {summary_section(data)}
-{downstream_section(data.out)}
+{registered_sections(data.out)}
 {plots_section(plots)}
 {diversity_section(data)}
 {gallery_section(data, low)}

@@ -16,11 +16,11 @@ from typing import Optional
 import fsspec
 from PIL import Image
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+from vlm_aug.formats import IMAGE_EXTS
+
 THUMB_SIDE = 192
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 50_000_000
-
 
 def thumbnail_uri(data: bytes, side: int = THUMB_SIDE, max_pixels: int = MAX_PIXELS) -> tuple[Optional[str], str]:
     """Image bytes -> (JPEG data URI, "") or (None, why not)."""
@@ -36,7 +36,6 @@ def thumbnail_uri(data: bytes, side: int = THUMB_SIDE, max_pixels: int = MAX_PIX
     except Exception as exc:  # noqa: BLE001 - any undecodable image becomes a placeholder
         return None, f"image unreadable ({type(exc).__name__})"
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), ""
-
 
 def read_members(url: str, names: set[str]) -> tuple[dict[str, bytes], str]:
     """Bytes of the wanted members of one tar, by exact name -> ({name: bytes}, error or "")."""
@@ -55,7 +54,6 @@ def read_members(url: str, names: set[str]) -> tuple[dict[str, bytes], str]:
         return found, f"shard unreadable ({type(exc).__name__})"
     return found, ""
 
-
 def wanted_member(card: dict) -> tuple[str, list[str]]:
     """-> (tar url, candidate member names) holding this card's image."""
     source = card["provenance"].get("source") or {}
@@ -66,7 +64,6 @@ def wanted_member(card: dict) -> tuple[str, list[str]]:
     if not members and source.get("image_ext"):
         members = [f"{card.get('source_key') or card['key']}.{source['image_ext']}"]
     return card.get("shard") or "", members
-
 
 def attach_thumbnails(cards: list[dict], max_pixels: int = MAX_PIXELS) -> None:
     """Set card["thumb"] (data URI or None) and card["thumb_note"] (why none) on every card."""

@@ -4,12 +4,13 @@ It computes no scores; every outcome it records can be re-derived from them."""
 from __future__ import annotations
 
 from vlm_aug.config import PolicyConfig
-from vlm_aug.sample import KEPT, Sample
-from vlm_aug.stages import Resources, derive_seed
+from vlm_aug.sample import Sample
+from vlm_aug.stages.base import Resources, derive_seed
 
 
 class DecideStage:
     name = "decide"
+    section = "decision"  # the record section its description fills
 
     def __init__(self, policy: PolicyConfig, seed: int = 0):
         self.policy, self.seed = policy, seed
@@ -30,32 +31,29 @@ class DecideStage:
         for sample in samples:
             if sample.active:
                 orig = sample.scores.get("clip_orig")
-                sample.flags["orig_passed"] = None if orig is None else orig >= self.policy.min_clip_orig
-                if self.policy.reject_misaligned_orig and sample.flags["orig_passed"] is False:
+                sample.decision.orig_passed = None if orig is None else orig >= self.policy.min_clip_orig
+                if self.policy.reject_misaligned_orig and sample.decision.orig_passed is False:
                     sample.reject("orig_misaligned")
                     continue
                 getattr(self, f"_{self.policy.name}")(sample)
 
     def _rewrite_problem(self, sample: Sample) -> str | None:
         new = sample.scores.get("clip_rewrite")
-        if not sample.caption_new or new is None:
+        if not sample.caption_rewrite or new is None:
             return "empty_rewrite"
         if new < self.policy.min_clip_rewrite:
             return "low_clip_rewrite"
         return None
 
-    def _keep(self, sample: Sample, caption: str, outcome: str, note: str | None = None) -> None:
-        sample.status, sample.caption_final = KEPT, caption
-        sample.flags["outcome"], sample.reason = outcome, note
-
     def _rewrite(self, sample: Sample) -> None:
         problem = self._rewrite_problem(sample)
         if problem:
             return sample.reject(problem)
-        self._keep(sample, sample.caption_new, "rewrite")
+        sample.keep(sample.caption_rewrite, "rewrite")
 
     def _both(self, sample: Sample) -> None:
-        self._rewrite(sample)  # the original is written beside the rewrite by the writer
+        self._rewrite(sample)
+        sample.decision.write_orig = True  # the writer puts the original beside the rewrite
 
     def _fallback(self, sample: Sample, prefer_rewrite: bool = True) -> None:
         problem = self._rewrite_problem(sample)
@@ -64,13 +62,13 @@ class DecideStage:
             problem = "rewrite_worse"
         orig_ok = orig is not None and orig >= self.policy.min_clip_orig
         if problem is None and (prefer_rewrite or not orig_ok):
-            return self._keep(sample, sample.caption_new, "rewrite")
+            return sample.keep(sample.caption_rewrite, "rewrite")
         if orig_ok:
-            return self._keep(sample, sample.caption_orig, "original", problem or "mix_draw")
+            return sample.keep(sample.caption_orig, "original", problem or "mix_draw")
         sample.reject("low_clip_orig")
-        sample.flags["rewrite_problem"] = problem
+        sample.decision.rewrite_problem = problem
 
     def _mix(self, sample: Sample) -> None:
         draw = derive_seed(self.seed, "mix", sample.shard.rsplit("/", 1)[-1], sample.key) / 2**31
-        sample.flags["mix_draw"] = round(draw, 6)
+        sample.decision.mix_draw = round(draw, 6)
         self._fallback(sample, prefer_rewrite=draw < self.policy.mix_rewrite_fraction)

@@ -3,12 +3,13 @@ original caption. Measures and tests the I/O path (read, decode, write) on its o
 
 from __future__ import annotations
 
-from vlm_aug.sample import KEPT, Sample
-from vlm_aug.stages import Resources
+from vlm_aug.sample import Sample
+from vlm_aug.stages.base import Resources
 
 
 class PassThroughStage:
     name = "passthrough"
+    section = "decision"  # the record section its description fills
     resources = Resources(cpus=1.0)
 
     def setup(self) -> None:
@@ -20,6 +21,5 @@ class PassThroughStage:
     def process_batch(self, samples: list[Sample]) -> None:
         for sample in samples:
             if sample.active:
-                sample.caption_new = sample.caption_final = sample.caption_orig
-                sample.status = KEPT
-                sample.flags["outcome"] = "dry_run"
+                sample.caption_rewrite = sample.caption_orig
+                sample.keep(sample.caption_orig, "dry_run")

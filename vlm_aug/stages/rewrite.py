@@ -8,10 +8,10 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from vlm_aug.config import GenerationConfig, LimitsConfig, VLMConfig
-from vlm_aug.models import locate_hf, resolve_device, resolve_dtype
-from vlm_aug.prompts import chat_messages, load_template, sha256_text
+from vlm_aug.stages.models import locate_hf, resolve_device, resolve_dtype
+from vlm_aug.stages.prompts import chat_messages, load_template, sha256_text
 from vlm_aug.sample import Sample
-from vlm_aug.stages import Resources, derive_seed
+from vlm_aug.stages.base import Resources, derive_seed
 
 _RESIDUE = re.compile(r"^\s*(assistant|Assistant|ASSISTANT)\s*:\s*|<\|?[a-z_]+\|?>|<end_of_utterance>")
 
@@ -46,18 +46,19 @@ class PerRowSampler(LogitsProcessor):
 
 class RewriteStage:
     name = "rewrite"
+    section = "generation"  # the record section its description fills
 
     def __init__(self, vlm: VLMConfig, generation: GenerationConfig, limits: LimitsConfig):
         self.vlm, self.generation, self.limits = vlm, generation, limits
         self.template = load_template(generation.prompt)
-        self.resources = Resources(cpus=1.0, gpus=1.0 if vlm.device.startswith("cuda") else 0.0)
+        self.resources = Resources.for_device(vlm.device)
         self.model = self.processor = None
         self.revision = None
 
     def setup(self) -> None:
         from transformers import AutoModelForImageTextToText
 
-        from vlm_aug.families import load_processor
+        from vlm_aug.stages.families import load_processor
 
         located = locate_hf(self.vlm.model, self.vlm.revision, self.vlm.allow_pickle_weights)
         self.device = resolve_device(self.vlm.device)
@@ -83,10 +84,10 @@ class RewriteStage:
         caption = sample.caption_orig
         if len(caption) > self.limits.max_caption_chars:
             caption = caption[: self.limits.max_caption_chars]
-            sample.flags["caption_truncated"] = True
+            sample.generation.caption_truncated = True
         rendered = self.template.render(caption)
-        sample.flags["rendered_prompt_sha256"] = sha256_text(rendered)
-        sample.flags["seed"] = derive_seed(self.generation.seed, sample.shard.rsplit("/", 1)[-1], sample.key)
+        sample.generation.rendered_prompt_sha256 = sha256_text(rendered)
+        sample.generation.seed = derive_seed(self.generation.seed, sample.shard.rsplit("/", 1)[-1], sample.key)
         return self.processor.apply_chat_template(chat_messages(rendered), add_generation_prompt=True)
 
     def process_batch(self, samples: list[Sample]) -> None:
@@ -94,21 +95,22 @@ class RewriteStage:
         # similar prompt lengths in one generate call waste less on padding
         active.sort(key=lambda s: len(s.caption_orig))
         for start in range(0, len(active), self.vlm.batch_size):
-            self._generate(active[start:start + self.vlm.batch_size])
+            self.generate(active[start:start + self.vlm.batch_size])
 
     @torch.inference_mode()
-    def _generate(self, batch: list[Sample]) -> None:
+    def generate(self, batch: list[Sample]) -> None:
+        """One `generate` call for `batch` (decoded, active samples): sets each sample's rewrite."""
         prompts = [self._prompt(s) for s in batch]
         inputs = self.processor(text=prompts, images=[[s.image] for s in batch], padding=True, return_tensors="pt")
         inputs = inputs.to(self.device, dtype=self.dtype)
         g = self.generation
         processors = LogitsProcessorList(
-            [PerRowSampler([s.flags["seed"] for s in batch], g.temperature, g.top_p)] if g.do_sample else [])
+            [PerRowSampler([s.generation.seed for s in batch], g.temperature, g.top_p)] if g.do_sample else [])
         output = self.model.generate(**inputs, max_new_tokens=g.max_new_tokens, do_sample=False,
                                      logits_processor=processors, max_time=g.max_time_s)
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         for sample, text, tokens in zip(batch, texts, new_tokens):
-            sample.caption_new = clean_rewrite(text)
+            sample.caption_rewrite = clean_rewrite(text)
             pad = self.processor.tokenizer.pad_token_id
-            sample.flags["new_tokens"] = int((tokens != pad).sum()) if pad is not None else len(tokens)
+            sample.generation.new_tokens = int((tokens != pad).sum()) if pad is not None else len(tokens)

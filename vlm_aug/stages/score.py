@@ -3,28 +3,21 @@ each sentence of the rewrite (dense rewrites exceed CLIP's context). Decides not
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from vlm_aug.config import CLIPConfig
-from vlm_aug.models import locate_clip, resolve_device
+from vlm_aug.stages.models import locate_clip, resolve_device
 from vlm_aug.sample import Sample
-from vlm_aug.stages import Resources
-
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text or "") if s.strip()]
-
+from vlm_aug.text import split_sentences
+from vlm_aug.stages.base import Resources
 
 class ScoreStage:
     name = "score"
+    section = "scoring"  # the record section its description fills
 
     def __init__(self, clip: CLIPConfig):
         self.clip = clip
-        self.resources = Resources(cpus=1.0, gpus=0.0)
+        self.resources = Resources.for_device(clip.device)  # shares the worker's GPU with the VLM
         self.model = None
 
     def setup(self) -> None:
@@ -66,10 +59,10 @@ class ScoreStage:
         for i, sample in enumerate(active):
             texts.append(sample.caption_orig)
             owners.append((i, "orig"))
-            if sample.caption_new:
-                texts.append(sample.caption_new)
+            if sample.caption_rewrite:
+                texts.append(sample.caption_rewrite)
                 owners.append((i, "rewrite"))
-                for sentence in split_sentences(sample.caption_new):
+                for sentence in split_sentences(sample.caption_rewrite):
                     texts.append(sentence)
                     owners.append((i, "sentence"))
         text_emb = self.encode_texts(texts)

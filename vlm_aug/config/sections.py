@@ -1,0 +1,203 @@
+"""The config's sections as typed, validated objects; `load_config` reads YAML and `--set` overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vlm_aug.config.errors import ConfigError
+from vlm_aug.config.presets import apply_presets, clear_preset_fields
+from vlm_aug.formats import IMAGE_EXTS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class VLMConfig(Strict):
+    preset: Optional[str] = None  # configs/models/NAME.yaml; fills the fields left out (vlm_aug.config.presets)
+    model: str = "HuggingFaceTB/SmolVLM-256M-Instruct"
+    revision: Optional[str] = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
+    batch_size: int = Field(8, ge=1)
+    processor_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerationConfig(Strict):
+    prompt: str = "dense_v1"
+    max_new_tokens: int = Field(128, ge=1, le=4096)
+    max_time_s: Optional[float] = Field(None, gt=0, description="wall-clock cap per generate call")
+    do_sample: bool = False
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    seed: int = 0
+
+
+class CLIPConfig(Strict):
+    preset: Optional[str] = None  # configs/models/NAME.yaml (kind: clip)
+    model: str = "ViT-B-32"
+    pretrained: Optional[str] = "laion2b_s34b_b79k"
+    device: str = "auto"
+    batch_size: int = Field(32, ge=1)
+
+
+class PolicyConfig(Strict):
+    name: Literal["rewrite", "fallback", "both", "mix"] = "fallback"
+    min_clip_rewrite: float = Field(0.20, ge=-1, le=1)
+    min_clip_orig: float = Field(0.20, ge=-1, le=1)
+    max_drop: float = Field(0.02, ge=0, le=2)
+    mix_rewrite_fraction: float = Field(0.8, ge=0, le=1)
+    # Reject a sample whose original caption scores below min_clip_orig even when its rewrite passes
+    # (reason `orig_misaligned`): the rewrite was written from that caption and may repeat its error.
+    reject_misaligned_orig: bool = False
+
+
+class LimitsConfig(Strict):
+    max_image_pixels: int = Field(50_000_000, ge=1)
+    max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_caption_chars: int = Field(1000, ge=1)
+    # one tar member (image, caption, json); `max_sample_bytes` is its old name, still read
+    max_member_bytes: int = Field(128 * 1024 * 1024, ge=1,
+                                  validation_alias=AliasChoices("max_member_bytes", "max_sample_bytes"))
+
+
+class InputConfig(Strict):
+    paths: list[str] = Field(default_factory=list)
+    caption_key: str = "txt"
+    # image member extensions, in order of preference; `image_keys` is its old name, still read
+    image_exts: list[str] = Field(default_factory=lambda: list(IMAGE_EXTS),
+                                  validation_alias=AliasChoices("image_exts", "image_keys"))
+
+    @field_validator("caption_key")
+    @classmethod
+    def _caption_key(cls, value: str) -> str:
+        if not (value == "txt" or value.startswith("json:") or value.isidentifier()):
+            raise ValueError("use 'txt', another member extension, or 'json:FIELD' (e.g. json:caption)")
+        return value
+
+
+class OutputConfig(Strict):
+    path: str = "out"
+    overwrite: bool = False
+    normalize_image_format: Optional[Literal["jpg", "png"]] = None
+    report: bool = True
+
+
+class RayConfig(Strict):
+    """Where and how shards run under `executor: ray`; see docs/cluster.md."""
+
+    address: Optional[str] = None  # None: RAY_ADDRESS, else an embedded local instance
+    num_actors: Optional[int] = Field(None, ge=1)  # None: one per GPU, or CPUs / num_cpus_per_actor
+    # None: what the stages declare (a model stage not on `cpu` takes 1 GPU where the cluster has GPUs)
+    num_gpus_per_actor: Optional[float] = Field(None, ge=0)
+    num_cpus_per_actor: Optional[float] = Field(None, gt=0)  # None: what the stages declare (1)
+    torch_threads_per_actor: Optional[int] = Field(None, ge=1)  # None: floor(num_cpus_per_actor)
+    max_shards_in_flight_per_actor: int = Field(2, ge=1)
+    max_retries: int = Field(2, ge=0)
+    resource_timeout_s: float = Field(30.0, gt=0)
+    setup_timeout_s: float = Field(900.0, gt=0)  # model load per actor
+    shard_timeout_s: float = Field(3600.0, gt=0)  # one shard on one actor
+    dashboard: Optional[bool] = None  # embedded instance only; None: when ray[default] is installed
+    object_store_mb: int = Field(256, ge=75)  # embedded instance only; shards never go through it
+
+
+class Config(Strict):
+    input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    vlm: VLMConfig = Field(default_factory=VLMConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    clip: CLIPConfig = Field(default_factory=CLIPConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    executor: Literal["local", "ray"] = "ray"
+    ray: RayConfig = Field(default_factory=RayConfig)
+    torch_threads: Optional[int] = Field(None, ge=1)
+    dry_run: bool = False  # no models: caption kept as is, images still decoded, full output written
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_presets(cls, data: Any) -> Any:
+        return apply_presets(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _output_not_input(self) -> "Config":
+        out = _normalized(self.output.path)
+        for pattern in self.input.paths:
+            if _normalized(pattern) == out or _normalized(str(Path(pattern).parent)) == out + "/shards":
+                raise ValueError(
+                    f"output.path {self.output.path!r} would overwrite the input {pattern!r}: "
+                    "choose another output directory"
+                )
+        return self
+
+    def sha256(self) -> str:
+        """Hash of what decides the output; where it runs (executor, ray, threads) does not."""
+        recipe = self.model_dump(exclude={"executor", "ray", "torch_threads"})
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def _normalized(path: str) -> str:
+    if "://" in path:
+        return path.rstrip("/")
+    return str(Path(path).expanduser().resolve())
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check spelling; see configs/preview.yaml for the allowed keys)"
+        elif e["type"] == "literal_error":
+            msg = f"got {e.get('input')!r}; {msg}"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def _set_dotted(data: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), **direct: Any) -> Config:
+    """Read YAML, apply `key.sub=value` overrides and direct values, validate."""
+    data: dict = {}
+    source = "(defaults)"
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must be a mapping of sections")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set policy.name=rewrite")
+        key, raw = item.split("=", 1)
+        if key.strip() in ("vlm.preset", "clip.preset"):
+            data = clear_preset_fields(data, key.strip().split(".")[0], yaml.safe_load(raw))
+        _set_dotted(data, key.strip(), raw)
+    for dotted, value in direct.items():
+        if value is not None:
+            _set_dotted(data, dotted.replace("__", "."), json.dumps(value))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None

@@ -1,0 +1,173 @@
+"""The output directory: the one place that knows where a run's files live, what makes a shard
+complete, which files are temporary, and how the manifest, stats and sizes are read and written.
+
+```
+OUT/shards/NAME.tar  NAME.parquet  NAME.stats.json   one output shard (stats written last)
+OUT/shards/NAME.*.tmp-RUNID                          a shard being written by run RUNID
+OUT/shards/sizes.json                                kept samples per tar (open_clip reads it)
+OUT/manifest.json  README.md  croissant.json  report.html
+```
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from typing import Iterator, Optional
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+SUFFIXES = {"tar": ".tar", "parquet": ".parquet", "stats": ".stats.json"}
+TEMP_MARK = ".tmp-"
+MANIFEST, SIZES = "manifest.json", "sizes.json"
+
+
+class OutputError(FileNotFoundError):
+    """An output directory that cannot be read; the message names the path and the fix."""
+
+
+class OutputUnwritable(OSError):
+    """The output location refuses writes (read-only, full, no permission)."""
+
+
+class OutputDir:
+    """A vlm_aug output directory (local path or fsspec URL). `must_exist` for readers: the
+    directory must hold a run's `shards/` folder."""
+
+    def __init__(self, path: str, must_exist: bool = True):
+        self.path = path
+        self.fs, root = fsspec.core.url_to_fs(path)
+        self.root = root.rstrip("/")
+        self.shards_dir = f"{self.root}/shards"
+        if must_exist and not self.fs.isdir(self.shards_dir):
+            raise OutputError(f"{path} is not a vlm_aug output directory (no shards/ folder): "
+                              "pass the --output directory of a `vlm-aug run`")
+
+    # ---- paths ---------------------------------------------------------------------------
+    def file(self, name: str, kind: str) -> str:
+        """Path of shard `name`'s file of `kind` (tar, parquet, stats)."""
+        return f"{self.shards_dir}/{name}{SUFFIXES[kind]}"
+
+    def shard_files(self, name: str) -> dict[str, str]:
+        return {kind: self.file(name, kind) for kind in SUFFIXES}
+
+    def temp_files(self, name: str, run_id: str) -> dict[str, str]:
+        return {kind: f"{path}{TEMP_MARK}{run_id}" for kind, path in self.shard_files(name).items()}
+
+    def top(self, filename: str) -> str:
+        return f"{self.root}/{filename}"
+
+    # ---- completion ----------------------------------------------------------------------
+    def _listing(self) -> set[str]:
+        self.fs.invalidate_cache()  # other processes (Ray actors, another run) write here
+        if not self.fs.isdir(self.shards_dir):
+            return set()
+        return {p.rsplit("/", 1)[-1] for p in self.fs.ls(self.shards_dir, detail=False)}
+
+    def complete_names(self) -> list[str]:
+        """Shards whose tar, parquet and stats all exist. The writer renames the stats file last,
+        so its presence means the other two are whole; a shard missing any of them is redone."""
+        files = self._listing()
+        stats_suffix = SUFFIXES["stats"]
+        names = [f[: -len(stats_suffix)] for f in files if f.endswith(stats_suffix)]
+        return sorted(n for n in names if all(f"{n}{s}" in files for s in SUFFIXES.values()))
+
+    def is_complete(self, name: str) -> bool:
+        return all(self.fs.exists(p) for p in self.shard_files(name).values())
+
+    # ---- stats, manifest, sizes --------------------------------------------------------------
+    def read_json(self, path: str) -> Optional[dict]:
+        try:
+            with self.fs.open(path, "r") as handle:
+                return json.load(handle)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_json(self, path: str, value, indent: int = 1) -> None:
+        with self.fs.open(path, "w") as handle:
+            json.dump(value, handle, indent=indent, default=str)
+
+    def shard_stats(self, name: str) -> Optional[dict]:
+        return self.read_json(self.file(name, "stats"))
+
+    def all_stats(self) -> list[dict]:
+        """The stats of every complete shard, in name order."""
+        return [s for s in (self.shard_stats(n) for n in self.complete_names()) if s is not None]
+
+    def committed_stats(self, name: str, run_id: str) -> Optional[dict]:
+        """The stats of shard `name` if run `run_id` committed it, else None."""
+        stats = self.shard_stats(name) if self.is_complete(name) else None
+        return stats if stats and stats.get("run_id") == run_id else None
+
+    def manifest(self) -> dict:
+        return self.read_json(self.top(MANIFEST)) or {}
+
+    def write_manifest(self, manifest: dict) -> None:
+        self.write_json(self.top(MANIFEST), manifest)
+
+    def sizes(self) -> Optional[dict]:
+        return self.read_json(f"{self.shards_dir}/{SIZES}")
+
+    def write_sizes(self, all_stats: list[dict]) -> None:
+        """Kept samples per tar, beside the tars: open_clip's trainer looks for it there."""
+        self.write_json(f"{self.shards_dir}/{SIZES}", {f"{s['shard']}.tar": s["counts"]["kept"] for s in all_stats})
+
+    def write_text(self, filename: str, text: str) -> None:
+        with self.fs.open(self.top(filename), "w") as handle:
+            handle.write(text)
+
+    # ---- temporary files ---------------------------------------------------------------------
+    def remove_temps(self, names: set[str], keep_run_id: Optional[str] = None) -> int:
+        """Delete `NAME.*.tmp-RUNID` files of the given shards (never complete output); -> how many."""
+        removed = 0
+        for base in sorted(self._listing()):
+            if TEMP_MARK not in base:
+                continue
+            name, run_id = base.split(".", 1)[0], base.rsplit(TEMP_MARK, 1)[-1]
+            if name in names and run_id != keep_run_id:
+                self.fs.rm(f"{self.shards_dir}/{base}")
+                removed += 1
+        return removed
+
+    def check_writable(self) -> None:
+        """Fail before any model loads if the output cannot be written."""
+        probe = f"{self.shards_dir}/.write-probe"
+        try:
+            self.fs.makedirs(self.shards_dir, exist_ok=True)
+            with self.fs.open(probe, "wb") as handle:
+                handle.write(b"ok")
+            self.fs.rm(probe)
+        except OSError as exc:
+            raise OutputUnwritable(f"cannot write to output {self.path!r}: {exc.strerror or exc}; "
+                                   "choose another --output or fix its permissions / free space") from None
+
+    # ---- reading the shards ----------------------------------------------------------------------
+    def table(self, columns: list[str], filter_expr=None, shards: Optional[list[str]] = None) -> pa.Table:
+        """Rows of every complete shard's parquet (or of `shards`), plus an `out_shard` column."""
+        names = self.complete_names() if shards is None else shards
+        if not names:
+            return pa.table({c: [] for c in columns + ["out_shard"]})
+        files = [self.file(n, "parquet") for n in names]
+        dataset = pads.dataset(files, format="parquet", filesystem=self.fs)
+        table = dataset.to_table(columns=columns + ["__filename"], filter=filter_expr)
+        out_shard = [f.rsplit("/", 1)[-1][: -len(SUFFIXES["parquet"])] for f in table.column("__filename").to_pylist()]
+        return table.drop_columns(["__filename"]).append_column("out_shard", pa.array(out_shard, pa.string()))
+
+    def iter_tar_samples(self, name: str) -> Iterator[dict]:
+        """Samples of one output tar as {"__key__": key, ext: bytes}, streamed in tar order."""
+        with self.fs.open(self.file(name, "tar"), "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+            current: dict = {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                key, _, ext = base.partition(".")
+                if current and current["__key__"] != key:
+                    yield current
+                    current = {}
+                current["__key__"] = key
+                current[ext] = tar.extractfile(member).read()
+            if current:
+                yield current

@@ -1,0 +1,235 @@
+"""Input shards: expand patterns, and read a tar into Samples without trusting it.
+
+Members are grouped into samples the WebDataset way (consecutive members that
+share a key). Member names are only parsed, never used as file paths; no
+member is ever unpickled; anything wrong with a sample becomes its `reason`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import posixpath
+import tarfile
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import braceexpand
+import fsspec
+
+from vlm_aug.formats import META_EXT
+from vlm_aug.sample import Sample
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Paths, globs, brace patterns and fsspec URLs -> sorted, unique shard URLs."""
+    urls: list[str] = []
+    for pattern in patterns:
+        found: list[str] = []
+        for item in braceexpand.braceexpand(pattern):
+            if "://" in item and not item.startswith("file://"):
+                fs, path = fsspec.core.url_to_fs(item)
+                protocol = item.split("://", 1)[0]
+                hits = fs.glob(path) if glob.has_magic(path) else ([path] if fs.exists(path) else [])
+                found += [f"{protocol}://{h}" for h in hits]
+            else:
+                local = item[len("file://"):] if item.startswith("file://") else item
+                hits = sorted(glob.glob(local)) if glob.has_magic(local) else (
+                    [local] if posixpath.exists(local) else [])
+                found += [os.path.abspath(h) for h in hits]  # provenance must not depend on the cwd
+        if not found:
+            raise FileNotFoundError(f"input {pattern!r} matches no file; check the path or pattern")
+        urls += found
+    return sorted(dict.fromkeys(urls))
+
+
+def shard_name(url: str) -> str:
+    """`.../000001.tar` -> `000001` (the output shard keeps the input's name)."""
+    base = url.rstrip("/").rsplit("/", 1)[-1]
+    return base[: -len(".tar")] if base.endswith(".tar") else base
+
+
+def split_member(name: str, known_exts: set[str]) -> tuple[str, str]:
+    """Member name -> (key, ext). A known extension wins over the first-dot rule so
+    that keys containing dots are recognised (and later sanitised) instead of mangled."""
+    directory, base = posixpath.split(name)
+    parts = base.split(".")
+    for i in range(1, len(parts)):
+        ext = ".".join(parts[i:]).lower()
+        if ext in known_exts:
+            key = ".".join(parts[:i])
+            return posixpath.join(directory, key) if directory else key, ext
+    if len(parts) == 1:
+        return name, ""
+    key = parts[0]
+    return (posixpath.join(directory, key) if directory else key), ".".join(parts[1:]).lower()
+
+
+def unsafe_member(name: str) -> bool:
+    return name.startswith("/") or ".." in name.split("/") or "\\" in name or "\x00" in name
+
+
+@dataclass
+class ReadReport:
+    """What went wrong with the shard as a whole (not a sample)."""
+
+    error: Optional[str] = None
+    ignored_members: int = 0
+    keys_seen: set = field(default_factory=set)
+
+
+class ShardReader:
+    """Iterate the samples of one tar shard; shard-level faults go to `report`."""
+
+    def __init__(self, url: str, caption_key: str, image_exts: list[str], max_member_bytes: int):
+        self.url = url
+        self.caption_key = caption_key
+        self.image_exts = [e.lower() for e in image_exts]
+        self.max_member_bytes = max_member_bytes
+        caption_ext = caption_key.split(":")[0] if caption_key.startswith("json:") else caption_key
+        self.known_exts = set(self.image_exts) | {caption_ext, META_EXT}
+        self.report = ReadReport()
+
+    def __iter__(self) -> Iterator[Sample]:
+        try:
+            with fsspec.open(self.url, "rb") as raw:
+                counted = _CountingReader(raw)
+                yield from self._samples(counted)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            self.report.error = f"{type(exc).__name__}: {exc}"
+
+    def _samples(self, raw) -> Iterator[Sample]:
+        current: Optional[dict] = None
+        tar = tarfile.open(fileobj=raw, mode="r|*")
+        try:
+            for info in tar:
+                if info.isdir():
+                    continue
+                key, ext = split_member(info.name, self.known_exts)
+                if current is not None and current["key"] != key:
+                    yield self._assemble(current)
+                    current = None
+                if current is None:
+                    current = {"key": key, "members": {}, "names": [], "problems": []}
+                current["names"].append(info.name)
+                payload, problem = self._read_member(tar, info, ext)
+                if problem:
+                    current["problems"].append(problem)
+                elif ext in current["members"]:
+                    current["problems"].append(f"duplicate_member:{ext}")
+                else:
+                    current["members"][ext] = payload
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            self.report.error = f"truncated: {type(exc).__name__}: {exc}"
+            if current is not None:
+                current["problems"].append("truncated")
+        else:
+            self._check_end(raw, tar.offset)
+        if current is not None:
+            yield self._assemble(current)
+
+    def _check_end(self, raw: "_CountingReader", offset: int) -> None:
+        """tarfile stops silently at a header cut short; a complete tar ends in zero blocks."""
+        tail = raw.read()
+        if raw.total - offset < 512 or tail.strip(b"\0"):
+            self.report.error = (f"truncated: the archive ends {raw.total - offset} bytes after the last "
+                                 "member without a complete end-of-archive block")
+
+    def _read_member(self, tar, info, ext: str):
+        """-> (payload, problem). Unknown extensions (e.g. .pyd/.pickle) are counted, never read."""
+        if unsafe_member(info.name):
+            return None, "unsafe_member_path"
+        if not info.isfile():
+            return None, "not_a_regular_file"
+        if ext not in self.known_exts:
+            self.report.ignored_members += 1
+            return None, None
+        if info.size > self.max_member_bytes:
+            return None, f"member_too_large:{ext}"
+        data = tar.extractfile(info).read()
+        if len(data) != info.size:
+            raise EOFError(f"member {info.name!r} is cut short")
+        return data, None
+
+    def _assemble(self, group: dict) -> Sample:
+        key, members = _sanitize_key(group["key"]), group["members"]
+        sample = Sample(key=key, shard=self.url, members=group["names"])
+        if key != group["key"]:
+            sample.source_key = group["key"]
+        if key in self.report.keys_seen:
+            sample.fail("duplicate_key", f"key {key!r} appears twice in the shard")
+            return sample
+        self.report.keys_seen.add(key)
+        if group["problems"]:
+            sample.fail(group["problems"][0].split(":")[0], ", ".join(group["problems"]))
+            return sample
+        if META_EXT in members:
+            sample.orig_json = _text(members[META_EXT])
+            if not _valid_json(sample.orig_json):
+                sample.fail("bad_json", "the json member is not valid UTF-8 JSON")
+                return sample
+        image_ext = next((e for e in self.image_exts if e in members), None)
+        if image_ext:
+            sample.image_bytes, sample.image_ext = members[image_ext], image_ext
+        self._set_caption(sample, members)
+        if sample.active and image_ext is None:
+            sample.fail("missing_image", f"no member with extension {'/'.join(self.image_exts)}")
+        return sample
+
+    def _set_caption(self, sample: Sample, members: dict) -> None:
+        if self.caption_key.startswith("json:"):
+            field_name = self.caption_key[len("json:"):]
+            if sample.orig_json is None:
+                return sample.fail("missing_caption", "no valid UTF-8 json member")
+            try:
+                value = json.loads(sample.orig_json).get(field_name)
+            except (ValueError, AttributeError):
+                return sample.fail("bad_json", "the json member is not a JSON object")
+            raw = value.encode("utf-8") if isinstance(value, str) else None
+        else:
+            raw = members.get(self.caption_key)
+        if raw is None:
+            return sample.fail("missing_caption", f"no caption ({self.caption_key})")
+        text = _text(raw)
+        if text is None:
+            return sample.fail("bad_utf8", "the caption is not valid UTF-8")
+        if not text.strip():
+            return sample.fail("empty_caption")
+        sample.caption_orig = text.strip()
+
+
+class _CountingReader:
+    """A read-only stream that counts the bytes it has handed out."""
+
+    def __init__(self, raw):
+        self.raw, self.total = raw, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.total += len(data)
+        return data
+
+
+def _sanitize_key(key: str) -> str:
+    """Dots in a key break WebDataset grouping downstream: write them as '_'."""
+    directory, base = posixpath.split(key)
+    base = base.replace(".", "_")
+    return posixpath.join(directory, base) if directory else base
+
+
+def _valid_json(text: Optional[str]) -> bool:
+    if text is None:
+        return False
+    try:
+        json.loads(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _text(data: bytes) -> Optional[str]:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,106 @@
+"""Output shards: one tar + one parquet + one stats json per input shard, committed
+so that a reader never sees a half shard. The stats file is written last and is
+the completion marker."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image
+
+from vlm_aug import SCHEMA_VERSION
+from vlm_aug.formats import CAPTION_EXT, META_EXT, ORIG_CAPTION_EXT
+from vlm_aug.record import PARQUET_SCHEMA, RunContext, build_record, parquet_row
+from vlm_aug.sample import KEPT, Sample
+from vlm_aug.shards.layout import OutputDir
+
+
+def add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    """Add one member with fixed metadata (mtime 0, mode 644), so the same samples give the same bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o644
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def _reencode(data: bytes, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image.save(buffer, format="JPEG" if fmt == "jpg" else "PNG", quality=95)
+    return buffer.getvalue()
+
+
+class ShardWriter:
+    def __init__(self, out_root: str, name: str, run: RunContext, normalize_image_format: Optional[str] = None):
+        out = OutputDir(out_root, must_exist=False)
+        self.fs, self.name, self.run = out.fs, name, run
+        self.final, self.tmp = out.shard_files(name), out.temp_files(name, run.run_id)
+        self.fs.makedirs(out.shards_dir, exist_ok=True)
+        out.remove_temps({name})  # left by a killed run; one run per output directory at a time
+        self.normalize = normalize_image_format
+        self.handle = self.fs.open(self.tmp["tar"], "wb")
+        self.tar = wds.TarWriter(self.handle, encoder=False, mtime=0)
+        self.rows: list[dict] = []
+        self.counts, self.reasons = Counter(inputs=0, kept=0, rejected=0, error=0), Counter()
+        self.score_sums = Counter()
+
+    def add(self, sample: Sample) -> None:
+        if sample.status == KEPT:
+            image_ext, image = sample.image_ext, sample.image_bytes
+            if self.normalize and image_ext != self.normalize:
+                image, image_ext = _reencode(image, self.normalize), self.normalize
+                sample.image_reencoded_to = image_ext
+        record = build_record(sample, self.run)
+        record_json = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        if sample.status == KEPT:
+            member = {"__key__": sample.key, image_ext: image, CAPTION_EXT: sample.caption.encode("utf-8"),
+                      META_EXT: record_json.encode("utf-8")}
+            if sample.decision.write_orig:
+                member[ORIG_CAPTION_EXT] = sample.caption_orig.encode("utf-8")
+            self.tar.write(member)
+        self.rows.append(parquet_row(record, record_json))
+        self.counts["inputs"] += 1
+        self.counts[sample.status] += 1
+        if sample.reason:
+            self.reasons[f"{sample.status}:{sample.reason}"] += 1
+        for name in ("clip_orig", "clip_rewrite"):
+            if sample.scores.get(name) is not None:
+                self.score_sums[f"{name}_sum"] += sample.scores[name]
+                self.score_sums[f"{name}_n"] += 1
+        self.score_sums["new_tokens"] += sample.generation.new_tokens or 0
+        if sample.status == KEPT and sample.decision.orig_passed is False:
+            self.score_sums["corrected"] += 1  # kept with a rewrite; CLIP judged the original wrong
+
+    def commit(self, read_error: Optional[str], ignored_members: int, timings: dict) -> dict:
+        self.tar.close()
+        self.handle.close()
+        with self.fs.open(self.tmp["parquet"], "wb") as handle:
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=PARQUET_SCHEMA), handle)
+        stats = {"schema": SCHEMA_VERSION, "shard": self.name, "counts": dict(self.counts),
+                 "reasons": dict(sorted(self.reasons.items())), "read_error": read_error,
+                 "ignored_members": ignored_members, "scores": dict(self.score_sums), "run_id": self.run.run_id,
+                 "timings_s": {k: round(v, 4) for k, v in timings.items()}}
+        c = stats["counts"]
+        if c["inputs"] != c["kept"] + c["rejected"] + c["error"]:
+            raise AssertionError(f"shard {self.name}: count invariant broken: {c}")
+        with self.fs.open(self.tmp["stats"], "w") as handle:
+            json.dump(stats, handle, indent=1)
+        for kind in ("tar", "parquet", "stats"):  # stats last: it marks the shard done
+            self.fs.mv(self.tmp[kind], self.final[kind])
+        return stats
+
+    def abort(self) -> None:
+        for closer in (self.tar.close, self.handle.close):
+            try:
+                closer()
+            except Exception:
+                pass
+        for path in self.tmp.values():
+            if self.fs.exists(path):
+                self.fs.rm(path)
