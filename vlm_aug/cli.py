@@ -11,8 +11,8 @@ import sys
 
 from vlm_aug.commands import COMMAND_MODULES
 from vlm_aug.config import ConfigError
-from vlm_aug.stages.models import ModelUnavailable
 from vlm_aug.shards.layout import OutputUnwritable
+from vlm_aug.stages.models import ModelUnavailable
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,14 +9,14 @@ from collections import defaultdict
 from typing import Iterable, Iterator
 
 from vlm_aug.config import Config
-from vlm_aug.shards.decode import decode_samples
 from vlm_aug.record import RunContext
 from vlm_aug.sample import Sample
+from vlm_aug.shards.decode import decode_samples
 from vlm_aug.shards.read import ShardReader, shard_name
+from vlm_aug.shards.write import ShardWriter
 from vlm_aug.stages.decide import DecideStage
 from vlm_aug.stages.rewrite import RewriteStage
 from vlm_aug.stages.score import ScoreStage
-from vlm_aug.shards.write import ShardWriter
 
 _DONE = object()
 

@@ -12,10 +12,10 @@ from vlm_aug.executors import ExecutorReport
 from vlm_aug.output.card import write_card
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
-from vlm_aug.stages.prompts import load_template
 from vlm_aug.record import RunContext
-from vlm_aug.shards.read import expand_inputs, shard_name
 from vlm_aug.shards.layout import OutputDir
+from vlm_aug.shards.read import expand_inputs, shard_name
+from vlm_aug.stages.prompts import load_template
 
 PACKAGES = ("vlm-aug", "torch", "transformers", "open_clip_torch", "webdataset", "ray", "pyarrow", "pillow")
 

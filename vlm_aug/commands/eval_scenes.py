@@ -15,9 +15,9 @@ def register(sub) -> None:
 
 
 def cmd_eval_scenes(args) -> int:
-    from vlm_aug.paths import resolve_builtin
     from vlm_aug.lab.scenes.evaluate import eval_models
     from vlm_aug.lab.scenes.pipeline_eval import pipeline_catch_rate
+    from vlm_aug.paths import resolve_builtin
 
     report = eval_models(resolve_builtin("vlm_aug:scene_vlm"), resolve_builtin("vlm_aug:scene_clip"),
                          n=args.n, seed=args.seed)

@@ -21,9 +21,9 @@ from vlm_aug.executors.ray_cluster import connect, plan_pool
 from vlm_aug.executors.ray_pool import ShardScheduler, _say
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
+from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.read import shard_name
 from vlm_aug.stages.base import Resources
-from vlm_aug.shards.layout import OutputDir
 
 
 @contextlib.contextmanager

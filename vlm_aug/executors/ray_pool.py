@@ -100,8 +100,7 @@ class ShardScheduler:
             stats = self.committed(task.url)
             if stats is not None:
                 _say(f"{task.url} was committed before actor {slot.identity or slot.index} died; kept")
-                self.outcomes.append(ShardOutcome(task.url, stats=stats, attempts=task.attempts,
-))
+                self.outcomes.append(ShardOutcome(task.url, stats=stats, attempts=task.attempts))
                 self.progress.shard_done(stats)
                 continue
             self._retry_or_fail(task, f"actor {slot.identity or slot.index} died: {reason}")

@@ -107,7 +107,7 @@ def collect(out: str, options: ReportOptions = ReportOptions()) -> RunData:
         name = path.rsplit("/", 1)[-1][: -len(".parquet")]
         with fs.open(path, "rb") as handle:
             _scan_file(data, picker, index, name, pq.ParquetFile(handle), text_share)
-    data.cards = _read_cards(fs, files, picker.chosen(), out)
+    data.cards = _read_cards(output, files, picker.chosen())
     return data
 
 
@@ -157,19 +157,19 @@ def _add_texts(data: RunData, r: dict) -> None:
     data.rewrites.add(r["caption_orig"], r["caption_rewrite"], r["image_sha256"], orig, new)
 
 
-def _read_cards(fs, files: list[str], chosen: dict[tuple, set], out: str) -> list[dict]:
+def _read_cards(output: OutputDir, files: list[str], chosen: dict[tuple, set]) -> list[dict]:
     by_file: dict[int, list] = {}
     for (index, row), views in chosen.items():
         by_file.setdefault(index, []).append((row, views))
     cards = []
     for index in sorted(by_file):
         wanted = sorted(by_file[index], key=lambda item: item[0])
-        with fs.open(files[index], "rb") as handle:
+        with output.fs.open(files[index], "rb") as handle:
             table = pq.read_table(handle).take([row for row, _ in wanted])
         for record, (_, views) in zip(table.to_pylist(), wanted):
             record["views"] = views
             name = files[index].rsplit("/", 1)[-1][: -len(".parquet")]
-            record["out_tar"] = f"{out.rstrip('/')}/shards/{name}.tar"
+            record["out_tar"] = output.url(name, "tar")
             record["provenance"] = json.loads(record["provenance"]) if record["provenance"] else {}
             cards.append(record)
     return cards

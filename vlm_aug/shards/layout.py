@@ -50,6 +50,10 @@ class OutputDir:
         """Path of shard `name`'s file of `kind` (tar, parquet, stats)."""
         return f"{self.shards_dir}/{name}{SUFFIXES[kind]}"
 
+    def url(self, name: str, kind: str) -> str:
+        """The same file as a URL (protocol kept), for readers that open it with fsspec themselves."""
+        return f"{self.path.rstrip('/')}/shards/{name}{SUFFIXES[kind]}"
+
     def shard_files(self, name: str) -> dict[str, str]:
         return {kind: self.file(name, kind) for kind in SUFFIXES}
 

@@ -8,10 +8,10 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from vlm_aug.config import GenerationConfig, LimitsConfig, VLMConfig
-from vlm_aug.stages.models import locate_hf, resolve_device, resolve_dtype
-from vlm_aug.stages.prompts import chat_messages, load_template, sha256_text
 from vlm_aug.sample import Sample
 from vlm_aug.stages.base import Resources, derive_seed
+from vlm_aug.stages.models import locate_hf, resolve_device, resolve_dtype
+from vlm_aug.stages.prompts import chat_messages, load_template, sha256_text
 
 _RESIDUE = re.compile(r"^\s*(assistant|Assistant|ASSISTANT)\s*:\s*|<\|?[a-z_]+\|?>|<end_of_utterance>")
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 
 from vlm_aug.config import CLIPConfig
-from vlm_aug.stages.models import locate_clip, resolve_device
 from vlm_aug.sample import Sample
-from vlm_aug.text import split_sentences
 from vlm_aug.stages.base import Resources
+from vlm_aug.stages.models import locate_clip, resolve_device
+from vlm_aug.text import split_sentences
+
 
 class ScoreStage:
     name = "score"

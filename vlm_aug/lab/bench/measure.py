@@ -9,7 +9,6 @@ import tarfile
 import time
 from pathlib import Path
 
-
 from vlm_aug.config import Config
 from vlm_aug.run import execute
 from vlm_aug.sample import Sample

@@ -68,8 +68,9 @@ def run_experiment(exp: Experiment, out_path: Path, log: Callable = print, extra
     # jobs start in that order on a pool; evaluation in this process then runs on spec.threads too.
     jobs = [(seed, arm) for seed in exp.seeds for arm in exp.arms]
     if exp.parallel > 1 and len(jobs) > 1:
-        import torch
         from concurrent.futures import ThreadPoolExecutor
+
+        import torch
 
         torch.set_num_threads(exp.spec.threads)
         with ThreadPoolExecutor(max_workers=min(exp.parallel, len(jobs))) as pool:

@@ -139,8 +139,8 @@ def credulous_rewriter(root: Path, base: str, steps: int | None = None, log=prin
 def _prepare(args, root: Path) -> tuple[Path, dict]:
     """Check the tools, write training and held-out shards, build the rewriter, run the pipeline(s)."""
     from vlm_aug.lab.downstream.train import trainer_python
-    from vlm_aug.paths import resolve_builtin
     from vlm_aug.lab.scenes import write_scene_shards
+    from vlm_aug.paths import resolve_builtin
 
     trainer_python(args.trainer_python)  # fail before minutes of pipeline work, not after
     user_vlm = [s.split("=", 1)[1] for s in args.set if s.startswith("vlm.model=")]
@@ -176,9 +176,9 @@ def _prepare(args, root: Path) -> tuple[Path, dict]:
 
 def run_scene_ab(args) -> dict:
     """Everything the scene-world A/B needs, from nothing; returns downstream.json's content."""
-    from vlm_aug.lab.downstream.from_args import build_experiment
     from vlm_aug.lab.downstream.arms import original_arm, output_arm, unfiltered_arm
     from vlm_aug.lab.downstream.experiment import run_experiment, write_json
+    from vlm_aug.lab.downstream.from_args import build_experiment
 
     root, t0 = Path(args.scenes), time.time()
     inputs, info = _prepare(args, root)

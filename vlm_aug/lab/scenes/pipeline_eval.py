@@ -33,8 +33,8 @@ def precision_recall(rows: list[dict]) -> dict:
 def pipeline_catch_rate(n_shards: int = 4, per_shard: int = 75, seed: int = 424242,
                         wrong_fraction: float = 0.2, workdir: str | None = None) -> dict:
     """Write fresh scene shards, run the demo config on them (local executor), score the verdicts."""
-    from vlm_aug.run import execute
     from vlm_aug.lab.scenes import write_scene_shards
+    from vlm_aug.run import execute
 
     root = Path(workdir or tempfile.mkdtemp(prefix="vlm_aug_scene_eval_"))
     write_scene_shards(root / "input", n_shards, per_shard, seed=seed, wrong_fraction=wrong_fraction)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from vlm_aug.stages.prompts import chat_messages, load_template
 from vlm_aug.lab.scenes.shards import make_sample
 from vlm_aug.lab.scenes.world import COLOURS, POSITIONS, SHAPES, SIZES
 from vlm_aug.lab.tiny import END_OF_UTTERANCE, build_tiny_vlm
+from vlm_aug.stages.prompts import chat_messages, load_template
 
 PROMPT_ID = "scene_v1"
 VLM_SIZE = dict(patch_size=8, vision_width=128, vision_layers=3, text_width=192, text_layers=3,
