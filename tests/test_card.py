@@ -1,6 +1,7 @@
 """The dataset card and croissant.json that every run writes, read back by real parsers."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -27,7 +28,7 @@ def test_card_metadata(out):
     assert meta["annotations_creators"] == ["machine-generated"]
     assert meta["task_categories"] == ["image-to-text", "text-to-image"]
     assert meta["size_categories"] == ["n<1K"]
-    assert meta["source_datasets"] == [f"extended|{out.parent / 'in' / '*.tar'}"]
+    assert meta["source_datasets"] == ["extended|in/*.tar"]  # named by folder and pattern, not by path
     assert meta["configs"][0]["data_files"][0]["path"] == "shards/*.tar"
 
 
@@ -57,21 +58,31 @@ def test_croissant_validates_and_reads_every_row_with_mlcroissant(out):
 def test_croissant_prov_links(out):
     doc = json.loads((out / "croissant.json").read_text())
     stats = {p.name[: -len(".stats.json")]: json.loads(p.read_text()) for p in (out / "shards").glob("*.stats.json")}
-    inputs = sorted(str(p) for p in (out.parent / "in").glob("*.tar"))
+    inputs = sorted(f"in/{p.name}" for p in (out.parent / "in").glob("*.tar"))  # public names, no local path
     assert sorted(d["@id"] for d in doc["prov:wasDerivedFrom"]) == inputs
     assert doc["prov:wasGeneratedBy"]["@type"] == "prov:Activity"
     links = {m["@id"]: m for m in doc["prov:hadMember"]}
     assert set(links) == {f"shards/{name}.tar" for name in stats}
     for name, shard_stats in stats.items():
         link = links[f"shards/{name}.tar"]
-        assert link["prov:wasDerivedFrom"]["@id"] == str(out.parent / "in" / f"{name}.tar")
+        assert link["prov:wasDerivedFrom"]["@id"] == f"in/{name}.tar"
         assert link["prov:wasGeneratedBy"]["@id"] == f"run:{shard_stats['run_id']}"
     models = json.loads((out / "manifest.json").read_text())["models"]
     used = {u["@id"] for u in doc["prov:wasGeneratedBy"]["prov:used"]}
-    assert used == {f"model:{models['rewrite']['model']}", f"model:{models['score']['model']}"}
+    public = {f"model:{Path(models[s]['model']).parent.name}/{Path(models[s]['model']).name}" for s in ("rewrite", "score")}
+    assert used == public
 
 
 def test_card_configs_let_datasets_load_the_directory(out, tmp_path):
     datasets = pytest.importorskip("datasets")
     ds = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf_cache"))
     assert len(ds) == 15 and set(ds.features) >= {"jpg", "txt", "orig.txt", "json"}
+
+
+def test_card_and_croissant_hold_no_absolute_local_path(out, tiny_vlm_dir, tiny_clip_dir):
+    """The card is meant for publication: the user's machine's paths (inputs, local models) stay out."""
+    for name in ("README.md", "croissant.json"):
+        text = (out / name).read_text()
+        for private in (str(out.parent), str(tiny_vlm_dir), str(tiny_clip_dir), "/tmp/"):
+            assert private not in text, (name, private)
+    assert "in/000000.tar" in (out / "croissant.json").read_text()  # the derivation link still names its input

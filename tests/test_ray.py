@@ -188,3 +188,17 @@ def test_gpu_ask_on_cpu_only_machine_fails_within_30s(tmp_path, tiny_vlm_dir, ti
     assert done.returncode == 2, done.stderr[-2000:]
     assert elapsed < 30, f"took {elapsed:.1f} s"
     assert "1 GPU" in done.stderr and "0 GPU in all" in done.stderr and "num_gpus_per_actor: 0" in done.stderr
+
+
+def test_embedded_ray_starts_without_the_token_auth_warning(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    """The embedded local instance runs with token authentication on (Ray's own default), said
+    explicitly, so Ray's warning about it does not greet every run."""
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    argv = run_argv(tiny_vlm_dir, tiny_clip_dir, tmp_path / "in/*.tar", tmp_path / "out", "--executor", "ray",
+                    "--set", "ray.dashboard=false")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    done = subprocess.run([sys.executable, "-m", "vlm_aug", *argv], capture_output=True, text=True, timeout=180,
+                          env={**env, "RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Token authentication is" not in done.stderr
+    assert (tmp_path / "out/shards/000000.stats.json").exists()

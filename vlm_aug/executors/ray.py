@@ -17,7 +17,7 @@ import time
 from vlm_aug.config import Config
 from vlm_aug.executors import ExecutorReport
 from vlm_aug.executors.ray_actor import ShardWorker
-from vlm_aug.executors.ray_cluster import connect, plan_pool
+from vlm_aug.executors.ray_cluster import connect, plan_pool, quiet_token_auth
 from vlm_aug.executors.ray_pool import ShardScheduler, _say
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
@@ -68,6 +68,7 @@ class RayExecutor:
         return spawn
 
     def run(self, urls: list[str], processor: ShardProcessor, progress: RunProgress) -> ExecutorReport:
+        quiet_token_auth(self.config.ray)  # before Ray is imported
         import ray
 
         start = time.perf_counter()

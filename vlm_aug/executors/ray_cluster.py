@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -56,6 +57,16 @@ def _probe(address: str, timeout: float) -> None:
             f"no Ray cluster answers at {address!r} ({exc}). Start one (`ray start --head`), fix "
             "--ray-address / RAY_ADDRESS, or leave both unset to run on an embedded local instance"
         ) from None
+
+
+def quiet_token_auth(cfg: RayConfig) -> None:
+    """For an embedded instance, say `RAY_AUTH_MODE=token` (Ray's own default for a new local
+    instance) explicitly, so Ray does not warn about it on every start. Ray reads the variable
+    when it is imported, so only before that; a user's own RAY_AUTH_MODE wins; clusters keep
+    whatever their operator configured."""
+    embedded = not (cfg.address or os.environ.get("RAY_ADDRESS"))
+    if embedded and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def connect(cfg: RayConfig) -> tuple[bool, bool]:

@@ -11,6 +11,7 @@ from vlm_aug.formats import ORIG_CAPTION_EXT
 from vlm_aug.output.croissant import croissant
 from vlm_aug.output.query import stats
 from vlm_aug.shards.layout import OutputDir
+from vlm_aug.shards.read import public_name
 
 LICENSE_PLACEHOLDER = "other"  # placeholder: set to the seed data's license before publishing
 SIZE_BOUNDS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -35,7 +36,7 @@ def card_metadata(manifest: dict, kept: int) -> dict:
     return {"license": LICENSE_PLACEHOLDER, "license_name": "set-me-to-the-seed-data-license",
             "language": ["en"], "pretty_name": "vlm_aug recaptioned image-text pairs",
             "task_categories": ["image-to-text", "text-to-image"], "size_categories": [size_category(kept)],
-            "source_datasets": [f"extended|{p}" for p in inputs] or ["original"],
+            "source_datasets": [f"extended|{public_name(p)}" for p in inputs] or ["original"],
             "annotations_creators": ["machine-generated"], "language_creators": ["machine-generated"],
             "multilinguality": ["monolingual"], "tags": ["webdataset", "synthetic-captions", "vlm_aug"],
             "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "shards/*.tar"}]}]}
@@ -57,7 +58,7 @@ def _scores_table(overall: dict) -> list[str]:
 
 def _models(manifest: dict) -> list[str]:
     models = manifest.get("models", {})
-    rows = [[stage, f"`{m.get('model')}`", f"`{m.get('revision')}`", m.get("dtype", m.get("pretrained"))]
+    rows = [[stage, f"`{public_name(str(m.get('model')))}`", f"`{m.get('revision')}`", m.get("dtype", m.get("pretrained"))]
             for stage, m in (("rewrite (VLM)", models.get("rewrite", {})), ("score (CLIP)", models.get("score", {})))]
     return _table(["stage", "model", "revision", "dtype / pretrained"], rows)
 
@@ -84,7 +85,7 @@ def _policy_section(config: dict) -> list[str]:
 
 def _intro(manifest: dict, summary: dict, n_shards: int) -> list[str]:
     config, c = manifest.get("config", {}), summary["counts"]
-    inputs = ", ".join(f"`{p}`" for p in config.get("input", {}).get("paths", []))
+    inputs = ", ".join(f"`{public_name(p)}`" for p in config.get("input", {}).get("paths", []))
     return ["# vlm_aug recaptioned dataset", "",
             f"Written by vlm-aug {manifest.get('versions', {}).get('vlm-aug')} (run `{manifest.get('run_id')}`, "
             f"config sha256 `{manifest.get('config_sha256')}`). Full details: `manifest.json`; per-sample "
@@ -140,7 +141,7 @@ def write_card(out_path: str, manifest: dict) -> dict:
     out.write_text("README.md", f"---\n{front}---\n\n{card_body(manifest, summary, len(out.complete_names()))}")
     shard_runs = {s["shard"]: s.get("run_id") for s in out.all_stats()}
     description = (f"{summary['counts']['kept']} image-caption pairs whose captions were rewritten by "
-                   f"{manifest.get('models', {}).get('rewrite', {}).get('model')} and checked with CLIP.")
+                   f"{public_name(str(manifest.get('models', {}).get('rewrite', {}).get('model')))} and checked with CLIP.")
     document = croissant(manifest, shard_runs, "vlm_aug-recaptioned", description,
                          "https://example.invalid/set-the-license")
     out.write_json(out.top("croissant.json"), document)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from vlm_aug.record import COLUMNS, Column
-from vlm_aug.shards.read import shard_name
+from vlm_aug.shards.read import public_name, shard_name
 
 CONTEXT = {
     "@language": "en", "@vocab": "https://schema.org/", "sc": "https://schema.org/",
@@ -39,7 +39,8 @@ def _field(column: Column) -> dict:
 
 def _activity(manifest: dict) -> dict:
     models = manifest.get("models", {})
-    used = [{"@id": f"model:{m.get('model')}", "prov:label": f"{stage} model {m.get('model')} @ {m.get('revision')}"}
+    used = [{"@id": f"model:{public_name(m['model'])}",
+             "prov:label": f"{stage} model {public_name(m['model'])} @ {m.get('revision')}"}
             for stage, m in models.items() if isinstance(m, dict) and m.get("model")]
     return {"@id": f"run:{manifest.get('run_id')}", "@type": "prov:Activity",
             "prov:label": f"vlm-aug run {manifest.get('run_id')}",
@@ -53,7 +54,7 @@ def _derivations(input_urls: list[str], shard_runs: dict[str, str]) -> list[dict
     for url in input_urls:
         name = shard_name(url)
         if name in shard_runs:
-            links.append({"@id": f"shards/{name}.tar", "prov:wasDerivedFrom": {"@id": url},
+            links.append({"@id": f"shards/{name}.tar", "prov:wasDerivedFrom": {"@id": public_name(url)},
                           "prov:wasGeneratedBy": {"@id": f"run:{shard_runs[name]}"}})
     return links
 
@@ -80,7 +81,7 @@ def croissant(manifest: dict, shard_runs: dict[str, str], name: str, description
         "recordSet": [{"@type": "cr:RecordSet", "@id": "samples", "name": "samples",
                        "description": "every input sample with its decision and provenance",
                        "field": [_field(c) for c in COLUMNS]}],
-        "prov:wasDerivedFrom": [{"@id": url} for url in inputs],
+        "prov:wasDerivedFrom": [{"@id": public_name(url)} for url in inputs],
         "prov:wasGeneratedBy": activity,
         "prov:hadMember": _derivations(inputs, shard_runs),
     }

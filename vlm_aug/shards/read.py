@@ -44,6 +44,16 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return sorted(dict.fromkeys(urls))
 
 
+def public_name(url: str) -> str:
+    """An input as a published card may name it: a remote URL as it is; a local path by its folder
+    and file name only (`in/000001.tar`, `in/*.tar`), never the user's absolute path."""
+    if "://" in url and not url.startswith("file://"):
+        return url
+    path = posixpath.normpath(url[len("file://"):] if url.startswith("file://") else url)
+    parent = posixpath.basename(posixpath.dirname(path))
+    return f"{parent}/{posixpath.basename(path)}" if parent else posixpath.basename(path)
+
+
 def shard_name(url: str) -> str:
     """`.../000001.tar` -> `000001` (the output shard keeps the input's name)."""
     base = url.rstrip("/").rsplit("/", 1)[-1]

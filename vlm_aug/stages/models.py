@@ -33,20 +33,26 @@ class Located:
 
 
 def resolve_device(device: str) -> str:
+    """`auto`: CUDA, else Apple's MPS (a laptop preview), else the CPU."""
     import torch
 
     if device != "auto":
         return device
     if torch.cuda.is_available():
         return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
     return "cpu"
 
 
 def resolve_dtype(dtype: str, device: str):
+    """`auto`: bfloat16 on CUDA, float16 on MPS (its bfloat16 support depends on the macOS version),
+    float32 on the CPU (no fast half precision there)."""
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.split(":")[0], torch.float32)
     return getattr(torch, dtype)
 
 
