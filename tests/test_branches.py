@@ -174,7 +174,7 @@ def test_normalize_image_format_reencodes_png_to_jpg(tmp_path):
 
 def test_without_normalize_png_bytes_are_written_untouched(tmp_path):
     pngs = png_shard(tmp_path / "in/000000.tar")
-    assert dry_run(str(tmp_path / "in/000000.tar"), tmp_path / "out") == 0
+    assert dry_run(str(tmp_path / "in/000000.tar"), tmp_path / "out", "output.normalize_image_format=null") == 0
     written = read_tar(tmp_path / "out/shards/000000.tar")
     images = {n: d for n, d in written.items() if n.endswith((".png", ".jpg"))}
     assert images == {f"{k}.png": d for k, d in pngs.items()}

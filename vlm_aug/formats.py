@@ -1,6 +1,10 @@
 """Member names of a sample in a shard: the one list of image extensions, and the caption members."""
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # image members read, in order of preference
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")  # image members read, in this order
+# image members that are not read: a sample whose only image is one of these fails with
+# `unsupported_image_type` (not `missing_image`)
+OTHER_IMAGE_EXTS = ("avif", "heic", "heif", "jxl", "jp2", "j2k", "svg", "ico", "psd", "tga", "ppm", "pgm", "pbm",
+                    "exr", "hdr", "dng", "cr2", "nef", "arw", "raw")
 CAPTION_EXT = "txt"  # the training caption (output), the default caption member (input)
 META_EXT = "json"  # the original json (input), the provenance record (output)
 ORIG_CAPTION_EXT = "orig.txt"  # policy `both`: the original caption beside the training caption

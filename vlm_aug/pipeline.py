@@ -120,8 +120,8 @@ class ShardProcessor:
                     timings[stage.name] += time.perf_counter() - start
                 start = time.perf_counter()
                 for sample in batch:
+                    writer.add(sample)  # may re-encode from the decoded image (output.normalize_image_format)
                     sample.image = None
-                    writer.add(sample)
                 timings["write"] += time.perf_counter() - start
             start = time.perf_counter()
             stats = writer.commit(reader.report.error, reader.report.ignored_members, timings)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import platform
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -69,6 +71,7 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
         bar.close()
     manifest = write_manifest(config, run, report, skipped, time.time() - started)
     write_card(config.output.path, manifest)  # README.md + croissant.json, from the committed shards
+    warn_mixed_image_exts(manifest)
     return RunResult(manifest, [o.url for o in report.outcomes if o.error])
 
 
@@ -100,7 +103,19 @@ def totals(all_stats: list[dict]) -> dict:
         n = sum(s.get("scores", {}).get(f"{name}_n", 0) for s in all_stats)
         sums = sum(s.get("scores", {}).get(f"{name}_sum", 0.0) for s in all_stats)
         total[f"mean_{name}"] = round(sums / n, 4) if n else None
+    exts: Counter = Counter()
+    for s in all_stats:
+        exts.update(s.get("image_exts", {}))
+    total["image_exts"] = dict(sorted(exts.items()))
     return total
+
+
+def warn_mixed_image_exts(manifest: dict) -> None:
+    exts = manifest["totals"]["image_exts"]
+    if len(exts) > 1:
+        print(f"warning: the output's images have {len(exts)} extensions ({', '.join(exts)}): Hugging Face "
+              "datasets refuses a webdataset whose samples differ in member names. Rerun with --overwrite and "
+              "output.normalize_image_format: jpg (the default) or png", file=sys.stderr)
 
 
 def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skipped: list[str], wall: float) -> dict:

@@ -87,7 +87,9 @@ class InputConfig(Strict):
 class OutputConfig(Strict):
     path: str = "out"
     overwrite: bool = False
-    normalize_image_format: Optional[Literal["jpg", "png"]] = None
+    # one image format per output, so every consumer loads it (vlm_aug.shards.images); null keeps
+    # each image's bytes under its real extension, which may mix formats
+    normalize_image_format: Optional[Literal["jpg", "png"]] = "jpg"
     report: bool = True
 
 

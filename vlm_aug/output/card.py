@@ -105,8 +105,8 @@ def _prompt(manifest: dict) -> list[str]:
 
 def _layout() -> list[str]:
     return ["## Layout", "",
-            "`shards/NAME.tar`: `KEY.<image ext>` (input bytes, never re-encoded unless "
-            "`output.normalize_image_format` is set), `KEY.txt` (training caption), `KEY.json` (provenance, "
+            "`shards/NAME.tar`: `KEY.<image ext>` (one format per output, `output.normalize_image_format`: "
+            "input bytes when already in it, else re-encoded, recorded in `source.image_reencoded_to`), `KEY.txt` (training caption), `KEY.json` (provenance, "
             f"schema `vlm_aug.sample/1`); with policy `both` also `KEY.{ORIG_CAPTION_EXT}` (the original "
             "caption). `shards/NAME.parquet`: one row per input sample. `shards/sizes.json`: kept samples per tar.",
             ""]

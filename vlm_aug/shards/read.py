@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import braceexpand
 import fsspec
 
-from vlm_aug.formats import META_EXT
+from vlm_aug.formats import IMAGE_EXTS, META_EXT, OTHER_IMAGE_EXTS
 from vlm_aug.sample import Sample
 
 
@@ -184,8 +184,18 @@ class ShardReader:
             sample.image_bytes, sample.image_ext = members[image_ext], image_ext
         self._set_caption(sample, members)
         if sample.active and image_ext is None:
-            sample.fail("missing_image", f"no member with extension {'/'.join(self.image_exts)}")
+            self._fail_without_image(sample, group["names"])
         return sample
+
+    def _fail_without_image(self, sample: Sample, names: list[str]) -> None:
+        """An image member of a type not read is `unsupported_image_type`, naming it; none is `missing_image`."""
+        images = set(IMAGE_EXTS) | set(OTHER_IMAGE_EXTS)
+        found = sorted({split_member(n, self.known_exts)[1] for n in names} & images - set(self.image_exts))
+        accepted = "/".join(self.image_exts)
+        if found:
+            return sample.fail("unsupported_image_type",
+                               f"image member .{', .'.join(found)} is not read; accepted: {accepted} (input.image_exts)")
+        sample.fail("missing_image", f"no member with extension {accepted}")
 
     def _set_caption(self, sample: Sample, members: dict) -> None:
         if self.caption_key.startswith("json:"):

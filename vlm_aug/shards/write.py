@@ -13,12 +13,12 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
-from PIL import Image
 
 from vlm_aug import SCHEMA_VERSION
 from vlm_aug.formats import CAPTION_EXT, META_EXT, ORIG_CAPTION_EXT
 from vlm_aug.record import PARQUET_SCHEMA, RunContext, build_record, parquet_row
 from vlm_aug.sample import KEPT, Sample
+from vlm_aug.shards.images import output_image
 from vlm_aug.shards.layout import OutputDir
 
 
@@ -27,13 +27,6 @@ def add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(payload), 0, 0o644
     tar.addfile(info, io.BytesIO(payload))
-
-
-def _reencode(data: bytes, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    image.save(buffer, format="JPEG" if fmt == "jpg" else "PNG", quality=95)
-    return buffer.getvalue()
 
 
 class ShardWriter:
@@ -49,13 +42,12 @@ class ShardWriter:
         self.rows: list[dict] = []
         self.counts, self.reasons = Counter(inputs=0, kept=0, rejected=0, error=0), Counter()
         self.score_sums = Counter()
+        self.image_exts: Counter = Counter()  # output image members by extension
 
     def add(self, sample: Sample) -> None:
         if sample.status == KEPT:
-            image_ext, image = sample.image_ext, sample.image_bytes
-            if self.normalize and image_ext != self.normalize:
-                image, image_ext = _reencode(image, self.normalize), self.normalize
-                sample.image_reencoded_to = image_ext
+            image, image_ext = output_image(sample, self.normalize)
+            self.image_exts[image_ext] += 1
         record = build_record(sample, self.run)
         record_json = json.dumps(record, ensure_ascii=False, sort_keys=True)
         if sample.status == KEPT:
@@ -84,7 +76,8 @@ class ShardWriter:
             pq.write_table(pa.Table.from_pylist(self.rows, schema=PARQUET_SCHEMA), handle)
         stats = {"schema": SCHEMA_VERSION, "shard": self.name, "counts": dict(self.counts),
                  "reasons": dict(sorted(self.reasons.items())), "read_error": read_error,
-                 "ignored_members": ignored_members, "scores": dict(self.score_sums), "run_id": self.run.run_id,
+                 "ignored_members": ignored_members, "scores": dict(self.score_sums),
+                 "image_exts": dict(sorted(self.image_exts.items())), "run_id": self.run.run_id,
                  "timings_s": {k: round(v, 4) for k, v in timings.items()}}
         c = stats["counts"]
         if c["inputs"] != c["kept"] + c["rejected"] + c["error"]:

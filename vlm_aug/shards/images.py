@@ -1,0 +1,45 @@
+"""The image member of an output sample: one format per output, so that every consumer (Hugging Face
+`datasets` infers one column per member name) loads it; the member's extension always names its bytes.
+
+`output.normalize_image_format: jpg` (the default) keeps JPEG bytes as they are (a `.jpeg` is named
+`.jpg`) and re-encodes anything else (PNG, WebP, the first frame of a GIF, BMP, TIFF) as JPEG,
+quality 95, transparency on white; `png` does the same towards PNG (lossless, larger for photos);
+null keeps every image's bytes and names it by its real format, which may mix extensions.
+A re-encode is recorded in the sample's provenance (`source.image_reencoded_to`), beside the
+sha256 of the original bytes (`source.image_sha256`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+from PIL import Image
+
+from vlm_aug.sample import Sample
+from vlm_aug.shards.decode import decode_image
+
+EXT_OF_FORMAT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
+                 "TIFF": "tiff"}
+SAVE_AS = {"jpg": "JPEG", "png": "PNG"}
+
+
+def real_ext(data: bytes, claimed: Optional[str]) -> Optional[str]:
+    """The extension that names what the bytes are (read from their header), else the claimed one."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return EXT_OF_FORMAT.get(image.format, claimed)
+    except Exception:  # undecodable bytes never reach the writer as kept; keep the claim
+        return claimed
+
+
+def output_image(sample: Sample, target: Optional[str]) -> tuple[bytes, str]:
+    """-> (bytes, extension) of the sample's image member; sets `sample.image_reencoded_to`."""
+    ext = real_ext(sample.image_bytes, sample.image_ext)
+    if target is None or ext == target:
+        return sample.image_bytes, ext
+    image = sample.image if sample.image is not None else decode_image(sample.image_bytes, Image.MAX_IMAGE_PIXELS)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format=SAVE_AS[target], quality=95)
+    sample.image_reencoded_to = target
+    return buffer.getvalue(), target
