@@ -5,6 +5,9 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")  # imag
 # `unsupported_image_type` (not `missing_image`)
 OTHER_IMAGE_EXTS = ("avif", "heic", "heif", "jxl", "jp2", "j2k", "svg", "ico", "psd", "tga", "ppm", "pgm", "pbm",
                     "exr", "hdr", "dng", "cr2", "nef", "arw", "raw")
+# PIL's format name -> the extension that names such bytes (MPO: a camera's multi-picture JPEG)
+EXT_OF_FORMAT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
+                 "TIFF": "tiff"}
 CAPTION_EXT = "txt"  # the training caption (output), the default caption member (input)
 META_EXT = "json"  # the original json (input), the provenance record (output)
 ORIG_CAPTION_EXT = "orig.txt"  # policy `both`: the original caption beside the training caption

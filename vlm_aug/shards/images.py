@@ -16,11 +16,10 @@ from typing import Optional
 
 from PIL import Image
 
+from vlm_aug.formats import EXT_OF_FORMAT
 from vlm_aug.sample import Sample
 from vlm_aug.shards.decode import decode_image
 
-EXT_OF_FORMAT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
-                 "TIFF": "tiff"}
 SAVE_AS = {"jpg": "JPEG", "png": "PNG"}
 
 

@@ -11,12 +11,12 @@ import io
 
 from PIL import Image
 
+from vlm_aug.formats import EXT_OF_FORMAT
 from vlm_aug.sample import Sample
 from vlm_aug.shards.images import output_image
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
-SAVE = {"jpg": ("JPEG", {"quality": 90}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 90}),
-        "gif": ("GIF", {}), "bmp": ("BMP", {}), "tiff": ("TIFF", {})}
+INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG and WebP saved at quality 90
 
 
 def photos() -> list[Image.Image]:
@@ -25,10 +25,9 @@ def photos() -> list[Image.Image]:
     return [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in PHOTOS]
 
 
-def encoded(image: Image.Image, ext: str) -> bytes:
-    fmt, options = SAVE[ext]
+def encoded(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
+    image.save(buffer, fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP") else {}))
     return buffer.getvalue()
 
 
@@ -36,10 +35,11 @@ def main() -> None:
     images = photos()
     print(f"{len(images)} photos ({', '.join(PHOTOS)}), bytes summed over them")
     print(f"{'input format':>12} {'input':>10} {'as jpg':>10} {'ratio':>6} {'as png':>10} {'ratio':>6}")
-    for ext in SAVE:
+    for fmt in INPUT_FORMATS:
+        ext = EXT_OF_FORMAT[fmt]
         sizes = {"in": 0, "jpg": 0, "png": 0}
         for image in images:
-            data = encoded(image, ext)
+            data = encoded(image, fmt)
             sizes["in"] += len(data)
             for target in ("jpg", "png"):
                 sample = Sample(key="k", shard="s", image_bytes=data, image_ext=ext)  # decoded from the bytes, as in a run
