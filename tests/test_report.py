@@ -27,14 +27,15 @@ def run_argv(root: Path, shard: str, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
-    """Shard 0 kept (one broken image: error), shard 1 all rejected (threshold 0.99), one output dir."""
+    """Shard 0 kept (one broken image: error), shard 1 all rejected (threshold 0.99), one output dir
+    (two configurations in it: the second run appends with --allow-config-change)."""
     root = tmp_path_factory.mktemp("report")
     make_shards(root / "in", n_shards=2, per_shard=6)
     tiny = tiny_args(tiny_vlm_dir, tiny_clip_dir)
     assert main(run_argv(root, "000000.tar", *tiny, "--no-report")) == 0
     assert not (root / "out/report.html").exists()  # --no-report honoured
     assert main(run_argv(root, "000001.tar", *tiny, "--set", "policy.name=rewrite",
-                         "--set", "policy.min_clip_rewrite=0.99")) == 0
+                         "--set", "policy.min_clip_rewrite=0.99", "--allow-config-change")) == 0
     rows = [r for p in sorted((root / "out/shards").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
     return root, rows
 
@@ -56,6 +57,7 @@ def mean_color(jpeg: bytes) -> tuple:
 def test_run_writes_report_with_one_card_per_sample_of_a_small_run(report_run, capsys):
     root, rows = report_run
     html = (root / "out/report.html").read_text()
+    assert "<strong>2 configurations</strong>" in html  # the two runs' settings, each with its shards
     found = cards(html)
     assert sorted(c["key"] for c in found) == sorted(r["key"] for r in rows)
     by_key = {r["key"]: r for r in rows}

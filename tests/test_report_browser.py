@@ -178,7 +178,7 @@ def report_dir(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
     base = ["run", str(REPO / "configs/preview.yaml"), "--output", str(root / "out"), "--no-progress", "--no-report"]
     assert main([*base, "--input", str(root / "in/000000.tar"), str(root / "in/000002.tar"), *tiny]) == 0
     assert main([*base, "--input", str(root / "in/000001.tar"), *tiny, "--set", "policy.name=rewrite",
-                 "--set", "policy.min_clip_rewrite=0.99"]) == 0
+                 "--set", "policy.min_clip_rewrite=0.99", "--allow-config-change"]) == 0
     assert main(["report", str(root / "out"), "--per-status", "3", "--per-view", "4"]) == 0
     assert main(["report", str(root / "out"), "--html", str(root / "out/full.html")]) == 0  # every sample a card
     import pyarrow.parquet as pq

@@ -12,7 +12,7 @@ from vlm_aug.config import Config
 from vlm_aug.record import RunContext
 from vlm_aug.sample import Sample
 from vlm_aug.shards.decode import decode_samples
-from vlm_aug.shards.read import ShardReader, shard_name
+from vlm_aug.shards.read import ShardReader, input_identity, shard_name
 from vlm_aug.shards.write import ShardWriter
 from vlm_aug.stages.decide import DecideStage
 from vlm_aug.stages.rewrite import RewriteStage
@@ -109,6 +109,7 @@ class ShardProcessor:
     def process(self, url: str) -> dict:
         self.setup()
         cfg = self.config
+        identity = input_identity(url)  # before reading: a shard replaced meanwhile is redone next time
         reader = ShardReader(url, cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes)
         writer = ShardWriter(cfg.output.path, shard_name(url), self.run, cfg.output.normalize_image_format)
         timings: dict = defaultdict(float)
@@ -124,7 +125,7 @@ class ShardProcessor:
                     sample.image = None
                 timings["write"] += time.perf_counter() - start
             start = time.perf_counter()
-            stats = writer.commit(reader.report.error, reader.report.ignored_members, timings)
+            stats = writer.commit(reader.report.error, reader.report.ignored_members, timings, identity)
             stats["timings_s"]["write"] = round(timings["write"] + time.perf_counter() - start, 4)
             return stats
         except BaseException:

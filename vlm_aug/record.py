@@ -48,6 +48,7 @@ class RunContext:
     sections: dict = field(default_factory=lambda: {name: {} for name in STAGE_SECTIONS})
     models: dict = field(default_factory=dict)  # stage name -> its description, for the manifest
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    fingerprint: str = ""  # of the settings that decide the samples' content (vlm_aug.resume)
 
     def describe_stages(self, stages: list) -> None:
         """Take each stage's description into the record section it fills (`stage.section`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import platform
 import sys
 import time
@@ -15,7 +16,9 @@ from vlm_aug.output.card import write_card
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
 from vlm_aug.record import RunContext
+from vlm_aug.resume import fingerprint, plan_shards, run_settings
 from vlm_aug.shards.layout import OutputDir
+from vlm_aug.shards.lease import Lease
 from vlm_aug.shards.read import expand_inputs, shard_name
 from vlm_aug.stages.prompts import load_template
 
@@ -32,8 +35,8 @@ class RunResult:
         return not self.failed
 
 
-def plan(config: Config, overwrite: bool) -> tuple[list[str], list[str]]:
-    """-> (shards to do, shards already complete). Checks everything a model load would waste."""
+def check(config: Config) -> list[str]:
+    """-> the input shard URLs. Checks everything a model load would waste, and touches nothing."""
     try:
         load_template(config.generation.prompt)
     except (ValueError, FileNotFoundError) as exc:
@@ -43,11 +46,8 @@ def plan(config: Config, overwrite: bool) -> tuple[list[str], list[str]]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"input shards share output names {dupes}: each input shard needs a unique file name")
-    out = OutputDir(config.output.path, must_exist=False)
-    out.check_writable()
-    complete = set() if overwrite else set(out.complete_names())
-    done = [u for u in urls if shard_name(u) in complete]
-    return [u for u in urls if u not in done], done
+    OutputDir(config.output.path, must_exist=False).check_writable()
+    return urls
 
 
 def make_executor(config: Config):
@@ -61,16 +61,22 @@ def make_executor(config: Config):
 
 
 def execute(config: Config, overwrite: bool = False, progress: bool = True) -> RunResult:
-    todo, skipped = plan(config, overwrite or config.output.overwrite)
-    run = RunContext(config.sha256())
-    started = time.time()
-    bar = RunProgress(len(todo), enabled=progress)
-    try:
-        report = make_executor(config).run(todo, ShardProcessor(config, run), bar) if todo else ExecutorReport()
-    finally:
-        bar.close()
-    manifest = write_manifest(config, run, report, skipped, time.time() - started)
-    write_card(config.output.path, manifest)  # README.md + croissant.json, from the committed shards
+    """Run the pipeline on `config`'s inputs while holding the output's lease (one run at a time)."""
+    urls = check(config)
+    out, run = OutputDir(config.output.path, must_exist=False), RunContext(config.sha256())
+    settings = run_settings(config)
+    run.fingerprint = fingerprint(settings)
+    with Lease(out, run.run_id):
+        todo, skipped = plan_shards(out, urls, settings, overwrite or config.output.overwrite,
+                                    config.output.allow_config_change)
+        started = time.time()
+        bar = RunProgress(len(todo), enabled=progress)
+        try:
+            report = make_executor(config).run(todo, ShardProcessor(config, run), bar) if todo else ExecutorReport()
+        finally:
+            bar.close()
+        manifest = write_manifest(config, run, report, skipped, started, settings)
+        write_card(config.output.path, manifest)  # README.md + croissant.json, from the committed shards
     warn_mixed_image_exts(manifest)
     return RunResult(manifest, [o.url for o in report.outcomes if o.error])
 
@@ -118,11 +124,40 @@ def warn_mixed_image_exts(manifest: dict) -> None:
               "output.normalize_image_format: jpg (the default) or png", file=sys.stderr)
 
 
-def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skipped: list[str], wall: float) -> dict:
+def _history(previous: dict, run: RunContext, report: ExecutorReport, skipped: list[str], started: float) -> list:
+    """Every run that wrote into this output, oldest first (a manifest from before the history: its last run)."""
+    runs = list(previous.get("runs") or ([{"run_id": previous["run_id"], "fingerprint": None,
+                                           "config_sha256": previous.get("config_sha256")}]
+                                         if previous.get("run_id") else []))
+    runs.append({"run_id": run.run_id, "fingerprint": run.fingerprint, "config_sha256": run.config_sha256,
+                 "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+                 "wall_s": round(time.time() - started, 3),
+                 "processed": [shard_name(o.url) for o in report.outcomes if o.stats],
+                 "failed": [shard_name(o.url) for o in report.outcomes if o.error], "skipped_complete": len(skipped)})
+    return runs
+
+
+def configurations(previous: dict, run: RunContext, settings: dict, all_stats: list[dict]) -> dict:
+    """fingerprint -> its settings and what of the output it made now (shards, inputs, kept)."""
+    found = {fp: {"settings": entry.get("settings")} for fp, entry in (previous.get("configurations") or {}).items()}
+    found[run.fingerprint] = {"settings": settings}
+    for entry in found.values():
+        entry.update(shards=0, inputs=0, kept=0)
+    for s in all_stats:
+        entry = found.setdefault(s.get("fingerprint") or "unknown", {"settings": None, "shards": 0, "inputs": 0, "kept": 0})
+        entry["shards"] += 1
+        entry["inputs"] += s["counts"]["inputs"]
+        entry["kept"] += s["counts"]["kept"]
+    return found
+
+
+def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skipped: list[str], started: float,
+                   settings: dict) -> dict:
     out = OutputDir(config.output.path, must_exist=False)
     out.fs.makedirs(out.shards_dir, exist_ok=True)
     all_stats = out.all_stats()
     out.write_sizes(all_stats)
+    previous = out.manifest()
     template = load_template(config.generation.prompt)
     stage_time: dict = {}
     for outcome in report.outcomes:
@@ -131,9 +166,11 @@ def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skip
     manifest = {
         "run_id": run.run_id, "config": config.model_dump(), "config_sha256": run.config_sha256,
         "versions": _versions(), "hardware": _hardware(), "executor": config.executor,
-        "models": run.models,
+        "models": run.models or previous.get("models", {}),  # no model loaded: all shards were complete
+        "fingerprint": run.fingerprint, "configurations": configurations(previous, run, settings, all_stats),
+        "runs": _history(previous, run, report, skipped, started),
         "prompt": {"id": template.id, "text": template.text, "sha256": template.sha256},
-        "timings": {"wall_s": round(wall, 3), "startup_s": round(report.startup_s, 3), "stages_s": stage_time},
+        "timings": {"wall_s": round(time.time() - started, 3), "startup_s": round(report.startup_s, 3), "stages_s": stage_time},
         "workers": report.workers,
         "shards": {"processed": [o.url for o in report.outcomes if o.stats], "skipped_complete": skipped,
                    "failed": [{"url": o.url, "error": o.error, "attempts": o.attempts}

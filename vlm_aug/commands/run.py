@@ -16,6 +16,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=["local", "ray"], help="where shards run (default from the config)")
     p.add_argument("--ray-address", help="connect to an existing Ray cluster (else RAY_ADDRESS or a local one)")
     p.add_argument("--overwrite", action="store_true", help="redo shards that are already complete")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="append to an output made with other settings; each shard keeps its own (see its card)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     p.add_argument("--no-model", action="store_true",
@@ -36,6 +38,8 @@ def config_from_args(args):
         direct["output__report"] = False
     if getattr(args, "no_model", False):
         direct["dry_run"] = True
+    if getattr(args, "allow_config_change", False):
+        direct["output__allow_config_change"] = True
     return load_config(args.config, args.set, **direct)
 
 

@@ -35,7 +35,7 @@ def format_summary(title: str, summary: dict) -> list[str]:
 
 
 def cmd_stats(args) -> int:
-    from vlm_aug.output.query import stats
+    from vlm_aug.output.query import differing_settings, stats
     from vlm_aug.shards.layout import OutputDir
 
     result = stats(OutputDir(args.output), per_shard=not args.no_per_shard)
@@ -43,6 +43,11 @@ def cmd_stats(args) -> int:
         print(json.dumps(result, indent=1))
         return 0
     lines = format_summary(f"overall ({result['shards']} shard(s))", result["overall"])
+    configs = result["configurations"]
+    if len(configs) > 1:
+        lines.append(f"  made with {len(configs)} configurations (differing in: {', '.join(differing_settings(configs))}):")
+        lines += [f"    {fp[:12]}: {c['shards']} shard(s), {c['inputs']} inputs, {c['kept']} kept"
+                  for fp, c in configs.items()]
     for name, summary in result.get("per_shard", {}).items():
         lines += [""] + format_summary(f"shard {name}", summary)
     print("\n".join(lines))

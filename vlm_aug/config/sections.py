@@ -87,6 +87,8 @@ class InputConfig(Strict):
 class OutputConfig(Strict):
     path: str = "out"
     overwrite: bool = False
+    # append to an output made with other settings; each shard keeps its own (docs/output.md)
+    allow_config_change: bool = False
     # one image format per output, so every consumer loads it (vlm_aug.shards.images); null keeps
     # each image's bytes under its real extension, which may mix formats
     normalize_image_format: Optional[Literal["jpg", "png"]] = "jpg"
@@ -139,6 +141,20 @@ class Config(Strict):
                     "choose another output directory"
                 )
         return self
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the content of the output's samples, as flat `section.key` -> value. Where and
+        how fast it runs (executor, ray, threads, devices, batch sizes) and where it reads and
+        writes (input paths: each shard's own identity is checked apart) are left out."""
+        recipe = self.model_dump(include={
+            "vlm": {"model", "revision", "dtype", "trust_remote_code", "allow_pickle_weights", "processor_kwargs"},
+            "generation": True, "clip": {"model", "pretrained"}, "policy": True, "limits": True,
+            "input": {"caption_key", "image_exts"}, "output": {"normalize_image_format"}, "dry_run": True})
+        flat: dict[str, Any] = {}
+        for section, values in recipe.items():
+            for key, value in (values.items() if isinstance(values, dict) else [("", values)]):
+                flat[f"{section}.{key}".rstrip(".")] = value
+        return flat
 
     def sha256(self) -> str:
         """Hash of what decides the output; where it runs (executor, ray, threads) does not."""

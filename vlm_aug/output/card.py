@@ -9,7 +9,7 @@ import yaml
 
 from vlm_aug.formats import ORIG_CAPTION_EXT
 from vlm_aug.output.croissant import croissant
-from vlm_aug.output.query import stats
+from vlm_aug.output.query import configurations, differing_settings, stats
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.read import public_name
 
@@ -112,7 +112,20 @@ def _layout() -> list[str]:
             ""]
 
 
-def card_body(manifest: dict, summary: dict, n_shards: int) -> str:
+def _configurations(configs: dict) -> list[str]:
+    """Every configuration present, with its share of the data; the settings that differ between them."""
+    if len(configs) <= 1:
+        return ["All shards were made with one configuration (its settings fingerprint is in each shard's "
+                "stats and in `manifest.json`).", ""]
+    keys = differing_settings(configs)
+    rows = [[f"`{fp[:12]}`", c["shards"], c["inputs"], c["kept"],
+             *[f"`{json.dumps((c.get('settings') or {}).get(k, '?'))}`" for k in keys]] for fp, c in configs.items()]
+    return ["This dataset mixes configurations (runs appended with `--allow-config-change`); each shard's "
+            "stats name its own (`fingerprint`), and `manifest.json` lists each one's settings under "
+            "`configurations`.", "", *_table(["settings", "shards", "inputs", "kept", *keys], rows), ""]
+
+
+def card_body(manifest: dict, summary: dict, n_shards: int, configs: dict) -> str:
     """The card's markdown: seed data, prompt, models, parameters, filters, counts, scores, limits."""
     # the parameters generate() received (temperature/top_p are null without sampling), plus the seed
     generation = {**manifest.get("models", {}).get("rewrite", {}).get("params", {}),
@@ -123,6 +136,7 @@ def card_body(manifest: dict, summary: dict, n_shards: int) -> str:
              "## Generation parameters", "",
              *_table(["parameter", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in generation.items()]), "",
              "## Filters and thresholds", "", *_policy_section(manifest.get("config", {})), "",
+             "## Configurations", "", *_configurations(configs),
              "## Counts", "",
              *_table(["inputs", "kept", "rejected", "error"], [[c["inputs"], c["kept"], c["rejected"], c["error"]]]),
              "", *_table(["status:reason", "samples"], [[k, v] for k, v in summary["reasons"].items()]), "",
@@ -138,7 +152,8 @@ def write_card(out_path: str, manifest: dict) -> dict:
     summary = stats(out, per_shard=False)["overall"]
     metadata = card_metadata(manifest, summary["counts"]["kept"])
     front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
-    out.write_text("README.md", f"---\n{front}---\n\n{card_body(manifest, summary, len(out.complete_names()))}")
+    body = card_body(manifest, summary, len(out.complete_names()), configurations(out))
+    out.write_text("README.md", f"---\n{front}---\n\n{body}")
     shard_runs = {s["shard"]: s.get("run_id") for s in out.all_stats()}
     description = (f"{summary['counts']['kept']} image-caption pairs whose captions were rewritten by "
                    f"{public_name(str(manifest.get('models', {}).get('rewrite', {}).get('model')))} and checked with CLIP.")

@@ -66,12 +66,36 @@ def _summary(table: pa.Table) -> dict:
     return summary
 
 
+def configurations(out: OutputDir) -> dict:
+    """The settings that made the output, counted from its shards' stats: fingerprint -> shards,
+    inputs, kept, and the settings themselves (from the manifest). More than one when runs with
+    other settings appended (`--allow-config-change`)."""
+    known = out.manifest().get("configurations") or {}
+    found: dict = {}
+    for s in out.all_stats():
+        fp = s.get("fingerprint") or "unknown"
+        entry = found.setdefault(fp, {"shards": 0, "inputs": 0, "kept": 0,
+                                      "settings": (known.get(fp) or {}).get("settings")})
+        entry["shards"] += 1
+        entry["inputs"] += s["counts"]["inputs"]
+        entry["kept"] += s["counts"]["kept"]
+    return found
+
+
+def differing_settings(configs: dict) -> list[str]:
+    """The settings keys whose value differs between the configurations (all of them if one is unknown)."""
+    known = [c["settings"] for c in configs.values() if c.get("settings")]
+    keys = sorted({k for s in known for k in s})
+    return [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in known}) > 1]
+
+
 def stats(out: OutputDir, per_shard: bool = True) -> dict:
     """Counts by status and reason and CLIP score distributions, overall and per shard."""
     columns = ["status", "reason", "outcome", "clip_orig", "clip_rewrite"]
     table = out.table(columns)
     table = table.append_column("clip_final", _final_score(table))
-    result = {"output": out.path, "shards": len(out.complete_names()), "overall": _summary(table)}
+    result = {"output": out.path, "shards": len(out.complete_names()), "overall": _summary(table),
+              "configurations": configurations(out)}
     if per_shard:
         order = pc.sort_indices(table, [("out_shard", "ascending")])
         table = table.take(order)

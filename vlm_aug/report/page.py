@@ -50,6 +50,11 @@ def summary_section(data: RunData) -> str:
              f"CLIP <code>{escape(str((models.get('score') or {}).get('model', '?')))}</code>",
              f"prompt <code>{escape(str((m.get('prompt') or {}).get('id', '?')))}</code>",
              f"policy <code>{escape(str(policy.get('name', '?')))}</code>"]
+    configs = {fp: c for fp, c in (m.get("configurations") or {}).items() if c.get("shards")}
+    if len(configs) > 1:
+        facts.append(f"<strong>{len(configs)} configurations</strong> (" + ", ".join(
+            f"<code>{escape(fp[:12])}</code>: {c['shards']} shard(s), {c['inputs']} samples"
+            for fp, c in configs.items()) + "; see the card)")
     missing = "" if data.manifest else '<p class="note">manifest.json is missing: model and timing facts unknown.</p>'
     return (f'<section id="summary"><h2>Summary</h2><div class="tiles">{"".join(tiles)}</div>'
             f'<p class="note">{" · ".join(facts)}</p>{missing}</section>')

@@ -44,6 +44,18 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return sorted(dict.fromkeys(urls))
 
 
+def input_identity(url: str) -> dict:
+    """Size and modification time (local) or ETag (object stores) of an input shard."""
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        info = fs.info(path)
+    except OSError:  # unreadable: the reader records why; nothing to compare on a rerun
+        return {}
+    found = {"size": info.get("size"), "mtime": info.get("mtime") or info.get("LastModified"),
+             "etag": info.get("ETag") or info.get("etag")}
+    return {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in found.items() if v is not None}
+
+
 def public_name(url: str) -> str:
     """An input as a published card may name it: a remote URL as it is; a local path by its folder
     and file name only (`in/000001.tar`, `in/*.tar`), never the user's absolute path."""

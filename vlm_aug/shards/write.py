@@ -69,7 +69,8 @@ class ShardWriter:
         if sample.status == KEPT and sample.decision.orig_passed is False:
             self.score_sums["corrected"] += 1  # kept with a rewrite; CLIP judged the original wrong
 
-    def commit(self, read_error: Optional[str], ignored_members: int, timings: dict) -> dict:
+    def commit(self, read_error: Optional[str], ignored_members: int, timings: dict,
+               input_identity: Optional[dict] = None) -> dict:
         self.tar.close()
         self.handle.close()
         with self.fs.open(self.tmp["parquet"], "wb") as handle:
@@ -77,6 +78,7 @@ class ShardWriter:
         stats = {"schema": SCHEMA_VERSION, "shard": self.name, "counts": dict(self.counts),
                  "reasons": dict(sorted(self.reasons.items())), "read_error": read_error,
                  "ignored_members": ignored_members, "scores": dict(self.score_sums),
+                 "fingerprint": self.run.fingerprint, "input": input_identity,
                  "image_exts": dict(sorted(self.image_exts.items())), "run_id": self.run.run_id,
                  "timings_s": {k: round(v, 4) for k, v in timings.items()}}
         c = stats["counts"]

@@ -1,0 +1,148 @@
+"""One run per output directory at a time: a lease file (run id, host, pid, start, heartbeat),
+created atomically, refreshed while the run lives, removed when it ends.
+
+A second run on a held output stops at once, naming the holder. A lease whose heartbeat is stale
+(the holder crashed or was SIGKILLed; on the same host, a holder pid that no longer exists) is
+taken over, and said so. Atomic creation: `open(..., "xb")`, which is O_EXCL on a local or NFS
+path and a conditional put (If-None-Match) on AWS S3; backends without it get a check-then-write
+(docs/cluster.md says what that guarantees).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Optional
+
+from vlm_aug.shards.layout import OutputDir, OutputUnwritable
+
+LEASE_FILE = ".vlm_aug.lease"
+
+
+class OutputBusy(OutputUnwritable):
+    """Another run holds the output directory."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _stamp(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Lease:
+    def __init__(self, out: OutputDir, run_id: str, stale_s: float = 30.0, heartbeat_s: float = 5.0):
+        self.out, self.run_id, self.stale_s, self.heartbeat_s = out, run_id, stale_s, heartbeat_s
+        self.path = out.top(LEASE_FILE)
+        self.record = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "Lease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    # ---- taking it -------------------------------------------------------------------------
+    def acquire(self) -> None:
+        if not self._create():
+            holder = self._holder()
+            if holder is not None and not self._stale(holder):
+                raise OutputBusy(self._busy_message(holder))
+            print(f"vlm-aug: taking over the lease of {self.out.path}: {self._describe(holder)} "
+                  "is gone or silent; its partial files will be removed", file=sys.stderr)
+            self.out.fs.rm(self.path)
+            if not self._create():
+                raise OutputBusy(self._busy_message(self._holder() or {}))
+        self.thread = threading.Thread(target=self._beat, name="vlm-aug-lease", daemon=True)
+        self.thread.start()
+
+    def _payload(self) -> bytes:
+        return json.dumps({**self.record, "heartbeat": _now()}).encode()
+
+    def _create(self) -> bool:
+        """Create the lease file only if none exists; -> whether this call created it."""
+        try:
+            with self.out.fs.open(self.path, "xb") as handle:
+                handle.write(self._payload())
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):  # S3's conditional put lost
+                return False
+            raise
+        except (ValueError, NotImplementedError):  # the backend has no exclusive create
+            if self.out.fs.exists(self.path):
+                return False
+            self._write()
+            return True
+
+    def _holder(self) -> Optional[dict]:
+        for _ in range(3):  # a lease being rewritten can read as empty for a moment
+            holder = self.out.read_json(self.path)
+            if holder is not None:
+                return holder
+            time.sleep(0.2)
+        return None
+
+    def _stale(self, holder: dict) -> bool:
+        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+            return True
+        return _now() - float(holder.get("heartbeat", 0)) > self.stale_s
+
+    def _describe(self, holder: Optional[dict]) -> str:
+        if not holder:
+            return "an unreadable lease"
+        return (f"run {holder.get('run_id')} (host {holder.get('host')}, pid {holder.get('pid')}, "
+                f"started {_stamp(float(holder.get('started', 0)))}, last heartbeat "
+                f"{_now() - float(holder.get('heartbeat', 0)):.0f} s ago)")
+
+    def _busy_message(self, holder: dict) -> str:
+        return (f"output {self.out.path} is in use by {self._describe(holder)}. Wait for it to finish, or "
+                f"write to another --output. A lease silent for over {self.stale_s:g} s is taken over.")
+
+    # ---- keeping it ---------------------------------------------------------------------------
+    def _write(self) -> None:
+        tmp = f"{self.path}.tmp-{self.run_id}"
+        with self.out.fs.open(tmp, "wb") as handle:
+            handle.write(self._payload())
+        self.out.fs.mv(tmp, self.path)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.heartbeat_s):
+            holder = self.out.read_json(self.path)
+            if holder and holder.get("run_id") != self.run_id:
+                print(f"vlm-aug: warning: the lease of {self.out.path} was taken over by run "
+                      f"{holder.get('run_id')}; this run's heartbeat was silent too long", file=sys.stderr)
+                return
+            try:
+                self._write()
+            except OSError as exc:  # a failed heartbeat is retried at the next beat
+                print(f"vlm-aug: warning: lease heartbeat failed: {exc}", file=sys.stderr)
+
+    def release(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=self.heartbeat_s + 5)
+        holder = self.out.read_json(self.path)
+        if holder and holder.get("run_id") == self.run_id:
+            self.out.fs.rm(self.path)
