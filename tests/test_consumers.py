@@ -13,10 +13,9 @@ import tarfile
 import pytest
 from PIL import Image
 
-from output_helpers import REPO, run_pipeline
+from output_helpers import run_pipeline
 from vlm_aug.stages.base import derive_seed
 
-CONSUMER_PYTHON = REPO / ".venv" / "consumer" / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +28,6 @@ def mix_out(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
     return run_pipeline(tmp_path_factory.mktemp("mix"), tiny_vlm_dir, tiny_clip_dir,
                         "policy.name=mix", "policy.mix_rewrite_fraction=0.8")
 
-
-@pytest.fixture(scope="module")
-def consumer_python():
-    """The open_clip_train environment (webdataset 0.2.86), created by the setup script."""
-    if os.environ.get("VLM_AUG_CONSUMER_PYTHON"):
-        return os.environ["VLM_AUG_CONSUMER_PYTHON"]
-    done = subprocess.run(["bash", str(REPO / "scripts/setup_consumer_env.sh")], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, f"scripts/setup_consumer_env.sh failed:\n{done.stdout}\n{done.stderr}"
-    return str(CONSUMER_PYTHON)
 
 
 def tars(out):

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -23,16 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH = 4, 4
 TRAIN_LINE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/\d+ .* Loss: ([\d.]+) \(")
 
-
-@pytest.fixture(scope="module")
-def consumer_python():
-    """open_clip_train's environment (webdataset 0.2.86), created by the setup script."""
-    if os.environ.get("VLM_AUG_CONSUMER_PYTHON"):
-        return os.environ["VLM_AUG_CONSUMER_PYTHON"]
-    done = subprocess.run(["bash", str(REPO / "scripts/setup_consumer_env.sh")], capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, f"setup_consumer_env.sh failed:\n{done.stdout}\n{done.stderr}"
-    return str(REPO / ".venv/consumer/bin/python")
 
 
 def noise_png(seed: int, size: int = 40) -> bytes:

@@ -14,7 +14,6 @@ from PIL import Image
 
 from helpers import image_bytes, sample_members, write_tar
 from output_helpers import REPO
-from test_consumers import consumer_python  # noqa: F401  (fixture: the webdataset 0.2.86 environment)
 from vlm_aug.cli import main
 
 
@@ -97,7 +96,7 @@ def test_hf_datasets_loads_both_ways_by_default(mixed, tmp_path):
         assert {row["jpg"].size for row in ds} >= {(30, 20), (24, 24)}  # gif's first frame, the png
 
 
-def test_webdataset_1x_and_0_2_86_and_ray_data_read_it(mixed, consumer_python):  # noqa: F811
+def test_webdataset_1x_and_0_2_86_and_ray_data_read_it(mixed, consumer_python):
     import webdataset as wds
 
     tars = sorted(str(p) for p in (mixed / "out/shards").glob("*.tar"))
