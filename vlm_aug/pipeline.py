@@ -15,6 +15,7 @@ from vlm_aug.shards.decode import decode_samples
 from vlm_aug.shards.read import ShardReader, input_identity, shard_name
 from vlm_aug.shards.write import ShardWriter
 from vlm_aug.stages.decide import DecideStage
+from vlm_aug.stages.engines import EngineUnavailable
 from vlm_aug.stages.rewrite import RewriteStage
 from vlm_aug.stages.score import ScoreStage
 
@@ -55,7 +56,7 @@ def run_stage(stage, batch: list[Sample]) -> None:
     own too, the fault is not the data's: raise, so the shard is retried, not marked done."""
     try:
         return stage.process_batch(batch)
-    except (KeyboardInterrupt, SystemExit, MemoryError):
+    except (KeyboardInterrupt, SystemExit, MemoryError, EngineUnavailable):  # not the data's fault
         raise
     except Exception as batch_exc:
         first_error = batch_exc
@@ -89,10 +90,17 @@ class ShardProcessor:
             self.run.describe_stages(self.stages)
             self.ready = True
 
+    def batch_samples(self) -> int:
+        """Samples read and decoded together: a serving engine gets a whole window to schedule."""
+        engine = next((s.engine for s in self.stages if hasattr(s, "engine")), None)
+        if engine is not None and engine.per_call is None:
+            return self.config.vlm.window
+        return max(self.config.vlm.batch_size * 2, 16)
+
     def _batches(self, reader: ShardReader, timings: dict) -> Iterator[list[Sample]]:
         batch: list[Sample] = []
         limits = self.config.limits
-        size = max(self.config.vlm.batch_size * 2, 16)
+        size = self.batch_samples()
         start = time.perf_counter()
         for sample in reader:
             batch.append(sample)

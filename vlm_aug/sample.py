@@ -17,6 +17,7 @@ class Generation:
     seed: Optional[int] = None
     caption_truncated: bool = False  # the original caption was cut to limits.max_caption_chars
     new_tokens: Optional[int] = None
+    retries: int = 0  # engine requests repeated (openai: connection errors, 408, 429, 5xx)
 
 
 @dataclass

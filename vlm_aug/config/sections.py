@@ -19,6 +19,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class VLLMSettings(Strict):
+    """`vlm.engine: vllm`: the `vllm.LLM` settings users tune (docs/engines.md). None: vLLM's default."""
+
+    # CLIP shares the actor's GPU: vLLM takes this fraction of its memory, the rest is CLIP's and torch's
+    gpu_memory_utilization: float = Field(0.80, gt=0, le=1)
+    max_num_seqs: Optional[int] = Field(None, ge=1)
+    max_model_len: Optional[int] = Field(None, ge=16)  # changes output when it cuts a long prompt
+    limit_mm_per_prompt: dict[str, int] = Field(default_factory=lambda: {"image": 1})
+    mm_processor_kwargs: Optional[dict[str, Any]] = None  # None: vlm.processor_kwargs (same image tokens as hf)
+    enable_prefix_caching: Optional[bool] = None
+    tensor_parallel_size: Optional[int] = Field(None, ge=1)  # None: the GPUs this worker holds
+    enforce_eager: bool = False
+    cpu_kvcache_space_gib: int = Field(1, ge=1)  # CPU builds only (VLLM_CPU_KVCACHE_SPACE); vLLM's own default is 4+
+    extra: dict[str, Any] = Field(default_factory=dict)  # any other vllm.LLM keyword, passed as is
+
+
+ENGINES = ("hf", "vllm", "openai")
+
+
 class VLMConfig(Strict):
     preset: Optional[str] = None  # configs/models/NAME.yaml; fills the fields left out (vlm_aug.config.presets)
     model: str = "HuggingFaceTB/SmolVLM-256M-Instruct"
@@ -29,6 +48,46 @@ class VLMConfig(Strict):
     allow_pickle_weights: bool = False
     batch_size: int = Field(8, ge=1)
     processor_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Who generates (docs/engines.md): hf = transformers `generate` in batch_size chunks; vllm = vllm.LLM
+    # in the worker; openai = any OpenAI-compatible chat-completions server; auto = vllm on CUDA when
+    # it is importable, else hf.
+    engine: Literal["auto", "hf", "vllm", "openai"] = "hf"
+    window: int = Field(256, ge=1)  # vllm / openai: samples handed to the engine at once (decoded images held)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    endpoint: Optional[list[str]] = None  # openai: base URL(s) ending in /v1; several are spread across
+    api_key_env: Optional[str] = None  # openai: the NAME of the variable holding the key (never the key)
+    served_model_name: Optional[str] = None  # openai: the model name the server knows; None: vlm.model
+    max_in_flight: int = Field(16, ge=1)  # openai: requests in flight per worker
+    request_timeout_s: float = Field(300.0, gt=0)  # openai: one request, connect to last byte
+    max_retries: int = Field(6, ge=0)  # openai: on connection errors, 408, 429 and 5xx, with backoff
+    retry_backoff_s: float = Field(0.5, gt=0)  # openai: first wait; doubles per retry, at most 30 s
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _endpoints(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in (part.strip() for part in value.split(",")) if v]
+        if value is not None:
+            for url in value:
+                if not str(url).startswith(("http://", "https://")):
+                    raise ValueError(f"vlm.endpoint {url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+            value = [str(url).rstrip("/") for url in value]
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_name(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.replace("_", "").isalnum():
+            raise ValueError("vlm.api_key_env is the NAME of an environment variable (e.g. OPENAI_API_KEY), "
+                             "not the key itself: keys never go into a config")
+        return value
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> "VLMConfig":
+        if self.engine == "openai" and not self.endpoint:
+            raise ValueError("vlm.engine: openai needs vlm.endpoint, the server's base URL "
+                             "(e.g. --set vlm.endpoint=http://127.0.0.1:8000/v1)")
+        return self
 
 
 class GenerationConfig(Strict):
@@ -147,9 +206,16 @@ class Config(Strict):
         how fast it runs (executor, ray, threads, devices, batch sizes) and where it reads and
         writes (input paths: each shard's own identity is checked apart) are left out."""
         recipe = self.model_dump(include={
-            "vlm": {"model", "revision", "dtype", "trust_remote_code", "allow_pickle_weights", "processor_kwargs"},
+            "vlm": {"model", "revision", "dtype", "trust_remote_code", "allow_pickle_weights", "processor_kwargs",
+                    "engine", "vllm"},
             "generation": True, "clip": {"model", "pretrained"}, "policy": True, "limits": True,
             "input": {"caption_key", "image_exts"}, "output": {"normalize_image_format"}, "dry_run": True})
+        vlm = recipe["vlm"]
+        engine, vllm = vlm.pop("engine"), vlm.pop("vllm")
+        if engine != "hf":  # absent for hf, so outputs made before engines existed keep their fingerprint
+            vlm["engine"] = engine
+        if engine == "vllm":  # the vLLM settings that change what is generated
+            vlm["vllm"] = {k: vllm[k] for k in ("max_model_len", "mm_processor_kwargs", "extra")}
         flat: dict[str, Any] = {}
         for section, values in recipe.items():
             for key, value in (values.items() if isinstance(values, dict) else [("", values)]):

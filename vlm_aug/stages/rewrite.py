@@ -1,16 +1,17 @@
-"""Rewrite: prompt(template, original caption) + image -> VLM -> dense caption."""
+"""Rewrite: prompt(template, original caption) + image -> VLM engine -> dense caption.
+
+The prompt, the per-sample seed, the cleaning of the text and the record are this stage's, the
+same for every engine; the engine (`stages/engines/`) only turns requests into text."""
 
 from __future__ import annotations
 
 import re
 
-import torch
-from transformers import LogitsProcessor, LogitsProcessorList
-
 from vlm_aug.config import GenerationConfig, LimitsConfig, VLMConfig
 from vlm_aug.sample import Sample
 from vlm_aug.stages.base import Resources, derive_seed
-from vlm_aug.stages.models import locate_hf, resolve_device, resolve_dtype
+from vlm_aug.stages.engines import EngineUnavailable, Request, make_engine
+from vlm_aug.stages.engines.hf import PerRowSampler  # noqa: F401  (public name, kept importable here)
 from vlm_aug.stages.prompts import chat_messages, load_template, sha256_text
 
 _RESIDUE = re.compile(r"^\s*(assistant|Assistant|ASSISTANT)\s*:\s*|<\|?[a-z_]+\|?>|<end_of_utterance>")
@@ -21,29 +22,6 @@ def clean_rewrite(text: str) -> str:
     return " ".join(_RESIDUE.sub(" ", text).split())
 
 
-class PerRowSampler(LogitsProcessor):
-    """Sampling where each row draws from its own seeded generator, so a sample's
-    rewrite does not depend on which other samples share its batch. Greedy decoding
-    then picks the drawn token (all other logits are set to -inf)."""
-
-    def __init__(self, seeds: list[int], temperature: float, top_p: float):
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self.temperature, self.top_p = temperature, top_p
-
-    def __call__(self, input_ids, scores):
-        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        cut = sorted_probs.cumsum(-1) - sorted_probs > self.top_p
-        sorted_probs[cut] = 0.0
-        chosen = torch.empty(len(self.generators), dtype=torch.long)
-        for row, generator in enumerate(self.generators):
-            pick = torch.multinomial(sorted_probs[row], 1, generator=generator)
-            chosen[row] = order[row, pick]
-        out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(len(chosen)), chosen.to(scores.device)] = 0.0
-        return out
-
-
 class RewriteStage:
     name = "rewrite"
     section = "generation"  # the record section its description fills
@@ -51,24 +29,24 @@ class RewriteStage:
     def __init__(self, vlm: VLMConfig, generation: GenerationConfig, limits: LimitsConfig):
         self.vlm, self.generation, self.limits = vlm, generation, limits
         self.template = load_template(generation.prompt)
-        self.resources = Resources.for_device(vlm.device)
-        self.model = self.processor = None
-        self.revision = None
+        self.engine = make_engine(vlm, generation)
+        if self.engine.name == "openai":  # the model runs on the server
+            self.resources = Resources()
+        else:
+            self.resources = Resources.for_device(vlm.device)
+            tp = vlm.vllm.tensor_parallel_size if self.engine.name == "vllm" else None
+            if tp and tp > 1:
+                self.resources = Resources(cpus=1.0, gpus=float(tp), needs_gpu=True)
+
+    # the loaded model and processor (hf and vllm engines), for tests and tools that look inside
+    model = property(lambda self: getattr(self.engine, "model", None))
+    processor = property(lambda self: getattr(self.engine, "processor", None))
+    device = property(lambda self: self.engine.device)
+    dtype = property(lambda self: self.engine.dtype)
+    revision = property(lambda self: self.engine.revision)
 
     def setup(self) -> None:
-        from transformers import AutoModelForImageTextToText
-
-        from vlm_aug.stages.families import load_processor
-
-        located = locate_hf(self.vlm.model, self.vlm.revision, self.vlm.allow_pickle_weights)
-        self.device = resolve_device(self.vlm.device)
-        self.dtype = resolve_dtype(self.vlm.dtype, self.device)
-        common = dict(trust_remote_code=self.vlm.trust_remote_code, revision=self.vlm.revision if located.source == "hub" else None)
-        self.processor = load_processor(located.path, self.vlm.model, self.vlm.processor_kwargs, **common)
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            located.path, dtype=self.dtype, use_safetensors=None if self.vlm.allow_pickle_weights else True, **common
-        ).to(self.device).eval()
-        self.revision = located.revision
+        self.engine.setup()
 
     def describe(self) -> dict:
         g = self.generation
@@ -78,9 +56,10 @@ class RewriteStage:
                   "max_time_s": g.max_time_s}
         return {"model": self.vlm.model, "revision": self.revision, "dtype": str(self.dtype).replace("torch.", ""),
                 "device": self.device, "trust_remote_code": self.vlm.trust_remote_code,
-                "prompt_id": self.template.id, "prompt_sha256": self.template.sha256, "params": params}
+                "prompt_id": self.template.id, "prompt_sha256": self.template.sha256, "params": params,
+                "engine": self.engine.describe()}
 
-    def _prompt(self, sample: Sample) -> str:
+    def _request(self, sample: Sample) -> Request:
         caption = sample.caption_orig
         if len(caption) > self.limits.max_caption_chars:
             caption = caption[: self.limits.max_caption_chars]
@@ -88,29 +67,37 @@ class RewriteStage:
         rendered = self.template.render(caption)
         sample.generation.rendered_prompt_sha256 = sha256_text(rendered)
         sample.generation.seed = derive_seed(self.generation.seed, sample.shard.rsplit("/", 1)[-1], sample.key)
+        return Request(rendered_prompt=rendered, seed=sample.generation.seed, image=sample.image,
+                       image_bytes=sample.image_bytes, image_ext=sample.image_ext)
+
+    def _prompt(self, sample: Sample) -> str:
+        """The chat-templated prompt text a local engine feeds the model (what a server builds itself)."""
+        rendered = self._request(sample).rendered_prompt
         return self.processor.apply_chat_template(chat_messages(rendered), add_generation_prompt=True)
 
     def process_batch(self, samples: list[Sample]) -> None:
         active = [s for s in samples if s.active]
+        per_call = self.engine.per_call
+        if per_call is None:  # a serving engine schedules all of them itself
+            self.generate(active)
+            return
         # similar prompt lengths in one generate call waste less on padding
         active.sort(key=lambda s: len(s.caption_orig))
-        for start in range(0, len(active), self.vlm.batch_size):
-            self.generate(active[start:start + self.vlm.batch_size])
+        for start in range(0, len(active), per_call):
+            self.generate(active[start:start + per_call])
 
-    @torch.inference_mode()
     def generate(self, batch: list[Sample]) -> None:
-        """One `generate` call for `batch` (decoded, active samples): sets each sample's rewrite."""
-        prompts = [self._prompt(s) for s in batch]
-        inputs = self.processor(text=prompts, images=[[s.image] for s in batch], padding=True, return_tensors="pt")
-        inputs = inputs.to(self.device, dtype=self.dtype)
-        g = self.generation
-        processors = LogitsProcessorList(
-            [PerRowSampler([s.generation.seed for s in batch], g.temperature, g.top_p)] if g.do_sample else [])
-        output = self.model.generate(**inputs, max_new_tokens=g.max_new_tokens, do_sample=False,
-                                     logits_processor=processors, max_time=g.max_time_s)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-        for sample, text, tokens in zip(batch, texts, new_tokens):
-            sample.caption_rewrite = clean_rewrite(text)
-            pad = self.processor.tokenizer.pad_token_id
-            sample.generation.new_tokens = int((tokens != pad).sum()) if pad is not None else len(tokens)
+        """One engine call for `batch` (decoded, active samples): sets each sample's rewrite, or fails
+        the samples the engine could not serve (`rewrite_error`). Raises EngineUnavailable when the
+        engine itself is down, so the shard is redone rather than committed full of errors."""
+        results = self.engine.generate([self._request(s) for s in batch])
+        for sample, result in zip(batch, results):
+            sample.generation.retries = result.retries
+            if result.error is not None:
+                sample.fail("rewrite_error", result.error)
+                continue
+            sample.caption_rewrite = clean_rewrite(result.text)
+            sample.generation.new_tokens = result.new_tokens
+
+
+__all__ = ["EngineUnavailable", "PerRowSampler", "RewriteStage", "clean_rewrite"]

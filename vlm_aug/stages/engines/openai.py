@@ -1,0 +1,202 @@
+"""`vlm.engine: openai`: any OpenAI-compatible chat-completions server (`vllm serve`, SGLang,
+lmdeploy, TGI, hosted APIs). The image goes as a data URL of its original bytes; the server applies
+the model's own chat template. At most `vlm.max_in_flight` requests per worker, spread across the
+endpoints; connection errors, 408, 429 and 5xx are retried with backoff (Retry-After honoured).
+
+After the retries a sample fails with `rewrite_error` and the error text. A server that cannot be
+reached, or a window in which no request succeeded, raises EngineUnavailable: the shard fails and a
+rerun redoes it, instead of committing it full of errors. The API key is read from the variable
+`vlm.api_key_env` names and is never written anywhere."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+from vlm_aug.config import ConfigError, GenerationConfig, VLMConfig
+from vlm_aug.shards.images import real_ext
+from vlm_aug.stages.engines.base import EngineUnavailable, Request, Result
+from vlm_aug.stages.models import ModelUnavailable
+
+log = logging.getLogger(__name__)
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+MAX_WAIT_S = 30.0
+MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
+        "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}
+
+
+class _Unreachable(Exception):
+    """No endpoint answered (connection refused or reset): the server is down."""
+
+
+def data_url(data: bytes, ext: Optional[str]) -> str:
+    """The original bytes as a data URL; the MIME type is read from the bytes, not the member name."""
+    mime = MIME.get(real_ext(data, ext) or "", "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class OpenAIEngine:
+    name = "openai"
+    per_call = None  # a window goes out together, max_in_flight at a time
+
+    def __init__(self, vlm: VLMConfig, generation: GenerationConfig):
+        self.vlm, self.generation = vlm, generation
+        self.endpoints = list(vlm.endpoint or [])
+        self.model_name = vlm.served_model_name or vlm.model
+        self.revision = None  # the weights are the server's: their identity is the model id it reports
+        self.device, self.dtype = "server", "server"  # the server decides both
+        self.client = self.pool = None
+        self.served_model: Optional[str] = None
+        self.server_version: Optional[str] = None
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+
+    # --- setup ---------------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        name = self.vlm.api_key_env
+        if not name:
+            return {}
+        key = os.environ.get(name)
+        if not key:
+            raise ConfigError(f"vlm.api_key_env names {name}, which is not set in this worker's environment: "
+                              f"export {name}=... (on a Ray cluster, on every worker)")
+        return {"Authorization": f"Bearer {key}"}
+
+    def setup(self) -> None:
+        import httpx
+
+        timeout = httpx.Timeout(self.vlm.request_timeout_s, connect=min(10.0, self.vlm.request_timeout_s))
+        limits = httpx.Limits(max_connections=self.vlm.max_in_flight, max_keepalive_connections=self.vlm.max_in_flight)
+        self.client = httpx.Client(timeout=timeout, limits=limits, headers=self._headers())
+        self.pool = ThreadPoolExecutor(self.vlm.max_in_flight, thread_name_prefix="vlm_aug-openai")
+        served = self._models()
+        if self.model_name not in served:
+            raise ModelUnavailable(
+                f"the server at {self.endpoints[0]} serves {sorted(served)}, not {self.model_name!r}: set "
+                f"vlm.served_model_name to one of them, or start the server with --served-model-name {self.model_name}")
+        self.served_model = self.model_name
+        self.server_version = self._server_version()
+
+    def _models(self) -> set[str]:
+        errors = []
+        for url in self.endpoints:
+            for attempt in range(self.vlm.max_retries + 1):
+                try:
+                    reply = self.client.get(f"{url}/models")
+                except Exception as exc:  # connection refused while the server starts: wait, then try again
+                    errors.append(f"{url}: {type(exc).__name__}: {exc}")
+                    self._sleep(attempt)
+                    continue
+                if reply.status_code in RETRY_STATUS:
+                    self._sleep(attempt, reply)
+                    continue
+                if reply.status_code in (401, 403):
+                    raise ModelUnavailable(f"{url}/models answered {reply.status_code}: check the key in the variable "
+                                           f"vlm.api_key_env names ({self.vlm.api_key_env or 'none set'})")
+                reply.raise_for_status()
+                return {m["id"] for m in reply.json().get("data", [])}
+        raise ModelUnavailable(f"vlm.engine openai: no endpoint answered GET /models ({'; '.join(errors[-2:])}). "
+                               "Start the server, or fix vlm.endpoint (the base URL ending in /v1)")
+
+    def _server_version(self) -> Optional[str]:
+        base = self.endpoints[0].rsplit("/v1", 1)[0]
+        try:
+            reply = self.client.get(f"{base}/version", timeout=5)
+            if reply.status_code == 200 and "version" in reply.json():
+                return f"vllm {reply.json()['version']}"  # vllm serve answers /version; others may not
+        except Exception:
+            pass
+        return None
+
+    def describe(self) -> dict:
+        settings: dict[str, Any] = {"served_model": self.served_model, "endpoints": len(self.endpoints),
+                                    "max_in_flight": self.vlm.max_in_flight}
+        if self.vlm.processor_kwargs:
+            settings["mm_processor_kwargs"] = dict(self.vlm.processor_kwargs)
+        return {"name": self.name, "version": self.server_version, "settings": settings}
+
+    # --- requests ------------------------------------------------------------------------------
+    def payload(self, request: Request) -> dict:
+        g = self.generation
+        content = [{"type": "image_url", "image_url": {"url": data_url(request.image_bytes, request.image_ext)}},
+                   {"type": "text", "text": request.rendered_prompt}]
+        body: dict[str, Any] = {"model": self.model_name, "messages": [{"role": "user", "content": content}],
+                                "max_tokens": g.max_new_tokens, "seed": request.seed,
+                                "temperature": g.temperature if g.do_sample else 0.0,
+                                "top_p": g.top_p if g.do_sample else 1.0}
+        if self.vlm.processor_kwargs:  # vLLM's extension: the same image tokens as the hf engine
+            body["mm_processor_kwargs"] = dict(self.vlm.processor_kwargs)
+        return body
+
+    def _sleep(self, attempt: int, reply=None) -> None:
+        wait = min(MAX_WAIT_S, self.vlm.retry_backoff_s * 2 ** attempt) * random.uniform(0.75, 1.0)
+        after = reply.headers.get("retry-after") if reply is not None else None
+        if after:
+            try:
+                wait = min(MAX_WAIT_S, max(wait, float(after)))
+            except ValueError:
+                pass
+        time.sleep(wait)
+
+    def _one(self, request: Request, down: threading.Event) -> Result:
+        import httpx
+
+        body = self.payload(request)
+        start = next(self._turn)
+        retries, last = 0, "not sent"
+        for attempt in range(self.vlm.max_retries + 1):
+            if down.is_set():
+                return Result(retries=retries, error=f"EngineUnavailable: {last}")
+            url = self.endpoints[(start + attempt) % len(self.endpoints)]
+            try:
+                reply = self.client.post(f"{url}/chat/completions", json=body)
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                last = f"{url}: {type(exc).__name__}: {exc}"
+            except httpx.TimeoutException as exc:
+                last = f"{url}: timeout after {self.vlm.request_timeout_s} s ({type(exc).__name__})"
+            else:
+                if reply.status_code == 200:
+                    data = reply.json()
+                    choice = data["choices"][0]
+                    usage = data.get("usage") or {}
+                    if data.get("model"):
+                        self.served_model = data["model"]
+                    return Result(text=choice["message"].get("content") or "", retries=retries,
+                                  new_tokens=usage.get("completion_tokens"))
+                last = f"{url}: HTTP {reply.status_code}: {reply.text[:300]}"
+                if reply.status_code not in RETRY_STATUS:  # the request itself is wrong: no retry helps
+                    return Result(retries=retries, error=last)
+                if attempt < self.vlm.max_retries:
+                    retries += 1
+                    self._sleep(attempt, reply)
+                continue
+            if attempt < self.vlm.max_retries:
+                retries += 1
+                self._sleep(attempt)
+        if "HTTP " not in last:  # connection errors or timeouts to the end: the server is down, stop the others
+            down.set()
+            return Result(retries=retries, error=f"EngineUnavailable: {last}")
+        return Result(retries=retries, error=last)
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        down = threading.Event()
+        results = list(self.pool.map(lambda r: self._one(r, down), requests))
+        failed = [r for r in results if r.error is not None]
+        if down.is_set() or (len(requests) > 1 and len(failed) == len(requests)):
+            reason = failed[-1].error if failed else "unknown"
+            raise EngineUnavailable(f"the server did not serve this shard ({len(failed)} of {len(requests)} "
+                                    f"requests failed after retries; last: {reason})")
+        return results
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.client is not None:
+            self.client.close()

@@ -1,0 +1,96 @@
+"""`vlm.engine: vllm`: `vllm.LLM` held by the worker, loaded once; a window of requests goes to the
+engine together so its scheduler batches them (continuous batching, paged KV cache, prefix cache).
+Each request carries its sample's seed, so a rewrite does not depend on its neighbours."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from vlm_aug.config import GenerationConfig, VLMConfig
+from vlm_aug.stages.engines.base import Request, Result, vllm_version
+from vlm_aug.stages.models import ModelUnavailable, locate_hf, resolve_device, resolve_dtype
+from vlm_aug.stages.prompts import chat_messages
+
+log = logging.getLogger(__name__)
+
+
+def _worker_gpus() -> int:
+    """GPUs this worker holds: Ray and schedulers set CUDA_VISIBLE_DEVICES to them; 1 when unset."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return len([d for d in visible.split(",") if d.strip()]) if visible else 1
+
+
+class VLLMEngine:
+    name = "vllm"
+    per_call = None  # the engine schedules a whole window
+
+    def __init__(self, vlm: VLMConfig, generation: GenerationConfig):
+        self.vlm, self.generation = vlm, generation
+        self.llm = self.processor = None
+        self.revision = None
+        self.device, self.dtype = vlm.device, vlm.dtype
+        self.settings: dict[str, Any] = {}
+
+    def llm_kwargs(self, path: str) -> dict[str, Any]:
+        v = self.vlm.vllm
+        mm = v.mm_processor_kwargs if v.mm_processor_kwargs is not None else dict(self.vlm.processor_kwargs)
+        kwargs = dict(model=path, dtype=str(self.dtype).replace("torch.", ""), seed=self.generation.seed,
+                      trust_remote_code=self.vlm.trust_remote_code, limit_mm_per_prompt=dict(v.limit_mm_per_prompt),
+                      mm_processor_kwargs=mm or None, max_model_len=v.max_model_len, max_num_seqs=v.max_num_seqs,
+                      enable_prefix_caching=v.enable_prefix_caching, enforce_eager=v.enforce_eager)
+        if self.device != "cpu":
+            kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
+            kwargs["tensor_parallel_size"] = v.tensor_parallel_size or _worker_gpus()
+        kwargs.update(v.extra)
+        return {k: value for k, value in kwargs.items() if value is not None}
+
+    def setup(self) -> None:
+        if vllm_version() is None:
+            raise ModelUnavailable("vlm.engine: vllm needs vLLM in this environment: on a CUDA machine "
+                                   "`pip install vllm`; on a CPU machine `bash scripts/setup.sh --vllm` and run "
+                                   "from .venv-vllm (docs/engines.md)")
+        located = locate_hf(self.vlm.model, self.vlm.revision, self.vlm.allow_pickle_weights)
+        self.device = resolve_device(self.vlm.device)
+        self.dtype = resolve_dtype(self.vlm.dtype, self.device)
+        if self.device == "cpu":  # the measured CPU settings (docs/engines.md): in-process, a small KV cache
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.vlm.vllm.cpu_kvcache_space_gib))
+        from vllm import LLM
+
+        from vlm_aug.stages.families import load_processor
+
+        revision = self.vlm.revision if located.source == "hub" else None
+        # the processor builds the chat prompt exactly as the hf engine does
+        self.processor = load_processor(located.path, self.vlm.model, self.vlm.processor_kwargs,
+                                        trust_remote_code=self.vlm.trust_remote_code, revision=revision)
+        kwargs = self.llm_kwargs(located.path)
+        if revision:
+            kwargs["revision"] = revision
+        self.llm = LLM(**kwargs)
+        self.revision = located.revision
+        self.settings = {k: v for k, v in kwargs.items() if k not in ("model", "revision")}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": f"vllm {vllm_version()}", "settings": self.settings}
+
+    def _sampling(self, seed: int):
+        from vllm import SamplingParams
+
+        g = self.generation
+        if g.do_sample:
+            return SamplingParams(max_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, seed=seed)
+        return SamplingParams(max_tokens=g.max_new_tokens, temperature=0.0, seed=seed)
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        inputs = [{"prompt": self.processor.apply_chat_template(chat_messages(r.rendered_prompt),
+                                                                add_generation_prompt=True),
+                   "multi_modal_data": {"image": r.image}} for r in requests]
+        outputs = self.llm.generate(inputs, sampling_params=[self._sampling(r.seed) for r in requests],
+                                    use_tqdm=False)
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            results.append(Result(text=completion.text, new_tokens=len(completion.token_ids)))
+        return results
