@@ -5,7 +5,8 @@
 
 Targets (issue 7): pipeline_vs_bare >= 0.90, io_vs_tar >= 0.5, ray_vs_local >= 0.9,
 ray_scaling >= 1.6 (2 actors / 1 actor, torch threads split), rss_16_vs_2 <= 1.15.
-Also: naive (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours.
+Also: naive (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
+(hf, vllm, openai) side by side on the same shards (`--no-engines` skips them).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def run(args) -> dict:
 
     if not args.no_ray:
         ray_figures(results, figures, vlm, clip, eight, work, dev)
+    if not args.no_engines:
+        from vlm_aug.lab.bench.engines import compare_engines
+
+        print("engines: hf, vllm (.venv-vllm), openai (vllm serve on loopback) on the same shards", flush=True)
+        results["engines"] = compare_engines(eight, work / "engines")
     results["figures"] = {k: round(v, 3) for k, v in figures.items()}
     return results
 
@@ -106,6 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU machine)")
     p.add_argument("--workdir", help="reuse shards/models between runs")
     p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--no-engines", action="store_true", help="skip the hf / vllm / openai engine comparison")
     args = p.parse_args(argv)
     start = time.perf_counter()
     results = run(args)
@@ -114,6 +121,11 @@ def main(argv=None) -> int:
     print(f"\n{'figure':<20}{'value':>8}   target")
     for name, value in results["figures"].items():
         print(f"{name:<20}{value:>8.3f}   {met(name, value)}")
+    if "engines" in results:
+        from vlm_aug.lab.bench.engines import table
+
+        print("\nrewrite stage alone, same shards (no target on CPU; start-up apart):")
+        print(table(results["engines"]))
     print(f"\nwrote {args.out} ({results['bench_wall_s']} s)")
     return 0
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install vlm_aug into it (editable). `--test` adds the test tools.
+# Create .venv and install vlm_aug into it (editable). `--test` adds the test tools;
+# `--vllm` creates the serving-engine environment .venv-vllm instead (scripts/setup_vllm_env.sh).
 # On Linux x86_64 with Python 3.11 this installs torch 2.14.1 + torchvision 0.29.1 first
 # (a matching pair; torchvision needs its own torch build). Elsewhere pip picks torch.
 # Override with TORCH_SPEC="torch==X torchvision==Y" or TORCH_SPEC=skip.
@@ -7,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
+if [[ "${1:-}" == "--vllm" ]]; then  # the serving-engine environment .venv-vllm (scripts/setup_vllm_env.sh)
+  exec bash scripts/setup_vllm_env.sh
+fi
 python="${PYTHON:-python3}"
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 pip=".venv/bin/python -m pip"

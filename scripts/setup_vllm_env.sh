@@ -27,7 +27,8 @@ if [[ -x "$ENV_DIR/bin/python" ]] && version=$(VLLM_ENABLE_V1_MULTIPROCESSING=0 
   exit 0
 fi
 [[ -x "$ENV_DIR/bin/python" ]] || "$python" -m venv "$ENV_DIR"
-pip="$ENV_DIR/bin/python -m pip"
+pip_() { "$ENV_DIR/bin/python" -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+pip="pip_"
 $pip install -q --upgrade pip >/dev/null
 echo "installing $VLLM_SPEC into $ENV_DIR (about 3 minutes and 3.5 GB the first time)"
 $pip install -q "$VLLM_SPEC"

