@@ -93,6 +93,8 @@ def test_engine_config_errors_name_the_fix():
         load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://h:1/v1", "vlm.api_key_env=sk-abc.123"])
     with pytest.raises(ConfigError, match="not an http"):
         load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=127.0.0.1:8000"])
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        load_config(DEMO, ["vlm.engine=vllm", "generation.max_time_s=5"])
     cfg = load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://a:1/v1/, http://b:2/v1"])
     assert cfg.vlm.endpoint == ["http://a:1/v1", "http://b:2/v1"]
 

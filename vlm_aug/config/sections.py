@@ -191,6 +191,15 @@ class Config(Strict):
         return apply_presets(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
+    def _engine_options(self) -> "Config":
+        if self.vlm.engine in ("vllm", "openai") and self.generation.max_time_s is not None:
+            raise ValueError(f"generation.max_time_s is a transformers option that vlm.engine {self.vlm.engine} "
+                             "cannot honour: bound the work with generation.max_new_tokens"
+                             + (" and vlm.request_timeout_s" if self.vlm.engine == "openai" else "")
+                             + ", or set generation.max_time_s: null")
+        return self
+
+    @model_validator(mode="after")
     def _output_not_input(self) -> "Config":
         out = _normalized(self.output.path)
         for pattern in self.input.paths:

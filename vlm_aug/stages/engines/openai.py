@@ -55,7 +55,6 @@ class OpenAIEngine:
         self.served_model: Optional[str] = None
         self.server_version: Optional[str] = None
         self._turn = itertools.count()
-        self._lock = threading.Lock()
 
     # --- setup ---------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
