@@ -176,7 +176,8 @@ def run_preset(vlm_aug_main, args, preset, local_dir, engine, shard, work, clip_
     start = time.perf_counter()
     if vlm_aug_main(argv) != 0:
         return None
-    return print_rows(f"{preset.name} [{engine}]", out, time.perf_counter() - start)
+    title = preset.name if engine == "hf" else f"{preset.name} [{engine}]"
+    return print_rows(title, out, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

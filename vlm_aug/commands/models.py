@@ -60,7 +60,6 @@ def cmd_models(args) -> int:
     if args.json:
         for row in rows:
             print(json.dumps(row))
-        print(json.dumps({"engines": engines_here()}))
         return 0
     print(_table(rows))
     here = sum(1 for r in rows if r["offline"])
