@@ -55,7 +55,8 @@ def tiny_args(vlm_dir, clip_dir, *extra: str) -> list[str]:
     """`--set` overrides that point a run at the tiny local models and accept every score."""
     sets = {"vlm.model": vlm_dir, "clip.model": clip_dir, "clip.pretrained": "null",
             "generation.max_new_tokens": 8, "policy.min_clip_orig": -1, "policy.min_clip_rewrite": -1,
-            "policy.max_drop": 2, "executor": "local", "torch_threads": 1}
+            "policy.max_drop": 2, "executor": "local", "torch_threads": 1,
+            "report.semantic": "false"}  # the semantic figures have their own tests (test_semantic.py)
     args = []
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]

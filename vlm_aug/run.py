@@ -76,6 +76,7 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
         finally:
             bar.close()
         manifest = write_manifest(config, run, report, skipped, started, settings)
+        add_semantic(config, manifest, progress)  # after the shards are committed, never in the workers
         write_card(config.output.path, manifest)  # README.md + croissant.json, from the committed shards
     warn_mixed_image_exts(manifest)
     return RunResult(manifest, [o.url for o in report.outcomes if o.error])
@@ -114,6 +115,26 @@ def totals(all_stats: list[dict]) -> dict:
         exts.update(s.get("image_exts", {}))
     total["image_exts"] = dict(sorted(exts.items()))
     return total
+
+
+def add_semantic(config: Config, manifest: dict, progress: bool = True) -> None:
+    """The semantic figures of the output (docs/semantic.md) into OUT/semantic.json and the manifest.
+    A missing embedder or a failure is reported, never fatal: the shards are already committed."""
+    if not config.report.semantic:
+        return
+    from vlm_aug.output.embed import EmbedderUnavailable
+    from vlm_aug.output.semantic import compute, summary
+
+    try:
+        manifest["semantic"] = summary(compute(config.output.path, config.report, progress=progress))
+    except EmbedderUnavailable as exc:
+        manifest["semantic"] = {"skipped": str(exc)}
+        print(f"vlm-aug: semantic figures skipped: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - say it and how to retry
+        manifest["semantic"] = {"skipped": f"{type(exc).__name__}: {exc}"}
+        print(f"vlm-aug: semantic figures failed ({type(exc).__name__}: {exc}); retry with "
+              f"`vlm-aug stats {config.output.path} --json`", file=sys.stderr)
+    OutputDir(config.output.path).write_manifest(manifest)
 
 
 def warn_mixed_image_exts(manifest: dict) -> None:

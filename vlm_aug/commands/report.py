@@ -16,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("--text-limit", type=int, default=100_000,
                    help="samples whose captions feed the diversity figures (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the gallery and diversity samples")
+    p.add_argument("--reference", nargs="+", metavar="SHARDS",
+                   help="reference caption shards (KEY.txt) or .txt files for the semantic alignment figures")
+    p.add_argument("--no-semantic", action="store_true", help="leave out the semantic figures")
     p.set_defaults(func=cmd_report)
 
 
@@ -34,7 +37,8 @@ def options_from_args(args):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return ReportOptions(per_status=args.per_status, per_view=args.per_view, text_limit=args.text_limit,
-                         seed=args.seed)
+                         seed=args.seed, semantic=not args.no_semantic,
+                         reference=tuple(args.reference) if args.reference else None)
 
 
 def write_run_report(out: str, options=None) -> str | None:

@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("output", help="output directory of a run")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--no-per-shard", action="store_true", help="overall figures only")
+    p.add_argument("--reference", nargs="+", metavar="SHARDS",
+                   help="reference caption shards (KEY.txt) or .txt files: alignment of each caption set to them")
+    p.add_argument("--no-semantic", action="store_true", help="leave out the semantic figures (no text embedder)")
     p.set_defaults(func=cmd_stats)
 
 
@@ -34,11 +37,52 @@ def format_summary(title: str, summary: dict) -> list[str]:
     return lines
 
 
+def report_config(out: str):
+    """The run's `report` settings (semantic sample, thresholds, embedder, reference), from its manifest."""
+    from vlm_aug.config import ReportConfig
+    from vlm_aug.shards.layout import OutputDir
+
+    saved = ((OutputDir(out).manifest() or {}).get("config") or {}).get("report") or {}
+    return ReportConfig(**saved)
+
+
+def semantic_of(out: str, reference=None) -> dict:
+    """The `semantic` object: per caption set n, diversity, near-duplicate and redundancy shares and, with
+    a reference, alignment; {"skipped": why} without an embedder."""
+    from vlm_aug.output.embed import EmbedderUnavailable
+    from vlm_aug.output.semantic import compute, summary
+
+    try:
+        return summary(compute(out, report_config(out), reference=reference))
+    except EmbedderUnavailable as exc:
+        return {"skipped": str(exc)}
+
+
+def format_semantic(semantic) -> list[str]:
+    if not semantic:
+        return []
+    if "skipped" in semantic:
+        return ["", f"semantic figures skipped: {semantic['skipped']}"]
+    sets = [s for s in ("original", "rewrite", "training", "reference") if s in semantic]
+    lines = ["", f"semantic figures ({semantic['embedder']['name']}; Vendi = effective distinct meanings, higher "
+                 "= more diverse; MAUVE higher / Fréchet lower = closer to the reference)",
+             f"  {'set':<10} {'n':>6} {'Vendi':>8} {'per cap':>8} {'near-dup':>9} {'redundant':>10} {'MAUVE':>7} {'Fréchet':>8}"]
+    for s in sets:
+        f = semantic[s]
+        a = f.get("alignment") or {}
+        lines.append(f"  {s:<10} {f['n']:>6} {f['diversity']['vendi']:>8.2f} {_fmt(f['diversity']['vendi_per_caption']):>8}"
+                     f" {_fmt(f['near_duplicate_share']):>9} {_fmt(f['redundant_share']):>10}"
+                     f" {_fmt(a.get('mauve')):>7} {_fmt(a.get('frechet')):>8}")
+    return lines
+
+
 def cmd_stats(args) -> int:
     from vlm_aug.output.query import differing_settings, stats
     from vlm_aug.shards.layout import OutputDir
 
     result = stats(OutputDir(args.output), per_shard=not args.no_per_shard)
+    if not args.no_semantic:
+        result["semantic"] = semantic_of(args.output, args.reference)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -48,6 +92,7 @@ def cmd_stats(args) -> int:
         lines.append(f"  made with {len(configs)} configurations (differing in: {', '.join(differing_settings(configs))}):")
         lines += [f"    {fp[:12]}: {c['shards']} shard(s), {c['inputs']} inputs, {c['kept']} kept"
                   for fp, c in configs.items()]
+    lines += format_semantic(result.get("semantic"))
     for name, summary in result.get("per_shard", {}).items():
         lines += [""] + format_summary(f"shard {name}", summary)
     print("\n".join(lines))

@@ -154,6 +154,18 @@ class OutputConfig(Strict):
     report: bool = True
 
 
+class ReportConfig(Strict):
+    """What is measured after a run (docs/report.md, "Semantic figures"); never part of the settings fingerprint."""
+
+    semantic: bool = True  # semantic figures after the run, when a text embedder is installed (vlm-aug[semantic])
+    text_embedder: Optional[str] = None  # a sentence-transformers directory; None: the packaged all-MiniLM-L6-v2
+    reference: list[str] = Field(default_factory=list)  # reference caption shards (KEY.txt) or .txt files
+    semantic_sample: int = Field(5000, ge=10)  # captions per set embedded: a seeded sample of larger outputs
+    semantic_seed: int = 0
+    near_duplicate_cosine: float = Field(0.95, gt=0, le=1)
+    redundant_sentence_cosine: float = Field(0.90, gt=0, le=1)
+
+
 class RayConfig(Strict):
     """Where and how shards run under `executor: ray`; see docs/cluster.md."""
 
@@ -180,6 +192,7 @@ class Config(Strict):
     clip: CLIPConfig = Field(default_factory=CLIPConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     executor: Literal["local", "ray"] = "ray"
     ray: RayConfig = Field(default_factory=RayConfig)
     torch_threads: Optional[int] = Field(None, ge=1)
@@ -233,7 +246,7 @@ class Config(Strict):
 
     def sha256(self) -> str:
         """Hash of what decides the output; where it runs (executor, ray, threads) does not."""
-        recipe = self.model_dump(exclude={"executor", "ray", "torch_threads"})
+        recipe = self.model_dump(exclude={"executor", "ray", "torch_threads", "report"})
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 

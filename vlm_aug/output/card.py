@@ -125,6 +125,34 @@ def _configurations(configs: dict) -> list[str]:
             "`configurations`.", "", *_table(["settings", "shards", "inputs", "kept", *keys], rows), ""]
 
 
+def _semantic(semantic: dict | None) -> list[str]:
+    """The semantic figures of the caption sets (docs/semantic.md), when the run computed them."""
+    if not semantic:
+        return []
+    head = ["## Semantic figures", ""]
+    if "skipped" in semantic:
+        return [*head, "Not computed for this run (the reason is in `manifest.json`, `semantic.skipped`).", ""]
+    sets = [s for s in ("original", "rewrite", "training", "reference") if s in semantic]
+
+    def num(value, fmt):
+        return "-" if value is None else fmt.format(value)
+
+    rows = [[s, semantic[s]["n"], num(semantic[s]["diversity"]["vendi"], "{:.2f}"),
+             num(semantic[s]["diversity"]["mean_cosine"], "{:.3f}"), num(semantic[s]["near_duplicate_share"], "{:.1%}"),
+             num(semantic[s]["redundant_share"], "{:.1%}"),
+             num((semantic[s].get("alignment") or {}).get("mauve"), "{:.3f}"),
+             num((semantic[s].get("alignment") or {}).get("frechet"), "{:.4f}")] for s in sets]
+    emb, st = semantic.get("embedder") or {}, semantic.get("settings") or {}
+    return [*head, f"Sentence embeddings of {emb.get('name')} ({emb.get('source')}, weights sha256 "
+            f"`{emb.get('sha256')}`), on a seeded sample of at most {st.get('sample')} samples. Vendi score: the "
+            "effective number of distinct meanings (higher = more diverse). Near-duplicates: captions of other images "
+            f"at cosine >= {st.get('near_duplicate_cosine')}. Redundant: a caption with two sentences at cosine >= "
+            f"{st.get('redundant_sentence_cosine')}. MAUVE (higher) and Fréchet distance (lower): closeness to the "
+            "reference captions, when one was given.", "",
+            *_table(["captions", "n", "Vendi", "mean cosine", "near-duplicates", "redundant", "MAUVE", "Fréchet"], rows),
+            ""]
+
+
 def card_body(manifest: dict, summary: dict, n_shards: int, configs: dict) -> str:
     """The card's markdown: seed data, prompt, models, parameters, filters, counts, scores, limits."""
     # the parameters generate() received (temperature/top_p are null without sampling), plus the seed
@@ -141,6 +169,7 @@ def card_body(manifest: dict, summary: dict, n_shards: int, configs: dict) -> st
              *_table(["inputs", "kept", "rejected", "error"], [[c["inputs"], c["kept"], c["rejected"], c["error"]]]),
              "", *_table(["status:reason", "samples"], [[k, v] for k, v in summary["reasons"].items()]), "",
              "## Score distributions", "", *_scores_table(summary), "",
+             *_semantic(manifest.get("semantic")),
              *_layout(),
              "## Known limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]
     return "\n".join(lines)

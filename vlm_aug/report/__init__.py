@@ -24,7 +24,26 @@ def build_report(out: str, options: ReportOptions = ReportOptions()) -> tuple[st
     data = collect(out, options)
     attach_thumbnails(data.cards, max_pixels=_config_value(data, "limits", "max_image_pixels") or MAX_PIXELS)
     low = _config_value(data, "policy", "min_clip_rewrite")
-    return render_page(data, all_plots(data), low), data
+    return render_page(data, all_plots(data), low, semantic_html(out, data, options)), data
+
+
+def semantic_html(out: str, data: RunData, options: ReportOptions) -> str:
+    """The semantic section, from the cache the run wrote (or computed now); a note when it cannot be."""
+    if not options.semantic:
+        return ""
+    from vlm_aug.config import ReportConfig
+    from vlm_aug.output.embed import EmbedderUnavailable
+    from vlm_aug.output.semantic import compute
+    from vlm_aug.report.semantic import semantic_section
+
+    cfg = ReportConfig(**(((data.manifest or {}).get("config") or {}).get("report") or {}))
+    if not cfg.semantic and options.reference is None:
+        return ""
+    try:
+        figures = compute(out, cfg, reference=list(options.reference) if options.reference is not None else None)
+    except EmbedderUnavailable as exc:
+        return semantic_section(None, str(exc))
+    return semantic_section(figures)
 
 
 def write_report(out: str, options: ReportOptions = ReportOptions(), path: Optional[str] = None) -> str:

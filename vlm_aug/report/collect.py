@@ -33,6 +33,8 @@ class ReportOptions:
     per_view: int = 48  # cards in each sorted view (lowest scores, biggest gain)
     text_limit: int = 100_000  # samples whose texts feed the diversity figures
     seed: int = 0
+    semantic: bool = True  # the semantic figures (output/semantic.py; cached in OUT/semantic.json)
+    reference: Optional[tuple[str, ...]] = None  # reference caption shards; None: the run's report.reference
 
 
 @dataclass

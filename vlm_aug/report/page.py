@@ -116,7 +116,7 @@ def gallery_section(data: RunData, low: Optional[float]) -> str:
 </section>"""
 
 
-def render_page(data: RunData, plots: dict[str, str], low: Optional[float]) -> str:
+def render_page(data: RunData, plots: dict[str, str], low: Optional[float], semantic: str = "") -> str:
     m = data.manifest or {}
     run_id = escape(str(m.get("run_id", "unknown run")))
     made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -129,6 +129,7 @@ made {made}</div></header><main>
 {registered_sections(data.out)}
 {plots_section(plots)}
 {diversity_section(data)}
+{semantic}
 {gallery_section(data, low)}
 </main><script>{_static("report.js")}</script></body></html>
 """

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from vlm_aug.lab.downstream import DOWNSTREAM_JSON, DownstreamError
+from vlm_aug.lab.scenes.credulous import credulous_rewriter
 
 TRAIN_SEED, HELDOUT_SEED = 2026, 777001  # distinct from every seed the scene models were trained on
 WRONG_FRACTION = 0.2
@@ -111,29 +112,6 @@ def _truth(inputs: Path) -> dict[str, dict]:
                 elif ext == "txt":
                     found.setdefault(key, {})["terse"] = data.decode("utf-8")
     return found
-
-
-def credulous_rewriter(root: Path, base: str, steps: int | None = None, log=print) -> tuple[str, dict]:
-    """DIR/credulous_vlm, fine-tuned from `base` unless a finished one with the same recipe is there."""
-    from vlm_aug.lab.scenes import credulous
-
-    steps = steps or credulous.DEFAULTS["steps"]
-    target = root / "credulous_vlm"
-    recipe = {"base": str(Path(base).resolve()), **credulous.DEFAULTS, "steps": steps}
-    record_path = target / "training.json"
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("recipe") == recipe and "credulity" in record:
-            log(f"credulous rewriter: reusing {target} (same recipe)")
-            return str(target), record
-    log(f"credulous rewriter: fine-tuning {base} for {steps} steps into {target} ...")
-    record = credulous.build(target, recipe["base"], log=lambda m: log(f"  {m}"), steps=steps)
-    record["recipe"] = recipe
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
-    log(f"credulous rewriter: copies a wrong caption's error {record['credulity']['copies_error']:.0%} of the time, "
-        f"exact when the caption is right {record['credulity']['exact_when_right']:.0%} "
-        f"({record['fine_tune']['train_seconds']:.0f}s)")
-    return str(target), record
 
 
 def _prepare(args, root: Path) -> tuple[Path, dict]:

@@ -108,6 +108,27 @@ def build(out_dir, base_dir=None, log=print, **kwargs) -> dict:
     return record
 
 
+def credulous_rewriter(root: Path, base: str, steps: int | None = None, log=print) -> tuple[str, dict]:
+    """DIR/credulous_vlm, fine-tuned from `base` unless a finished one with the same recipe is there."""
+    steps = steps or DEFAULTS["steps"]
+    target = root / "credulous_vlm"
+    recipe = {"base": str(Path(base).resolve()), **DEFAULTS, "steps": steps}
+    record_path = target / "training.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("recipe") == recipe and "credulity" in record:
+            log(f"credulous rewriter: reusing {target} (same recipe)")
+            return str(target), record
+    log(f"credulous rewriter: fine-tuning {base} for {steps} steps into {target} ...")
+    record = build(target, recipe["base"], log=lambda m: log(f"  {m}"), steps=steps)
+    record["recipe"] = recipe
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    log(f"credulous rewriter: copies a wrong caption's error {record['credulity']['copies_error']:.0%} of the time, "
+        f"exact when the caption is right {record['credulity']['exact_when_right']:.0%} "
+        f"({record['fine_tune']['train_seconds']:.0f}s)")
+    return str(target), record
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vlm_aug.lab.scenes.credulous", description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir")

