@@ -66,11 +66,11 @@ def format_semantic(semantic) -> list[str]:
     sets = [s for s in ("original", "rewrite", "training", "reference") if s in semantic]
     lines = ["", f"semantic figures ({semantic['embedder']['name']}; Vendi = effective distinct meanings, higher "
                  "= more diverse; MAUVE higher / Fréchet lower = closer to the reference)",
-             f"  {'set':<10} {'n':>6} {'Vendi':>8} {'per cap':>8} {'near-dup':>9} {'redundant':>10} {'MAUVE':>7} {'Fréchet':>8}"]
+             f"  {'set':<10} {'n':>6} {'Vendi':>8} {'meanings':>9} {'near-dup':>9} {'redundant':>10} {'MAUVE':>7} {'Fréchet':>8}"]
     for s in sets:
         f = semantic[s]
         a = f.get("alignment") or {}
-        lines.append(f"  {s:<10} {f['n']:>6} {f['diversity']['vendi']:>8.2f} {_fmt(f['diversity']['vendi_per_caption']):>8}"
+        lines.append(f"  {s:<10} {f['n']:>6} {f['diversity']['vendi']:>8.2f} {f['diversity']['distinct_meanings']:>9.1f}"
                      f" {_fmt(f['near_duplicate_share']):>9} {_fmt(f['redundant_share']):>10}"
                      f" {_fmt(a.get('mauve')):>7} {_fmt(a.get('frechet')):>8}")
     return lines

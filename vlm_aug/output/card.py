@@ -138,18 +138,19 @@ def _semantic(semantic: dict | None) -> list[str]:
         return "-" if value is None else fmt.format(value)
 
     rows = [[s, semantic[s]["n"], num(semantic[s]["diversity"]["vendi"], "{:.2f}"),
+             num(semantic[s]["diversity"].get("distinct_meanings"), "{:.1f}"),
              num(semantic[s]["diversity"]["mean_cosine"], "{:.3f}"), num(semantic[s]["near_duplicate_share"], "{:.1%}"),
              num(semantic[s]["redundant_share"], "{:.1%}"),
              num((semantic[s].get("alignment") or {}).get("mauve"), "{:.3f}"),
              num((semantic[s].get("alignment") or {}).get("frechet"), "{:.4f}")] for s in sets]
     emb, st = semantic.get("embedder") or {}, semantic.get("settings") or {}
     return [*head, f"Sentence embeddings of {emb.get('name')} ({emb.get('source')}, weights sha256 "
-            f"`{emb.get('sha256')}`), on a seeded sample of at most {st.get('sample')} samples. Vendi score: the "
-            "effective number of distinct meanings (higher = more diverse). Near-duplicates: captions of other images "
+            f"`{emb.get('sha256')}`), on a seeded sample of at most {st.get('sample')} samples. Vendi score (cosine kernel) and distinct "
+            "meanings (Vendi of cos^16): higher = more diverse. Near-duplicates: captions of other images "
             f"at cosine >= {st.get('near_duplicate_cosine')}. Redundant: a caption with two sentences at cosine >= "
             f"{st.get('redundant_sentence_cosine')}. MAUVE (higher) and Fréchet distance (lower): closeness to the "
             "reference captions, when one was given.", "",
-            *_table(["captions", "n", "Vendi", "mean cosine", "near-duplicates", "redundant", "MAUVE", "Fréchet"], rows),
+            *_table(["captions", "n", "Vendi", "distinct meanings", "mean cosine", "near-duplicates", "redundant", "MAUVE", "Fréchet"], rows),
             ""]
 
 

@@ -12,6 +12,8 @@ COLOURS = {"original": "#8a8a8a", "rewrite": "#2b6cb0", "training": "#2f855a", "
 ROWS = [("n", "captions embedded", lambda f: f"{f['n']:,}"),
         ("vendi", "Vendi score (effective distinct meanings)", lambda f: f"{f['diversity']['vendi']:,.1f}"),
         ("vendi_per_caption", "Vendi score per caption", lambda f: _num(f["diversity"]["vendi_per_caption"], "{:.4f}")),
+        ("meanings", "distinct meanings (Vendi of cos^16)",
+         lambda f: _num(f["diversity"].get("distinct_meanings"), "{:,.1f}")),
         ("mean_cosine", "mean pairwise cosine", lambda f: _num(f["diversity"]["mean_cosine"], "{:.3f}")),
         ("near_dup", "in near-duplicate pairs (other images)",
          lambda f: f"{f['near_duplicates']['captions']:,} ({_num(f['near_duplicates']['share'], '{:.1%}')})"),
