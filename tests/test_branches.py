@@ -183,7 +183,8 @@ def test_without_normalize_png_bytes_are_written_untouched(tmp_path):
 
 def sampling_stage(model_dir, batch_size: int, seed: int) -> RewriteStage:
     stage = RewriteStage(VLMConfig(model=str(model_dir), batch_size=batch_size, dtype="float32", device="cpu"),
-                         GenerationConfig(do_sample=True, temperature=1.0, max_new_tokens=6, seed=seed), LimitsConfig())
+                         GenerationConfig(do_sample=True, temperature=1.0, max_new_tokens=6, seed=seed, guards=False),
+                         LimitsConfig())
     stage.setup()
     return stage
 

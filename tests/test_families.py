@@ -48,7 +48,7 @@ def samples() -> list[Sample]:
 def rewrite_stage(model_dir, batch_size=4, **processor_kwargs) -> RewriteStage:
     vlm = VLMConfig(model=str(model_dir), batch_size=batch_size, dtype="float32", device="cpu",
                     processor_kwargs=processor_kwargs)
-    stage = RewriteStage(vlm, GenerationConfig(max_new_tokens=5), LimitsConfig())
+    stage = RewriteStage(vlm, GenerationConfig(max_new_tokens=5, guards=False), LimitsConfig())  # raw model text
     stage.setup()
     return stage
 

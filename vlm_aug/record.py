@@ -86,7 +86,7 @@ def build_record(sample: Sample, run: RunContext) -> dict[str, Any]:
         },
         "generation": {**run.sections["generation"], "rendered_prompt_sha256": g.rendered_prompt_sha256,
                        "seed": g.seed, "caption_truncated": g.caption_truncated, "new_tokens": g.new_tokens,
-                       "retries": g.retries},
+                       "retries": g.retries, "guards": list(g.guards), "stripped": list(g.stripped)},
         "scoring": {**run.sections["scoring"], "clip_orig": s.get("clip_orig"), "clip_rewrite": s.get("clip_rewrite"),
                     "clip_sentences": list(s.get("clip_sentences", [])),
                     "clip_sentence_min": _sentence_min(s.get("clip_sentences", []))},

@@ -111,9 +111,12 @@ def totals(all_stats: list[dict]) -> dict:
         sums = sum(s.get("scores", {}).get(f"{name}_sum", 0.0) for s in all_stats)
         total[f"mean_{name}"] = round(sums / n, 4) if n else None
     exts: Counter = Counter()
+    guards: Counter = Counter()
     for s in all_stats:
         exts.update(s.get("image_exts", {}))
+        guards.update(s.get("guards", {}))
     total["image_exts"] = dict(sorted(exts.items()))
+    total["guards"] = dict(sorted(guards.items()))  # what the text guards did (docs/guards.md)
     return total
 
 

@@ -18,6 +18,9 @@ class Generation:
     caption_truncated: bool = False  # the original caption was cut to limits.max_caption_chars
     new_tokens: Optional[int] = None
     retries: int = 0  # engine requests repeated (openai: connection errors, 408, 429, 5xx)
+    guards: list[str] = field(default_factory=list)  # what the text guards did (stages/guards.py)
+    stripped: list[str] = field(default_factory=list)  # the text they removed
+    guard_problem: Optional[str] = None  # the guard that made the rewrite unusable
 
 
 @dataclass

@@ -29,6 +29,9 @@ def format_summary(title: str, summary: dict) -> list[str]:
     c = summary["counts"]
     lines = [f"{title}: inputs {c['inputs']}  kept {c['kept']}  rejected {c['rejected']}  error {c['error']}"]
     lines += [f"  {reason:<32} {n}" for reason, n in summary["reasons"].items()]
+    if summary.get("guards"):
+        lines.append("  text guards (rewrites changed, then scored): " +
+                     ", ".join(f"{k} {n}" for k, n in summary["guards"].items()))
     lines.append(f"  {'CLIP cosine':<20} {'n':>6} {'mean':>8} " + " ".join(f"{q:>8}" for q in QUANTILE_NAMES))
     for name in SCORES:
         d = summary["scores"][name]

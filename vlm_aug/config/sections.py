@@ -98,6 +98,9 @@ class GenerationConfig(Strict):
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
     seed: int = 0
+    # text guards before scoring (stages/guards.py): strip preambles and sign-offs, cut an unfinished
+    # last sentence, refuse loops, refusals and echoes
+    guards: bool = True
 
 
 class CLIPConfig(Strict):

@@ -96,6 +96,11 @@ def stats(out: OutputDir, per_shard: bool = True) -> dict:
     table = table.append_column("clip_final", _final_score(table))
     result = {"output": out.path, "shards": len(out.complete_names()), "overall": _summary(table),
               "configurations": configurations(out)}
+    guards: dict = {}
+    for s in out.all_stats():  # what the text guards did to kept texts (their problems are reasons)
+        for name, n in (s.get("guards") or {}).items():
+            guards[name] = guards.get(name, 0) + n
+    result["overall"]["guards"] = dict(sorted(guards.items()))
     if per_shard:
         order = pc.sort_indices(table, [("out_shard", "ascending")])
         table = table.take(order)

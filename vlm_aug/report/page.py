@@ -50,6 +50,9 @@ def summary_section(data: RunData) -> str:
              f"CLIP <code>{escape(str((models.get('score') or {}).get('model', '?')))}</code>",
              f"prompt <code>{escape(str((m.get('prompt') or {}).get('id', '?')))}</code>",
              f"policy <code>{escape(str(policy.get('name', '?')))}</code>"]
+    guards = ((m.get("totals") or {}).get("guards")) or {}
+    if guards:
+        facts.append("text guards " + ", ".join(f"<code>{escape(k)}</code> {n:,}" for k, n in guards.items()))
     configs = {fp: c for fp, c in (m.get("configurations") or {}).items() if c.get("shards")}
     if len(configs) > 1:
         facts.append(f"<strong>{len(configs)} configurations</strong> (" + ", ".join(

@@ -43,6 +43,7 @@ class ShardWriter:
         self.counts, self.reasons = Counter(inputs=0, kept=0, rejected=0, error=0), Counter()
         self.score_sums = Counter()
         self.image_exts: Counter = Counter()  # output image members by extension
+        self.guards: Counter = Counter()  # text-guard flags (stages/guards.py) by name
 
     def add(self, sample: Sample) -> None:
         if sample.status == KEPT:
@@ -66,6 +67,7 @@ class ShardWriter:
                 self.score_sums[f"{name}_sum"] += sample.scores[name]
                 self.score_sums[f"{name}_n"] += 1
         self.score_sums["new_tokens"] += sample.generation.new_tokens or 0
+        self.guards.update(sample.generation.guards)  # problems (loops, refusals, echoes) are reasons
         if sample.status == KEPT and sample.decision.orig_passed is False:
             self.score_sums["corrected"] += 1  # kept with a rewrite; CLIP judged the original wrong
 
@@ -80,6 +82,7 @@ class ShardWriter:
                  "ignored_members": ignored_members, "scores": dict(self.score_sums),
                  "fingerprint": self.run.fingerprint, "input": input_identity,
                  "image_exts": dict(sorted(self.image_exts.items())), "run_id": self.run.run_id,
+                 "guards": dict(sorted(self.guards.items())),
                  "timings_s": {k: round(v, 4) for k, v in timings.items()}}
         c = stats["counts"]
         if c["inputs"] != c["kept"] + c["rejected"] + c["error"]:

@@ -38,6 +38,8 @@ class DecideStage:
                 getattr(self, f"_{self.policy.name}")(sample)
 
     def _rewrite_problem(self, sample: Sample) -> str | None:
+        if sample.generation.guard_problem:  # repetitive_rewrite, refusal, echo_rewrite, truncated_rewrite
+            return sample.generation.guard_problem
         new = sample.scores.get("clip_rewrite")
         if not sample.caption_rewrite or new is None:
             return "empty_rewrite"

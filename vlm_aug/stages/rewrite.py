@@ -12,6 +12,7 @@ from vlm_aug.sample import Sample
 from vlm_aug.stages.base import Resources, derive_seed
 from vlm_aug.stages.engines import EngineUnavailable, Request, make_engine
 from vlm_aug.stages.engines.hf import PerRowSampler  # noqa: F401  (public name, kept importable here)
+from vlm_aug.stages.guards import guard
 from vlm_aug.stages.prompts import chat_messages, load_template, sha256_text
 
 _RESIDUE = re.compile(r"^\s*(assistant|Assistant|ASSISTANT)\s*:\s*|<\|?[a-z_]+\|?>|<end_of_utterance>")
@@ -90,14 +91,20 @@ class RewriteStage:
         """One engine call for `batch` (decoded, active samples): sets each sample's rewrite, or fails
         the samples the engine could not serve (`rewrite_error`). Raises EngineUnavailable when the
         engine itself is down, so the shard is redone rather than committed full of errors."""
-        results = self.engine.generate([self._request(s) for s in batch])
-        for sample, result in zip(batch, results):
+        requests = [self._request(s) for s in batch]
+        results = self.engine.generate(requests)
+        for sample, request, result in zip(batch, requests, results):
             sample.generation.retries = result.retries
             if result.error is not None:
                 sample.fail("rewrite_error", result.error)
                 continue
             sample.caption_rewrite = clean_rewrite(result.text)
             sample.generation.new_tokens = result.new_tokens
+            if self.generation.guards and sample.caption_rewrite:
+                guarded = guard(sample.caption_rewrite, sample.caption_orig, request.rendered_prompt, result.hit_limit)
+                sample.caption_rewrite = guarded.text
+                sample.generation.guards, sample.generation.stripped = guarded.flags, guarded.stripped
+                sample.generation.guard_problem = guarded.problem
 
 
 __all__ = ["EngineUnavailable", "PerRowSampler", "RewriteStage", "clean_rewrite"]

@@ -79,5 +79,8 @@ class HFEngine:
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         pad = self.processor.tokenizer.pad_token_id
-        return [Result(text=text, new_tokens=int((tokens != pad).sum()) if pad is not None else len(tokens))
-                for text, tokens in zip(texts, new_tokens)]
+        results = []
+        for text, tokens in zip(texts, new_tokens):
+            n = int((tokens != pad).sum()) if pad is not None else len(tokens)
+            results.append(Result(text=text, new_tokens=n, hit_limit=n >= g.max_new_tokens))
+        return results

@@ -167,7 +167,8 @@ class OpenAIEngine:
                     if data.get("model"):
                         self.served_model = data["model"]
                     return Result(text=choice["message"].get("content") or "", retries=retries,
-                                  new_tokens=usage.get("completion_tokens"))
+                                  new_tokens=usage.get("completion_tokens"),
+                                  hit_limit=choice.get("finish_reason") == "length")
                 last = f"{url}: HTTP {reply.status_code}: {reply.text[:300]}"
                 if reply.status_code not in RETRY_STATUS:  # the request itself is wrong: no retry helps
                     return Result(retries=retries, error=last)

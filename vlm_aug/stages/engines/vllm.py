@@ -92,5 +92,6 @@ class VLLMEngine:
         results = []
         for output in outputs:
             completion = output.outputs[0]
-            results.append(Result(text=completion.text, new_tokens=len(completion.token_ids)))
+            results.append(Result(text=completion.text, new_tokens=len(completion.token_ids),
+                                  hit_limit=completion.finish_reason == "length"))
         return results
