@@ -27,7 +27,7 @@ def build_stages(config: Config) -> list:
         from vlm_aug.stages.passthrough import PassThroughStage
 
         return [PassThroughStage()]
-    return [RewriteStage(config.vlm, config.generation, config.limits), ScoreStage(config.clip),
+    return [RewriteStage(config.vlm, config.generation, config.limits), ScoreStage(config.clip, config.policy.repair),
             DecideStage(config.policy, config.generation.seed)]
 
 

@@ -89,10 +89,12 @@ def build_record(sample: Sample, run: RunContext) -> dict[str, Any]:
                        "retries": g.retries, "guards": list(g.guards), "stripped": list(g.stripped)},
         "scoring": {**run.sections["scoring"], "clip_orig": s.get("clip_orig"), "clip_rewrite": s.get("clip_rewrite"),
                     "clip_sentences": list(s.get("clip_sentences", [])),
-                    "clip_sentence_min": _sentence_min(s.get("clip_sentences", []))},
+                    "clip_sentence_min": _sentence_min(s.get("clip_sentences", [])),
+                    "clip_repaired": s.get("clip_repaired")},
         "decision": {**run.sections["decision"], "outcome": d.outcome if sample.status == "kept" else sample.status,
                      "reason": sample.reason or "", "rewrite_problem": d.rewrite_problem or "",
-                     "mix_draw": d.mix_draw, "orig_passed": d.orig_passed},
+                     "mix_draw": d.mix_draw, "orig_passed": d.orig_passed,
+                     "repair": {"dropped": list(sample.repair.dropped), "text": sample.repair.text}},
         "pipeline": run.pipeline(),
     }
 

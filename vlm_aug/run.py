@@ -106,6 +106,8 @@ def totals(all_stats: list[dict]) -> dict:
     keys = ("inputs", "kept", "rejected", "error")
     total = {k: sum(s["counts"][k] for s in all_stats) for k in keys}
     total["corrected"] = sum(s.get("scores", {}).get("corrected", 0) for s in all_stats)
+    total["repaired"] = sum(s.get("scores", {}).get("repaired", 0) for s in all_stats)
+    total["sentences_dropped"] = sum(s.get("scores", {}).get("sentences_dropped", 0) for s in all_stats)
     for name in ("clip_orig", "clip_rewrite"):
         n = sum(s.get("scores", {}).get(f"{name}_n", 0) for s in all_stats)
         sums = sum(s.get("scores", {}).get(f"{name}_sum", 0.0) for s in all_stats)

@@ -24,6 +24,15 @@ class Generation:
 
 
 @dataclass
+class Repair:
+    """Sentence repair (policy.repair): the rewrite without its failing sentences."""
+
+    text: Optional[str] = None  # the repaired rewrite; None when nothing was dropped
+    dropped: list[dict] = field(default_factory=list)  # {"sentence", "cosine"} in rewrite order
+    problem: Optional[str] = None  # low_clip_sentences: fewer than min_sentences would remain
+
+
+@dataclass
 class Decision:
     """What the policy decided for this sample, beyond status and reason."""
 
@@ -54,6 +63,7 @@ class Sample:
     error_detail: Optional[str] = None
     generation: Generation = field(default_factory=Generation)
     decision: Decision = field(default_factory=Decision)
+    repair: Repair = field(default_factory=Repair)
 
     @property
     def active(self) -> bool:

@@ -71,6 +71,9 @@ def print_summary(manifest: dict, out=None) -> None:
     if t.get("corrected"):
         print(f"  of the kept, {t['corrected']:,} original caption(s) scored below policy.min_clip_orig and "
               "were replaced by the rewrite (decision.orig_passed = false)", file=out)
+    if t.get("repaired"):
+        print(f"  of the kept, {t['repaired']:,} rewrite(s) were repaired: {t['sentences_dropped']:,} sentence(s) under "
+              "policy.repair.drop_sentences_below dropped (decision.outcome = repaired)", file=out)
     if t.get("guards"):
         print("  text guards: " + ", ".join(f"{k} {n:,}" for k, n in t["guards"].items())
               + " (rewrites cut or stripped before scoring; docs/guards.md)", file=out)

@@ -3,7 +3,8 @@ fill what a config leaves out (`presets`), and the error that names a bad field 
 
 from vlm_aug.config.errors import ConfigError
 from vlm_aug.config.sections import (CLIPConfig, Config, GenerationConfig, InputConfig, LimitsConfig, OutputConfig,
-                                     PolicyConfig, RayConfig, ReportConfig, VLMConfig, load_config)
+                                     PolicyConfig, RayConfig, RepairConfig, ReportConfig, VLMConfig,
+                                     load_config)
 
 __all__ = ["CLIPConfig", "Config", "ConfigError", "GenerationConfig", "InputConfig", "LimitsConfig",
-           "OutputConfig", "PolicyConfig", "RayConfig", "ReportConfig", "VLMConfig", "load_config"]
+           "OutputConfig", "PolicyConfig", "RayConfig", "RepairConfig", "ReportConfig", "VLMConfig", "load_config"]

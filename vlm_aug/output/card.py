@@ -154,6 +154,19 @@ def _semantic(semantic: dict | None) -> list[str]:
             ""]
 
 
+def _repairs_and_guards(totals: dict) -> list[str]:
+    lines = []
+    if totals.get("repaired"):
+        lines.append(f"Sentence repair: {totals['repaired']} kept caption(s) are rewrites without "
+                     f"{totals['sentences_dropped']} sentence(s) whose CLIP cosine fell under "
+                     "`policy.repair.drop_sentences_below` (`decision.outcome` = `repaired`; the dropped sentences "
+                     "and their cosines are in `decision.repair`).")
+    if totals.get("guards"):
+        lines.append("Text guards (before scoring): " + ", ".join(f"`{k}` {n}" for k, n in totals["guards"].items())
+                     + " (`generation.guards`, `generation.stripped`).")
+    return [*lines, ""] if lines else []
+
+
 def card_body(manifest: dict, summary: dict, n_shards: int, configs: dict) -> str:
     """The card's markdown: seed data, prompt, models, parameters, filters, counts, scores, limits."""
     # the parameters generate() received (temperature/top_p are null without sampling), plus the seed
@@ -169,6 +182,7 @@ def card_body(manifest: dict, summary: dict, n_shards: int, configs: dict) -> st
              "## Counts", "",
              *_table(["inputs", "kept", "rejected", "error"], [[c["inputs"], c["kept"], c["rejected"], c["error"]]]),
              "", *_table(["status:reason", "samples"], [[k, v] for k, v in summary["reasons"].items()]), "",
+             *_repairs_and_guards(manifest.get("totals") or {}),
              "## Score distributions", "", *_scores_table(summary), "",
              *_semantic(manifest.get("semantic")),
              *_layout(),

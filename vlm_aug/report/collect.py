@@ -22,7 +22,7 @@ from vlm_aug.report.diversity import CaptionSetStats, RewriteStats, words
 from vlm_aug.shards.layout import OutputDir
 
 LIGHT_COLUMNS = ["key", "status", "reason", "caption", "caption_orig", "caption_rewrite",
-                 "clip_orig", "clip_rewrite", "image_sha256", "orig_passed"]
+                 "clip_orig", "clip_rewrite", "image_sha256", "orig_passed", "outcome"]
 STATUSES = ("kept", "rejected", "error")
 _SCALE = float(2 ** 64)
 
@@ -142,6 +142,9 @@ def _scan_row(data: RunData, picker: _Picker, where: tuple, name: str, r: dict, 
             picker.offer("gain", orig - new, where, opts.per_view)
     rank = _rank(opts.seed, name, r["key"])
     picker.offer(f"sample:{r['status']}", rank, where, opts.per_status)
+    if r.get("outcome") == "repaired":  # the gallery's `repaired` filter shows struck sentences
+        data.counts["repaired"] += 1
+        picker.offer("sample:repaired", rank, where, opts.per_status)
     if rank < text_share:
         data.text_rows += 1
         _add_texts(data, r)

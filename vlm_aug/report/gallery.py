@@ -34,18 +34,21 @@ def _num(value: Optional[float], signed: bool = False) -> str:
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
-def sentence_list(rewrite: Optional[str], scores: list[float], low: Optional[float]) -> str:
-    """One line per rewrite sentence with its CLIP cosine; sentences under `low` are marked."""
+def sentence_list(rewrite: Optional[str], scores: list[float], low: Optional[float],
+                  struck: frozenset = frozenset()) -> str:
+    """One line per rewrite sentence with its CLIP cosine; sentences under `low` are marked, and the
+    sentences sentence repair dropped (`struck`, their indexes) are struck through."""
     if not scores:
         return ""
     sentences = split_sentences(rewrite or "")
     if len(sentences) != len(scores):  # should not happen; show the scores rather than misalign them
         sentences = [f"sentence {i + 1}" for i in range(len(scores))]
     items = []
-    for text, score in zip(sentences, scores):
+    for i, (text, score) in enumerate(zip(sentences, scores)):
         is_low = low is not None and score < low
         cls = ' class="low" title="below the rewrite threshold"' if is_low else ""
-        items.append(f'<li{cls}><span class="sc">{score:.3f}</span> {escape(text)}</li>')
+        shown = f"<s title=\"dropped by sentence repair\">{escape(text)}</s>" if i in struck else escape(text)
+        items.append(f'<li{cls}><span class="sc">{score:.3f}</span> {shown}</li>')
     return f'<ol class="sentences">{"".join(items)}</ol>'
 
 
@@ -58,7 +61,8 @@ def _thumb(card: dict) -> str:
 def _data_attrs(card: dict) -> str:
     orig, new = card.get("clip_orig"), card.get("clip_rewrite")
     gain = new - orig if orig is not None and new is not None else None
-    attrs = {"status": card["status"], "reason": card.get("reason") or "",
+    reason = card.get("reason") or ("repaired" if card.get("outcome") == "repaired" else "")
+    attrs = {"status": card["status"], "reason": reason,
              "views": " ".join(sorted(card["views"])), "key": card["key"],
              "clip-rewrite": "" if new is None else f"{new:.6f}", "gain": "" if gain is None else f"{gain:.6f}"}
     return " ".join(f'data-{k}="{escape(str(v))}"' for k, v in attrs.items())
@@ -69,6 +73,13 @@ def card_threshold(card: dict, default: Optional[float]) -> Optional[float]:
     params = ((card.get("provenance") or {}).get("decision") or {}).get("params") or {}
     value = params.get("min_clip_rewrite")
     return value if isinstance(value, (int, float)) else default
+
+
+def _struck(card: dict) -> frozenset:
+    """Indexes of the rewrite sentences that sentence repair dropped (from the record)."""
+    dropped = {d.get("sentence") for d in (((card.get("provenance") or {}).get("decision") or {}).get("repair") or {})
+               .get("dropped", [])}
+    return frozenset(i for i, s in enumerate(split_sentences(card.get("caption_rewrite") or "")) if s in dropped)
 
 
 def render_card(card: dict, low: Optional[float]) -> str:
@@ -91,7 +102,8 @@ def render_card(card: dict, low: Optional[float]) -> str:
 </dl>
 <div class="scores">CLIP <b>{_num(orig)}</b> &rarr; <b>{_num(new)}</b>
 <span class="gain {gain_cls}">{_num(gain, signed=True)}</span></div>
-{sentence_list(card.get('caption_rewrite'), card.get('clip_sentences') or [], card_threshold(card, low))}
+{sentence_list(card.get('caption_rewrite'), card.get('clip_sentences') or [], card_threshold(card, low),
+               _struck(card))}
 {f'<p class="detail">{escape(detail)}</p>' if detail else ''}
 </div>
 </article>"""

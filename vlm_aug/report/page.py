@@ -39,6 +39,8 @@ def summary_section(data: RunData) -> str:
     tiles = [_tile(f"{data.total_rows:,}", "samples")]
     tiles += [_tile(f"{data.counts.get(s, 0):,}", s, s) for s in STATUSES]
     tiles.append(_tile(f"{data.counts.get('corrected', 0):,}", "kept, original judged wrong by CLIP"))
+    if data.counts.get("repaired"):
+        tiles.append(_tile(f"{data.counts['repaired']:,}", "kept, repaired (sentences dropped)"))
     tiles += [_tile(_fmt("{:.3f}", _mean(data.clip_orig)), "mean CLIP cosine, original"),
               _tile(_fmt("{:.3f}", _mean(data.clip_rewrite)), "mean CLIP cosine, rewrite")]
     wall = (m.get("timings") or {}).get("wall_s")
@@ -100,7 +102,8 @@ def gallery_section(data: RunData, low: Optional[float]) -> str:
     opts = data.options
     drawn = ", ".join(f"{s} {sum(1 for c in data.cards if f'sample:{s}' in c['views'])} of "
                       f"{data.counts.get(s, 0):,}" for s in STATUSES)
-    reasons = sorted({c["reason"] for c in data.cards if c.get("reason")})
+    reasons = sorted({c["reason"] for c in data.cards if c.get("reason")}
+                     | ({"repaired"} if any(c.get("outcome") == "repaired" for c in data.cards) else set()))
     options = "".join(f'<option value="{escape(r)}">{escape(r)}</option>' for r in reasons)
     status_buttons = "".join(
         f'<button data-status="{s}"{" class=on" if s == "all" else ""}>{s} (<span data-count-status="{s}">0</span>)'

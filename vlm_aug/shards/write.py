@@ -68,6 +68,9 @@ class ShardWriter:
                 self.score_sums[f"{name}_n"] += 1
         self.score_sums["new_tokens"] += sample.generation.new_tokens or 0
         self.guards.update(sample.generation.guards)  # problems (loops, refusals, echoes) are reasons
+        if sample.status == KEPT and sample.decision.outcome == "repaired":
+            self.score_sums["repaired"] += 1
+            self.score_sums["sentences_dropped"] += len(sample.repair.dropped)
         if sample.status == KEPT and sample.decision.orig_passed is False:
             self.score_sums["corrected"] += 1  # kept with a rewrite; CLIP judged the original wrong
 

@@ -40,18 +40,31 @@ class DecideStage:
     def _rewrite_problem(self, sample: Sample) -> str | None:
         if sample.generation.guard_problem:  # repetitive_rewrite, refusal, echo_rewrite, truncated_rewrite
             return sample.generation.guard_problem
-        new = sample.scores.get("clip_rewrite")
+        if sample.repair.problem:  # policy.repair: too few sentences pass
+            return sample.repair.problem
+        new = self._candidate_score(sample)
         if not sample.caption_rewrite or new is None:
             return "empty_rewrite"
         if new < self.policy.min_clip_rewrite:
             return "low_clip_rewrite"
         return None
 
+    @staticmethod
+    def _candidate_score(sample: Sample):
+        """The rewrite's cosine, or the repaired rewrite's when sentences were dropped."""
+        return sample.scores.get("clip_repaired") if sample.repair.text else sample.scores.get("clip_rewrite")
+
+    @staticmethod
+    def _keep_rewrite(sample: Sample) -> None:
+        if sample.repair.text:
+            return sample.keep(sample.repair.text, "repaired")
+        sample.keep(sample.caption_rewrite, "rewrite")
+
     def _rewrite(self, sample: Sample) -> None:
         problem = self._rewrite_problem(sample)
         if problem:
             return sample.reject(problem)
-        sample.keep(sample.caption_rewrite, "rewrite")
+        self._keep_rewrite(sample)
 
     def _both(self, sample: Sample) -> None:
         self._rewrite(sample)
@@ -60,11 +73,11 @@ class DecideStage:
     def _fallback(self, sample: Sample, prefer_rewrite: bool = True) -> None:
         problem = self._rewrite_problem(sample)
         orig = sample.scores.get("clip_orig")
-        if problem is None and orig is not None and sample.scores["clip_rewrite"] < orig - self.policy.max_drop:
+        if problem is None and orig is not None and self._candidate_score(sample) < orig - self.policy.max_drop:
             problem = "rewrite_worse"
         orig_ok = orig is not None and orig >= self.policy.min_clip_orig
         if problem is None and (prefer_rewrite or not orig_ok):
-            return sample.keep(sample.caption_rewrite, "rewrite")
+            return self._keep_rewrite(sample)
         if orig_ok:
             return sample.keep(sample.caption_orig, "original", problem or "mix_draw")
         sample.reject("low_clip_orig")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from vlm_aug.config import CLIPConfig
-from vlm_aug.sample import Sample
+from vlm_aug.config import CLIPConfig, RepairConfig
+from vlm_aug.sample import Repair, Sample
 from vlm_aug.stages.base import Resources
 from vlm_aug.stages.models import locate_clip, resolve_device
 from vlm_aug.text import split_sentences
@@ -16,8 +16,9 @@ class ScoreStage:
     name = "score"
     section = "scoring"  # the record section its description fills
 
-    def __init__(self, clip: CLIPConfig):
+    def __init__(self, clip: CLIPConfig, repair: RepairConfig | None = None):
         self.clip = clip
+        self.repair = repair if repair is not None and repair.drop_sentences_below is not None else None
         self.resources = Resources.for_device(clip.device)  # shares the worker's GPU with the VLM
         self.model = None
 
@@ -32,8 +33,12 @@ class ScoreStage:
         self.tokenizer = open_clip.get_tokenizer(name)
 
     def describe(self) -> dict:
-        return {"model": self.clip.model, "pretrained": self.clip.pretrained, "revision": self.revision,
-                "context_length": int(getattr(self.tokenizer, "context_length", 77))}
+        described = {"model": self.clip.model, "pretrained": self.clip.pretrained, "revision": self.revision,
+                     "context_length": int(getattr(self.tokenizer, "context_length", 77))}
+        if self.repair is not None:  # only when on: records of runs without it keep their exact keys
+            described["repair"] = {"drop_sentences_below": self.repair.drop_sentences_below,
+                                   "min_sentences": self.repair.min_sentences}
+        return described
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -76,3 +81,28 @@ class ScoreStage:
                 scores["clip_sentences"].append(round(cos, 6))
             else:
                 scores[f"clip_{slot}"] = round(cos, 6)
+        if self.repair is not None:
+            self._repair(active, image_emb)
+
+    def _repair(self, active: list[Sample], image_emb: torch.Tensor) -> None:
+        """Drop the sentences under policy.repair.drop_sentences_below; score what is left as a whole."""
+        threshold, todo = self.repair.drop_sentences_below, []
+        for i, sample in enumerate(active):
+            sample.repair = Repair()
+            if not sample.caption_rewrite:
+                continue
+            sentences = split_sentences(sample.caption_rewrite)
+            cosines = sample.scores["clip_sentences"]
+            keep = [s for s, c in zip(sentences, cosines) if c >= threshold]
+            if len(keep) == len(sentences):
+                continue
+            sample.repair.dropped = [{"sentence": s, "cosine": c} for s, c in zip(sentences, cosines) if c < threshold]
+            if len(keep) < self.repair.min_sentences:
+                sample.repair.problem = "low_clip_sentences"
+                continue
+            sample.repair.text = " ".join(keep)
+            todo.append(i)
+        if todo:
+            text_emb = self.encode_texts([active[i].repair.text for i in todo])
+            for row, i in enumerate(todo):
+                active[i].scores["clip_repaired"] = round(float(text_emb[row] @ image_emb[i]), 6)
