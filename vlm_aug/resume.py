@@ -28,6 +28,9 @@ class SettingsChanged(ConfigError):
 def run_settings(config: Config) -> dict[str, Any]:
     settings = config.settings()
     settings["generation.prompt_sha256"] = load_template(config.generation.prompt).sha256
+    if config.generation.captions:  # the extra captions' templates, by content
+        settings["generation.captions_prompt_sha256"] = {c.name: load_template(c.prompt).sha256
+                                                         for c in config.generation.captions}
     if not config.generation.do_sample:  # unused without sampling: changing them changes nothing
         settings.pop("generation.temperature"), settings.pop("generation.top_p")
     return dict(sorted(settings.items()))

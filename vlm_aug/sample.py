@@ -21,6 +21,10 @@ class Generation:
     guards: list[str] = field(default_factory=list)  # what the text guards did (stages/guards.py)
     stripped: list[str] = field(default_factory=list)  # the text they removed
     guard_problem: Optional[str] = None  # the guard that made the rewrite unusable
+    # best of n (generation.n > 1): every candidate {text, seed, new_tokens, guards, stripped, problem, clip}
+    candidates: list[dict] = field(default_factory=list)
+    # generation.captions: name -> {text, prompt_id, prompt_sha256, seed, new_tokens, clip}
+    captions: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass

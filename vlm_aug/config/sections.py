@@ -90,6 +90,21 @@ class VLMConfig(Strict):
         return self
 
 
+class ExtraCaption(Strict):
+    """One more caption of the same image (`generation.captions`), written as KEY.<name>.txt."""
+
+    name: str
+    prompt: str  # a template name (configs/prompts/NAME.yaml) or a YAML file
+
+    @field_validator("name")
+    @classmethod
+    def _member_name(cls, value: str) -> str:
+        if not value.isidentifier() or value in ("txt", "json", "orig"):
+            raise ValueError(f"generation.captions name {value!r} must be an identifier other than txt, json, orig: "
+                             "it names the tar member KEY.<name>.txt")
+        return value
+
+
 class GenerationConfig(Strict):
     prompt: str = "dense_v1"
     max_new_tokens: int = Field(128, ge=1, le=4096)
@@ -101,6 +116,22 @@ class GenerationConfig(Strict):
     # text guards before scoring (stages/guards.py): strip preambles and sign-offs, cut an unfinished
     # last sentence, refuse loops, refusals and echoes
     guards: bool = True
+    # best of n: n sampled candidates per sample (each with its own seed), the one with the highest CLIP
+    # cosine is the rewrite; every candidate and its score is in provenance (docs/captions.md)
+    n: int = Field(1, ge=1, le=16)
+    # several captions per image: each generated from the same image with its own prompt, scored, and
+    # written as KEY.<name>.txt beside KEY.txt (which stays the policy's training caption)
+    captions: list[ExtraCaption] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _n_needs_sampling(self) -> "GenerationConfig":
+        if self.n > 1 and not self.do_sample:
+            raise ValueError("generation.n > 1 (best of n) needs generation.do_sample: true; greedy decoding "
+                             "would give n identical candidates")
+        names = [c.name for c in self.captions]
+        if len(names) != len(set(names)):
+            raise ValueError(f"generation.captions names must be unique, got {names}")
+        return self
 
 
 class CLIPConfig(Strict):

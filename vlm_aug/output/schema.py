@@ -45,17 +45,27 @@ def _json_kind(value: Any) -> str:
 
 
 def _pin_nullables(features: dict, schema_node: dict) -> None:
-    """Replace features inferred as `null` with the type the schema declares for that key."""
+    """Replace features inferred as `null` (or lists of `null`: empty in the first samples) with the
+    type the schema declares for that key."""
+    import datasets
     from datasets import Value
 
+    list_types = tuple(t for t in (getattr(datasets, "List", None), getattr(datasets, "Sequence", None)) if t)
     for name, feature in features.items():
-        child = _resolve(schema_node.get("properties", {}).get(name, {}))
+        extra = schema_node.get("additionalProperties")
+        child = _resolve(schema_node.get("properties", {}).get(name) or (extra if isinstance(extra, dict) else {}))
         if isinstance(feature, dict):
             _pin_nullables(feature, child)
+        elif isinstance(feature, list_types) and isinstance(feature.feature, dict):
+            _pin_nullables(feature.feature, _resolve(child.get("items", {})))
         elif isinstance(feature, Value) and feature.dtype == "null":
             declared = _declared_value_type(child)
             if declared:
                 features[name] = Value(declared)
+        elif isinstance(feature, list_types) and isinstance(feature.feature, Value) and feature.feature.dtype == "null":
+            declared = _declared_value_type(_resolve(child.get("items", {})))
+            if declared:
+                features[name] = type(feature)(Value(declared))
 
 
 def hf_features(first_samples: Iterable[dict]):

@@ -56,6 +56,11 @@ class ShardWriter:
                       META_EXT: record_json.encode("utf-8")}
             if sample.decision.write_orig:
                 member[ORIG_CAPTION_EXT] = sample.caption_orig.encode("utf-8")
+            for name, extra in sample.generation.captions.items():  # generation.captions: KEY.<name>.txt
+                # always written, empty when the guards found the text unusable (the record says why), so
+                # every kept sample has the same members and column-inferring loaders (HF datasets) load it
+                usable = extra["text"] if extra["text"] and not extra["problem"] else ""
+                member[f"{name}.{CAPTION_EXT}"] = usable.encode("utf-8")
             self.tar.write(member)
         self.rows.append(parquet_row(record, record_json))
         self.counts["inputs"] += 1

@@ -30,6 +30,7 @@ class RewriteStage:
     def __init__(self, vlm: VLMConfig, generation: GenerationConfig, limits: LimitsConfig):
         self.vlm, self.generation, self.limits = vlm, generation, limits
         self.template = load_template(generation.prompt)
+        self.extra_templates = {c.name: load_template(c.prompt) for c in generation.captions}
         self.engine = make_engine(vlm, generation)
         if self.engine.name == "openai":  # the model runs on the server
             self.resources = Resources()
@@ -55,20 +56,39 @@ class RewriteStage:
                   "temperature": g.temperature if g.do_sample else None,
                   "top_p": g.top_p if g.do_sample else None, "batch_size": self.vlm.batch_size,
                   "max_time_s": g.max_time_s}
-        return {"model": self.vlm.model, "revision": self.revision, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": self.device, "trust_remote_code": self.vlm.trust_remote_code,
-                "prompt_id": self.template.id, "prompt_sha256": self.template.sha256, "params": params,
-                "engine": self.engine.describe()}
+        if g.n > 1:  # only when on: records of runs without it keep their exact params
+            params["n"] = g.n
+        described = {"model": self.vlm.model, "revision": self.revision, "dtype": str(self.dtype).replace("torch.", ""),
+                     "device": self.device, "trust_remote_code": self.vlm.trust_remote_code,
+                     "prompt_id": self.template.id, "prompt_sha256": self.template.sha256, "params": params,
+                     "engine": self.engine.describe()}
+        if self.extra_templates:
+            described["captions"] = {name: {"prompt_id": t.id, "prompt_sha256": t.sha256}
+                                     for name, t in self.extra_templates.items()}
+        return described
 
-    def _request(self, sample: Sample) -> Request:
+    def _caption(self, sample: Sample) -> str:
         caption = sample.caption_orig
         if len(caption) > self.limits.max_caption_chars:
             caption = caption[: self.limits.max_caption_chars]
             sample.generation.caption_truncated = True
-        rendered = self.template.render(caption)
+        return caption
+
+    def _request(self, sample: Sample, candidate: int = 0) -> Request:
+        """The main caption's request; candidate i > 0 of best-of-n draws with its own seed."""
+        rendered = self.template.render(self._caption(sample))
         sample.generation.rendered_prompt_sha256 = sha256_text(rendered)
-        sample.generation.seed = derive_seed(self.generation.seed, sample.shard.rsplit("/", 1)[-1], sample.key)
-        return Request(rendered_prompt=rendered, seed=sample.generation.seed, image=sample.image,
+        shard = sample.shard.rsplit("/", 1)[-1]
+        sample.generation.seed = derive_seed(self.generation.seed, shard, sample.key)
+        seed = sample.generation.seed if candidate == 0 else derive_seed(self.generation.seed, shard, sample.key,
+                                                                          f"candidate:{candidate}")
+        return Request(rendered_prompt=rendered, seed=seed, image=sample.image,
+                       image_bytes=sample.image_bytes, image_ext=sample.image_ext)
+
+    def _extra_request(self, sample: Sample, name: str) -> Request:
+        rendered = self.extra_templates[name].render(self._caption(sample))
+        seed = derive_seed(self.generation.seed, sample.shard.rsplit("/", 1)[-1], sample.key, f"caption:{name}")
+        return Request(rendered_prompt=rendered, seed=seed, image=sample.image,
                        image_bytes=sample.image_bytes, image_ext=sample.image_ext)
 
     def _prompt(self, sample: Sample) -> str:
@@ -84,27 +104,59 @@ class RewriteStage:
             return
         # similar prompt lengths in one generate call waste less on padding
         active.sort(key=lambda s: len(s.caption_orig))
-        for start in range(0, len(active), per_call):
-            self.generate(active[start:start + per_call])
+        per_sample = self.generation.n + len(self.extra_templates)  # requests per sample
+        step = max(1, per_call // per_sample)
+        for start in range(0, len(active), step):
+            self.generate(active[start:start + step])
+
+    def _run(self, requests: list[Request]) -> list:
+        """The engine on `requests`, `per_call` at a time for engines that batch a fixed number."""
+        step = self.engine.per_call or len(requests) or 1
+        results = []
+        for start in range(0, len(requests), step):
+            results += self.engine.generate(requests[start:start + step])
+        return results
+
+    def _text(self, sample: Sample, request: Request, result) -> dict:
+        """Cleaned and guarded text of one result, with what the guards did."""
+        text = clean_rewrite(result.text)
+        out = {"text": text, "seed": request.seed, "new_tokens": result.new_tokens, "guards": [], "stripped": [],
+               "problem": None}
+        if self.generation.guards and text:
+            guarded = guard(text, sample.caption_orig, request.rendered_prompt, result.hit_limit)
+            out.update(text=guarded.text, guards=guarded.flags, stripped=guarded.stripped, problem=guarded.problem)
+        return out
 
     def generate(self, batch: list[Sample]) -> None:
-        """One engine call for `batch` (decoded, active samples): sets each sample's rewrite, or fails
-        the samples the engine could not serve (`rewrite_error`). Raises EngineUnavailable when the
-        engine itself is down, so the shard is redone rather than committed full of errors."""
-        requests = [self._request(s) for s in batch]
-        results = self.engine.generate(requests)
-        for sample, request, result in zip(batch, requests, results):
-            sample.generation.retries = result.retries
+        """The engine on `batch` (decoded, active samples): each sample's rewrite (its best-of-n candidates,
+        generation.n) and its extra captions (generation.captions); or `rewrite_error` for the samples the
+        engine could not serve. Raises EngineUnavailable when the engine itself is down, so the shard is
+        redone rather than committed full of errors."""
+        n = self.generation.n
+        jobs = [(s, "rewrite", i) for s in batch for i in range(n)]
+        jobs += [(s, name, 0) for s in batch for name in self.extra_templates]
+        requests = [self._request(s, i) if kind == "rewrite" else self._extra_request(s, kind) for s, kind, i in jobs]
+        results = self._run(requests)
+        for (sample, kind, i), request, result in zip(jobs, requests, results):
+            sample.generation.retries += result.retries
             if result.error is not None:
-                sample.fail("rewrite_error", result.error)
+                if sample.active:
+                    sample.fail("rewrite_error", result.error)
                 continue
-            sample.caption_rewrite = clean_rewrite(result.text)
-            sample.generation.new_tokens = result.new_tokens
-            if self.generation.guards and sample.caption_rewrite:
-                guarded = guard(sample.caption_rewrite, sample.caption_orig, request.rendered_prompt, result.hit_limit)
-                sample.caption_rewrite = guarded.text
-                sample.generation.guards, sample.generation.stripped = guarded.flags, guarded.stripped
-                sample.generation.guard_problem = guarded.problem
+            text = self._text(sample, request, result)
+            if kind != "rewrite":
+                template = self.extra_templates[kind]
+                sample.generation.captions[kind] = {"text": text["text"], "prompt_id": template.id,
+                                                    "prompt_sha256": template.sha256, "seed": request.seed,
+                                                    "new_tokens": text["new_tokens"], "guards": text["guards"],
+                                                    "problem": text["problem"], "clip": None}
+            elif n > 1:
+                sample.generation.candidates.append(text)
+            if kind == "rewrite" and i == 0:  # the rewrite until scoring picks the best of n
+                sample.caption_rewrite = text["text"]
+                sample.generation.new_tokens = text["new_tokens"]
+                sample.generation.guards, sample.generation.stripped = text["guards"], text["stripped"]
+                sample.generation.guard_problem = text["problem"]
 
 
 __all__ = ["EngineUnavailable", "PerRowSampler", "RewriteStage", "clean_rewrite"]

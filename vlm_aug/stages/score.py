@@ -56,11 +56,44 @@ class ScoreStage:
             chunks.append(self.model.encode_image(pixels.to(self.device), normalize=True).float())
         return torch.cat(chunks)
 
+    def _score_texts(self, active: list[Sample], image_emb: torch.Tensor, items: list[tuple[int, str]]) -> list[float]:
+        """Cosines of (sample index, text) pairs."""
+        if not items:
+            return []
+        text_emb = self.encode_texts([text for _, text in items])
+        return [round(float(v), 6) for v in (text_emb * image_emb[[i for i, _ in items]]).sum(-1).tolist()]
+
+    def _best_of_n(self, active: list[Sample], image_emb: torch.Tensor) -> None:
+        """generation.n > 1: score every candidate; the rewrite is the best one the guards let through."""
+        items = [(i, c["text"]) for i, s in enumerate(active) for c in s.generation.candidates if c["text"]]
+        cosines = iter(self._score_texts(active, image_emb, items))
+        for sample in active:
+            candidates = sample.generation.candidates
+            if not candidates:
+                continue
+            for c in candidates:
+                c["clip"] = next(cosines) if c["text"] else None
+            usable = [c for c in candidates if c["clip"] is not None and not c["problem"]] or candidates
+            best = max(usable, key=lambda c: -2.0 if c["clip"] is None else c["clip"])
+            sample.caption_rewrite = best["text"]
+            g = sample.generation
+            g.new_tokens, g.guards, g.stripped, g.guard_problem = (best["new_tokens"], best["guards"],
+                                                                   best["stripped"], best["problem"])
+
+    def _extra_captions(self, active: list[Sample], image_emb: torch.Tensor) -> None:
+        items = [(i, c["text"]) for i, s in enumerate(active) for c in s.generation.captions.values() if c["text"]]
+        cosines = iter(self._score_texts(active, image_emb, items))
+        for sample in active:
+            for c in sample.generation.captions.values():
+                c["clip"] = next(cosines) if c["text"] else None
+
     def process_batch(self, samples: list[Sample]) -> None:
         active = [s for s in samples if s.active]
         if not active:
             return
         image_emb = self.encode_images([s.image for s in active])
+        self._best_of_n(active, image_emb)
+        self._extra_captions(active, image_emb)
         texts, owners = [], []  # owners[i] = (sample index, slot) for texts[i]
         for i, sample in enumerate(active):
             texts.append(sample.caption_orig)
