@@ -11,10 +11,22 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=987654, help="seed of the fresh scenes (never used in training)")
     p.add_argument("--pipeline-samples", type=int, default=300, help="samples for the catch rate (default 300)")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--policies", action="store_true",
+                   help="instead: filter vs sentence repair (vs best of n with --best-of) with the credulous "
+                        "rewriter, against each scene's truth (docs/repair.md; trains the rewriter once, ~3 min)")
+    p.add_argument("--best-of", action="store_true", help="with --policies: also best of 4 at temperature 0.7")
+    p.add_argument("--workdir", help="with --policies: where the credulous rewriter and runs go")
     p.set_defaults(func=cmd_eval_scenes)
 
 
 def cmd_eval_scenes(args) -> int:
+    if args.policies:
+        from vlm_aug.lab.scenes.repair_eval import main as policies
+
+        argv = ["--n", str(args.pipeline_samples), "--seed", str(args.seed)]  # the acceptance: 2048
+        argv += (["--best-of"] if args.best_of else []) + (["--workdir", args.workdir] if args.workdir else [])
+        argv += ["--out", args.json] if args.json else []
+        return policies(argv)
     from vlm_aug.lab.scenes.evaluate import eval_models
     from vlm_aug.lab.scenes.pipeline_eval import pipeline_catch_rate
     from vlm_aug.paths import resolve_builtin

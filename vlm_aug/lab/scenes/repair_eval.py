@@ -4,7 +4,7 @@ VLM (it copies a wrong caption's colour or shape into its description, docs/down
 through the real pipeline (`vlm_aug.run.execute`, configs/demo.yaml) once per policy:
 
 - `filtered`: the demo thresholds + policy.reject_misaligned_orig (the downstream A/B's filter);
-- `repaired`: the demo thresholds + policy.repair.drop_sentences_below (as shipped in demo.yaml);
+- `repaired`: the demo thresholds + policy.repair.drop_sentences_below 0.50 (calibrated, docs/repair.md);
 - `unfiltered`: every rewrite kept (policy rewrite, thresholds off), the reference point;
 - `best_of_4_*` (--best-of): 4 candidates sampled at temperature 0.7, the highest CLIP cosine kept,
   without a filter and with repair, against the greedy `unfiltered` and `repaired`.
@@ -26,12 +26,12 @@ from pathlib import Path
 POLICIES = {
     "unfiltered": ["policy.name=rewrite", "policy.min_clip_rewrite=-1", "policy.repair.drop_sentences_below=null"],
     "filtered": ["policy.reject_misaligned_orig=true", "policy.repair.drop_sentences_below=null"],
-    "repaired": [],  # configs/demo.yaml as shipped: repair on
+    "repaired": ["policy.repair.drop_sentences_below=0.5"],  # calibrated for the scene CLIP (docs/repair.md)
 }
 SAMPLED = ["generation.do_sample=true", "generation.temperature=0.7"]
 BEST_OF = {  # best of 4 at temperature 0.7 against greedy, with and without the policy
     "best_of_4_unfiltered": [*POLICIES["unfiltered"], *SAMPLED, "generation.n=4"],
-    "best_of_4_repaired": [*SAMPLED, "generation.n=4"],
+    "best_of_4_repaired": [*POLICIES["repaired"], *SAMPLED, "generation.n=4"],
 }
 
 
