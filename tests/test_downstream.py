@@ -213,15 +213,19 @@ def test_scene_world_mode_with_tiny_models(tmp_path, tiny_vlm_dir, tiny_clip_dir
     assert manifest["models"]["rewrite"]["model"] == str(root / "credulous_vlm")  # fine-tuned from the tiny VLM
     assert manifest["config"]["policy"]["reject_misaligned_orig"] is True
     assert data == json.loads((root / "filtered" / "downstream.json").read_text())
-    assert [a["name"] for a in data["arms"]] == ["original", "filtered", "unfiltered"]
+    assert manifest["config"]["policy"]["repair"]["drop_sentences_below"] is None  # the filter arm: no repair
+    repaired = json.loads((root / "repaired/manifest.json").read_text())["config"]["policy"]
+    assert repaired["repair"]["drop_sentences_below"] == 0.5 and repaired["reject_misaligned_orig"] is False
+    assert [a["name"] for a in data["arms"]] == ["original", "filtered", "unfiltered", "repaired"]
     quality = data["scene_world"]["caption_quality"]
     assert quality["original"]["samples"] == 24
     assert quality["original"]["terse_wrong"] == pytest.approx(round(0.2 * 12) * 2 / 24, abs=1e-3)
     assert quality["unfiltered"]["terse_right"] + quality["unfiltered"]["terse_wrong"] == 0  # all rewrites
-    assert set(data["gains"]) == {"filtered_vs_original", "filtered_vs_unfiltered", "unfiltered_vs_original"}
-    assert len(data["runs"]) == 6 and {r["seed"] for r in data["runs"]} == {0, 1}
+    assert set(data["gains"]) == {"filtered_vs_original", "filtered_vs_unfiltered", "unfiltered_vs_original",
+                                  "repaired_vs_original", "repaired_vs_filtered"}
+    assert len(data["runs"]) == 8 and {r["seed"] for r in data["runs"]} == {0, 1}
     assert [(r["seed"], r["arm"]) for r in data["runs"]] == [(s, a) for s in (0, 1) for a in
-                                                            ("original", "filtered", "unfiltered")]
+                                                            ("original", "filtered", "unfiltered", "repaired")]
     assert data["parallel"] == max(1, (os.cpu_count() or 1))  # cores // 1 thread: runs trained at once
     with tarfile.open(root / "heldout" / "000000.tar") as tar:
         held_captions = [tar.extractfile(m).read() for m in tar if m.name.endswith(".txt")]

@@ -63,7 +63,7 @@ def register(sub) -> None:
     p.add_argument("--scene-shards", type=int, default=8, help="scene world: training shards (default 8)")
     p.add_argument("--scene-per-shard", type=int, default=256, help="scene world: samples per shard")
     p.add_argument("--scene-heldout", type=int, default=1000, help="scene world: held-out scenes (default 1000)")
-    p.add_argument("--with-mix", action="store_true", help="scene world: add the 50/50 mix arm (4 arms, ~1/3 longer)")
+    p.add_argument("--with-mix", action="store_true", help="scene world: add the 50/50 mix arm (5 arms, ~1/4 longer)")
     p.add_argument("--rewriter", choices=["credulous", "shipped"], default="credulous",
                    help="scene world: the VLM of the pipeline runs: 'credulous' (default) is the shipped scene "
                         "VLM fine-tuned to copy a wrong caption's colour or shape (built in DIR/credulous_vlm, "
