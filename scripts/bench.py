@@ -68,6 +68,10 @@ def run(args) -> dict:
 
     if not args.no_ray:
         ray_figures(results, figures, vlm, clip, eight, work, dev)
+    from vlm_aug.lab.bench.realistic import host_costs, write_realistic_shards
+
+    print("realistic images: per-sample CPU ms of each host step (scikit-image photos, 512-1024 px JPEGs)", flush=True)
+    results["realistic"] = host_costs(write_realistic_shards(work / "realistic", 4 if args.quick else 8, 64))
     if not args.no_engines:
         from vlm_aug.lab.bench.engines import compare_engines
 
@@ -121,6 +125,14 @@ def main(argv=None) -> int:
     print(f"\n{'figure':<20}{'value':>8}   target")
     for name, value in results["figures"].items():
         print(f"{name:<20}{value:>8.3f}   {met(name, value)}")
+    if "realistic" in results:
+        r = results["realistic"]
+        print(f"\nhost path on realistic images ({r['samples']} JPEGs, mean {r['mean_kb']} KB): "
+              + ", ".join(f"{k} {v} ms" for k, v in r["ms_per_sample"].items())
+              + f"; {r['host_ms_per_sample']} ms per sample on one core")
+        print("cores one H100 needs so it never waits, at each preset's compute ceiling: "
+              + ", ".join(f"{k} {v}" for k, v in r["cores_per_h100"].items())
+              + f"; hf engine, 256M model (~90 captions/s): {r['cores_per_h100_hf_256m']}")
     if "engines" in results:
         from vlm_aug.lab.bench.engines import table
 

@@ -1,0 +1,143 @@
+"""Realistic images for the host-path benchmark: shards of 512-1024 px JPEGs built from the colour
+photos scikit-image ships (random crops, scales, flips and JPEG qualities: thousands of distinct
+images), with hand-written captions; and per-sample CPU milliseconds of each host step.
+
+    python -m vlm_aug.lab.bench.realistic [--samples 512]     # needs scikit-image
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+CAPTIONS = {  # looked at, not generated
+    "astronaut": "an astronaut in a white spacesuit in front of a flag",
+    "chelsea": "a ginger tabby cat looking to the side",
+    "coffee": "a cup of coffee with latte art on a saucer",
+    "rocket": "a rocket on its launch pad under a blue sky",
+    "immunohistochemistry": "stained tissue under a microscope",
+    "hubble_deep_field": "distant galaxies in deep space",
+    "retina": "the back of a human eye with blood vessels",
+    "colorwheel": "a wheel of blended colours",
+    "cat": "a cat looking at the camera",
+}
+# Ceilings of docs/performance.md ("Engines"): captions/s per H100 at the compute ceiling, and the
+# hf engine's per-step-overhead estimate for the 256M model.
+CEILINGS = {"smolvlm-256m": 1600, "smolvlm-500m": 1100, "smolvlm2-2.2b": 285, "qwen2-vl-2b": 85,
+            "qwen2.5-vl-3b": 58, "qwen2.5-vl-7b": 31, "llava-1.5-7b": 39}
+HF_256M = 90
+
+
+def _photos() -> dict[str, Image.Image]:
+    import skimage.data
+
+    return {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in CAPTIONS}
+
+
+def realistic_image(photo: Image.Image, rng: random.Random) -> bytes:
+    """A random crop (50-100% of each side), scaled so its longest side is 512-1024 px, maybe mirrored,
+    saved as JPEG at quality 80-95: real web-image sizes (~40-250 KB)."""
+    w, h = photo.size
+    cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    crop = photo.crop((x, y, x + cw, y + ch))
+    scale = rng.randint(512, 1024) / max(crop.size)
+    crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.BICUBIC)
+    if rng.random() < 0.5:
+        crop = ImageOps.mirror(crop)
+    buffer = io.BytesIO()
+    crop.save(buffer, "JPEG", quality=rng.randint(80, 95))
+    return buffer.getvalue()
+
+
+def write_realistic_shards(out_dir, n_shards: int, per_shard: int, seed: int = 0) -> list[Path]:
+    from vlm_aug.shards.write import add_member
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    photos, names = _photos(), sorted(CAPTIONS)
+    paths = []
+    for shard in range(n_shards):
+        path = out_dir / f"{shard:06d}.tar"
+        paths.append(path)
+        if path.exists():
+            continue
+        rng = random.Random(f"vlm_aug.realistic/{seed}/{shard}")
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for i in range(per_shard):
+                name = rng.choice(names)
+                key = f"{shard:06d}_{i:06d}"
+                add_member(tar, f"{key}.jpg", realistic_image(photos[name], rng))
+                add_member(tar, f"{key}.txt", CAPTIONS[name].encode("utf-8"))
+    return paths
+
+
+def host_costs(shards: list[Path]) -> dict:
+    """Per-sample CPU milliseconds of each host step, measured one step at a time on one core."""
+    import open_clip
+    import torch
+    from transformers import Idefics3ImageProcessor
+
+    from vlm_aug.shards.decode import decode_samples
+    from vlm_aug.shards.images import output_image
+    from vlm_aug.shards.read import ShardReader
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    samples = [s for url in shards for s in ShardReader(str(url), "txt", ["jpg"], 1 << 27)]
+    read = time.perf_counter() - start
+    n = len(samples)
+    nbytes = sum(len(s.image_bytes) for s in samples)
+    start = time.perf_counter()
+    decode_samples(samples, 50_000_000, 1 << 26)
+    decode = time.perf_counter() - start
+    images = [s.image for s in samples]
+    # SmolVLM's processor settings (the presets: one 512 px tile, no splitting); numbers, no weights
+    vlm_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 512},
+                                           max_image_size={"longest_edge": 512})
+    start = time.perf_counter()
+    for i in range(0, n, 32):
+        vlm_processor(images[i:i + 32], return_tensors="pt")
+    vlm = time.perf_counter() - start
+    clip_preprocess = open_clip.image_transform(224, is_train=False)  # ViT-B-32's: resize, crop, normalise
+    start = time.perf_counter()
+    for image in images:
+        clip_preprocess(image)
+    clip = time.perf_counter() - start
+    start = time.perf_counter()
+    for s in samples:  # the output image member: jpg stays byte for byte (output.normalize_image_format)
+        output_image(s, "jpg")
+    write = time.perf_counter() - start
+    ms = {k: round(v * 1000 / n, 3) for k, v in
+          {"read": read, "decode": decode, "vlm_processor": vlm, "clip_preprocess": clip, "write_image": write}.items()}
+    total = sum(ms.values())
+    return {"samples": n, "mean_kb": round(nbytes / n / 1024, 1), "ms_per_sample": ms,
+            "host_ms_per_sample": round(total, 3),
+            "cores_per_h100": {preset: round(rate * total / 1000, 1) for preset, rate in CEILINGS.items()},
+            "cores_per_h100_hf_256m": round(HF_256M * total / 1000, 1)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vlm_aug.lab.bench.realistic", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=512)
+    ap.add_argument("--workdir", type=Path)
+    args = ap.parse_args(argv)
+    work = args.workdir or Path(tempfile.gettempdir()) / "vlm_aug_realistic"
+    per = 64
+    shards = write_realistic_shards(work, max(1, args.samples // per), per)
+    result = host_costs(shards)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
