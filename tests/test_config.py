@@ -23,7 +23,7 @@ def write(tmp_path, text: str) -> Path:
     ("vlm:\n  batch_size: many\n", ["vlm.batch_size", "integer"]),
     ("policy:\n  min_clip_rewrite: 3\n", ["policy.min_clip_rewrite", "less than or equal to 1"]),
     ("policy:\n  name: best\n", ["policy.name", "'rewrite', 'fallback', 'both' or 'mix'"]),
-    ("executor: spark\n", ["executor", "'local' or 'ray'"]),
+    ("executor: spark\n", ["executor", "'auto', 'local' or 'ray'"]),
     ("input:\n  caption_key: 'json caption'\n", ["input.caption_key", "json:FIELD"]),
     ("- just\n- a list\n", ["must be a mapping"]),
 ])

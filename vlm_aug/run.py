@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import sys
 import time
@@ -19,7 +20,7 @@ from vlm_aug.record import RunContext
 from vlm_aug.resume import fingerprint, plan_shards, run_settings
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.lease import Lease
-from vlm_aug.shards.read import expand_inputs, shard_name
+from vlm_aug.shards.read import expand_inputs, input_identity, shard_name
 from vlm_aug.stages.prompts import load_template
 
 PACKAGES = ("vlm-aug", "torch", "transformers", "open_clip_torch", "webdataset", "ray", "pyarrow", "pillow")
@@ -50,8 +51,33 @@ def check(config: Config) -> list[str]:
     return urls
 
 
-def make_executor(config: Config):
-    if config.executor == "ray":
+PREVIEW_BYTES = 64 * 1024 * 1024  # executor auto: under this much input, Ray's start-up costs more than it brings
+
+
+def resolve_executor(config: Config, todo: list[str]) -> tuple[str, str]:
+    """-> (local | ray, why). `auto`: Ray when a cluster is given, the machine has several GPUs, or the
+    input is larger than a preview; else local (Ray's start-up, 5-10 s, is more than a preview's work)."""
+    if config.executor != "auto":
+        return config.executor, f"executor: {config.executor}"
+    if config.ray.address or os.environ.get("RAY_ADDRESS"):
+        return "ray", "a Ray cluster is given"
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus > 1:
+        return "ray", f"{gpus} GPUs: one actor each"
+    size = sum(input_identity(url).get("size") or 0 for url in todo)
+    if size > PREVIEW_BYTES:
+        return "ray", f"{size / 2**20:,.0f} MB of input"
+    return "local", (f"no Ray cluster given, {gpus or 'no'} GPU, {size / 2**20:.1f} MB of input: Ray's start-up "
+                     "would cost more than it brings (--executor ray to use it)")
+
+
+def make_executor(config: Config, todo: list[str] = ()):
+    name, why = resolve_executor(config, list(todo))
+    if config.executor == "auto":
+        print(f"vlm-aug: executor auto -> {name} ({why})", file=sys.stderr)
+    if name == "ray":
         from vlm_aug.executors.ray import RayExecutor
 
         return RayExecutor(config)
@@ -72,7 +98,7 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
         started = time.time()
         bar = RunProgress(len(todo), enabled=progress)
         try:
-            report = make_executor(config).run(todo, ShardProcessor(config, run), bar) if todo else ExecutorReport()
+            report = make_executor(config, todo).run(todo, ShardProcessor(config, run), bar) if todo else ExecutorReport()
         finally:
             bar.close()
         manifest = write_manifest(config, run, report, skipped, started, settings)

@@ -19,7 +19,7 @@ def register(sub) -> None:
                    help="share of deliberately wrong terse captions (default 0.2)")
     p.add_argument("--seed", type=int, default=2026, help="scene seed (default 2026)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.add_argument("--executor", choices=["local", "ray"], help="where shards run")
+    p.add_argument("--executor", choices=["auto", "local", "ray"], help="where shards run (default auto: local for the demo's small input)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -13,7 +13,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="output directory or URL (default from the config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set policy.name=rewrite (repeatable)")
-    p.add_argument("--executor", choices=["local", "ray"], help="where shards run (default from the config)")
+    p.add_argument("--executor", choices=["auto", "local", "ray"], help="where shards run (default from the config: auto)")
     p.add_argument("--ray-address", help="connect to an existing Ray cluster (else RAY_ADDRESS or a local one)")
     p.add_argument("--overwrite", action="store_true", help="redo shards that are already complete")
     p.add_argument("--allow-config-change", action="store_true",

@@ -238,7 +238,9 @@ class Config(Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
-    executor: Literal["local", "ray"] = "ray"
+    # auto: Ray when a cluster is given, the machine has several GPUs, or the input is large; else the
+    # local executor, whose start-up is seconds shorter (docs/cluster.md, "Which executor")
+    executor: Literal["auto", "local", "ray"] = "auto"
     ray: RayConfig = Field(default_factory=RayConfig)
     torch_threads: Optional[int] = Field(None, ge=1)
     dry_run: bool = False  # no models: caption kept as is, images still decoded, full output written

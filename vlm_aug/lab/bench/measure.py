@@ -83,6 +83,14 @@ def tar_copy(inputs: list[Path], out_dir: Path) -> float:
     return samples / (time.perf_counter() - start)
 
 
+def demo_wall(out: Path) -> float:
+    """Wall seconds of `vlm-aug demo` in a fresh process, as a user runs it (start-up included)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "vlm_aug.cli", "demo", "--output", str(out), "--no-progress"],
+                   capture_output=True, text=True, check=True)
+    return round(time.perf_counter() - start, 2)
+
+
 PEAK_RSS = """
 import json, resource, sys
 from vlm_aug.config import Config
