@@ -55,6 +55,7 @@ class Sample:
     members: list[str] = field(default_factory=list)
     image_bytes: Optional[bytes] = None
     image_ext: Optional[str] = None
+    image_real_ext: Optional[str] = None  # what the bytes are, read from their header when decoded
     image: Any = None  # decoded PIL image; transient, never written
     image_reencoded_to: Optional[str] = None  # output.normalize_image_format re-encoded the image
     caption_orig: Optional[str] = None

@@ -6,13 +6,21 @@ import io
 import re
 import warnings
 
+from typing import Optional
+
 from PIL import Image, ImageOps
 
+from vlm_aug.formats import EXT_OF_FORMAT
 from vlm_aug.sample import Sample
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode, refusing images that declare more than `max_pixels` before decoding them."""
+    return decode_with_format(data, max_pixels)[0]
+
+
+def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, Optional[str]]:
+    """-> (RGB image, the extension that names the bytes' real format, read from their header)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data))
@@ -20,7 +28,11 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         if width * height > max_pixels:
             raise ValueError(f"image_too_large: {width}x{height} exceeds limits.max_image_pixels={max_pixels}")
         image.load()
-    image = ImageOps.exif_transpose(image)
+    ext = EXT_OF_FORMAT.get(image.format)
+    return _to_rgb(ImageOps.exif_transpose(image)), ext
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         image = image.point(lambda v: v / 256).convert("L")  # 16-bit: scale to 8 bits first
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -44,7 +56,7 @@ def decode_samples(samples: list[Sample], max_pixels: int, max_image_bytes: int)
             sample.fail("decode_error", "zero-byte image")
             continue
         try:
-            sample.image = decode_image(sample.image_bytes, max_pixels)
+            sample.image, sample.image_real_ext = decode_with_format(sample.image_bytes, max_pixels)
         except Exception as exc:  # PIL raises many types for hostile bytes
             reason = "image_too_large" if "too_large" in str(exc) or "DecompressionBomb" in type(exc).__name__ else "decode_error"
             detail = re.sub(r" at 0x[0-9a-f]+", "", f"{type(exc).__name__}: {exc}")  # reruns record the same text

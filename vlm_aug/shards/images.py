@@ -34,7 +34,7 @@ def real_ext(data: bytes, claimed: Optional[str]) -> Optional[str]:
 
 def output_image(sample: Sample, target: Optional[str]) -> tuple[bytes, str]:
     """-> (bytes, extension) of the sample's image member; sets `sample.image_reencoded_to`."""
-    ext = real_ext(sample.image_bytes, sample.image_ext)
+    ext = sample.image_real_ext or real_ext(sample.image_bytes, sample.image_ext)  # decoding read it already
     if target is None or ext == target:
         return sample.image_bytes, ext
     image = sample.image if sample.image is not None else decode_image(sample.image_bytes, Image.MAX_IMAGE_PIXELS)
