@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 from vlm_aug.config import Config
@@ -82,6 +84,14 @@ class ShardProcessor:
         self.config, self.run = config, run
         self.stages = stages if stages is not None else build_stages(config)
         self.ready = False
+        self._pool = None
+
+    def decode_pool(self):
+        """Threads decoding images (input.decode_workers; None: half the cores, 1-4); None for one."""
+        workers = self.config.input.decode_workers or max(1, min(4, (os.cpu_count() or 2) // 2))
+        if workers > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="vlm_aug-decode")
+        return self._pool
 
     def setup(self) -> None:
         if not self.ready:
@@ -105,12 +115,12 @@ class ShardProcessor:
         for sample in reader:
             batch.append(sample)
             if len(batch) == size:
-                decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes)
+                decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes, self.decode_pool())
                 timings["read_decode"] += time.perf_counter() - start
                 yield batch
                 batch, start = [], time.perf_counter()
         if batch:
-            decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes)
+            decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes, self.decode_pool())
             timings["read_decode"] += time.perf_counter() - start
             yield batch
 

@@ -43,21 +43,34 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_samples(samples: list[Sample], max_pixels: int, max_image_bytes: int) -> None:
-    """Attach `sample.image` to every active sample, or fail it with a reason."""
+def decode_samples(samples: list[Sample], max_pixels: int, max_image_bytes: int, pool=None) -> None:
+    """Attach `sample.image` to every active sample, or fail it with a reason. With `pool` (a thread
+    pool: Pillow releases the GIL while decoding) the images decode in parallel."""
     Image.MAX_IMAGE_PIXELS = max_pixels
+    todo = []
     for sample in samples:
         if not sample.active:
             continue
         if len(sample.image_bytes) > max_image_bytes:
             sample.fail("image_too_large", f"{len(sample.image_bytes)} bytes > limits.max_image_bytes")
-            continue
-        if not sample.image_bytes:
+        elif not sample.image_bytes:
             sample.fail("decode_error", "zero-byte image")
-            continue
-        try:
-            sample.image, sample.image_real_ext = decode_with_format(sample.image_bytes, max_pixels)
-        except Exception as exc:  # PIL raises many types for hostile bytes
-            reason = "image_too_large" if "too_large" in str(exc) or "DecompressionBomb" in type(exc).__name__ else "decode_error"
-            detail = re.sub(r" at 0x[0-9a-f]+", "", f"{type(exc).__name__}: {exc}")  # reruns record the same text
-            sample.fail(reason, detail)
+        else:
+            todo.append(sample)
+    outcomes = pool.map(lambda s: _decode_one(s.image_bytes, max_pixels), todo) if pool else (
+        _decode_one(s.image_bytes, max_pixels) for s in todo)
+    for sample, (decoded, failure) in zip(todo, outcomes):
+        if failure:
+            sample.fail(*failure)
+        else:
+            sample.image, sample.image_real_ext = decoded
+
+
+def _decode_one(data: bytes, max_pixels: int):
+    """-> ((image, real ext), None) or (None, (reason, detail)); never raises."""
+    try:
+        return decode_with_format(data, max_pixels), None
+    except Exception as exc:  # PIL raises many types for hostile bytes
+        reason = "image_too_large" if "too_large" in str(exc) or "DecompressionBomb" in type(exc).__name__ else "decode_error"
+        detail = re.sub(r" at 0x[0-9a-f]+", "", f"{type(exc).__name__}: {exc}")  # reruns record the same text
+        return None, (reason, detail)

@@ -31,7 +31,7 @@ def shards(workdir: Path, n: int, per_shard: int) -> list[Path]:
 
 
 def config(vlm: str, clip: str, inputs: list[Path], out: Path, **sets) -> Config:
-    overrides = [f"vlm.model={vlm}", f"clip.model={clip}", f"output.path={out}", "output.report=false",
+    overrides = [f"vlm.model={vlm}", f"clip.model={clip}", f"output.path={out}", "output.report=false", "report.semantic=false",
                  "input.paths=[" + ",".join(f"'{p}'" for p in inputs) + "]"]
     overrides += [f"{k.replace('__', '.')}={v}" for k, v in sets.items()]
     return load_config(configs_dir() / "demo.yaml", overrides)
