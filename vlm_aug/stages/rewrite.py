@@ -74,20 +74,19 @@ class RewriteStage:
             sample.generation.caption_truncated = True
         return caption
 
-    def _request(self, sample: Sample, candidate: int = 0) -> Request:
-        """The main caption's request; candidate i > 0 of best-of-n draws with its own seed."""
-        rendered = self.template.render(self._caption(sample))
-        sample.generation.rendered_prompt_sha256 = sha256_text(rendered)
+    def _request(self, sample: Sample, candidate: int = 0, caption: str | None = None) -> Request:
+        """The main caption's request (candidate i > 0 of best-of-n draws with its own seed), or the
+        request of the extra caption named `caption`. The seed depends only on the sample's identity."""
         shard = sample.shard.rsplit("/", 1)[-1]
-        sample.generation.seed = derive_seed(self.generation.seed, shard, sample.key)
-        seed = sample.generation.seed if candidate == 0 else derive_seed(self.generation.seed, shard, sample.key,
-                                                                          f"candidate:{candidate}")
-        return Request(rendered_prompt=rendered, seed=seed, image=sample.image,
-                       image_bytes=sample.image_bytes, image_ext=sample.image_ext)
-
-    def _extra_request(self, sample: Sample, name: str) -> Request:
-        rendered = self.extra_templates[name].render(self._caption(sample))
-        seed = derive_seed(self.generation.seed, sample.shard.rsplit("/", 1)[-1], sample.key, f"caption:{name}")
+        template = self.extra_templates[caption] if caption else self.template
+        rendered = template.render(self._caption(sample))
+        if caption:
+            seed = derive_seed(self.generation.seed, shard, sample.key, f"caption:{caption}")
+        else:
+            sample.generation.rendered_prompt_sha256 = sha256_text(rendered)
+            sample.generation.seed = derive_seed(self.generation.seed, shard, sample.key)
+            seed = sample.generation.seed if candidate == 0 else derive_seed(self.generation.seed, shard, sample.key,
+                                                                              f"candidate:{candidate}")
         return Request(rendered_prompt=rendered, seed=seed, image=sample.image,
                        image_bytes=sample.image_bytes, image_ext=sample.image_ext)
 
@@ -135,7 +134,7 @@ class RewriteStage:
         n = self.generation.n
         jobs = [(s, "rewrite", i) for s in batch for i in range(n)]
         jobs += [(s, name, 0) for s in batch for name in self.extra_templates]
-        requests = [self._request(s, i) if kind == "rewrite" else self._extra_request(s, kind) for s, kind, i in jobs]
+        requests = [self._request(s, i) if kind == "rewrite" else self._request(s, caption=kind) for s, kind, i in jobs]
         results = self._run(requests)
         for (sample, kind, i), request, result in zip(jobs, requests, results):
             sample.generation.retries += result.retries

@@ -164,8 +164,6 @@ class OpenAIEngine:
                     data = reply.json()
                     choice = data["choices"][0]
                     usage = data.get("usage") or {}
-                    if data.get("model"):
-                        self.served_model = data["model"]
                     return Result(text=choice["message"].get("content") or "", retries=retries,
                                   new_tokens=usage.get("completion_tokens"),
                                   hit_limit=choice.get("finish_reason") == "length")
