@@ -126,7 +126,6 @@ def print_rows(name: str, out: Path, seconds: float) -> list[dict]:
 
 def main(argv=None) -> int:
     from vlm_aug.cli import main as vlm_aug_main
-    from vlm_aug.paths import configs_dir
 
     args = parse_args(argv)
     presets = chosen_presets(args)

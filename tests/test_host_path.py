@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from helpers import image_bytes
 from vlm_aug.config import load_config
 from vlm_aug.run import PREVIEW_BYTES, resolve_executor
