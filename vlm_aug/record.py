@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Optional
 
+import orjson
 import pyarrow as pa
 
 from vlm_aug import SCHEMA_VERSION, __version__
@@ -130,6 +131,12 @@ COLUMNS = tuple(Column(c["name"], c["type"], tuple(c["from"].split(".")) if c["f
                        c["description"], c.get("empty_as_null", False))
                 for c in sample_schema()["x-parquet-columns"])
 PARQUET_SCHEMA = pa.schema([(c.name, ARROW_TYPES[c.type]) for c in COLUMNS])
+
+
+def record_json(record: dict) -> bytes:
+    """The record as the sample's json member: UTF-8, keys sorted, so the same record gives the same bytes.
+    orjson: compact separators; a NaN or infinity becomes null (valid JSON, unlike `json.dumps`'s NaN)."""
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
 
 
 def parquet_row(record: dict, record_json: str) -> dict:

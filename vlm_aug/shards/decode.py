@@ -8,7 +8,7 @@ import warnings
 
 from typing import Optional
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from vlm_aug.formats import EXT_OF_FORMAT
 from vlm_aug.sample import Sample
@@ -29,7 +29,12 @@ def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, Optio
             raise ValueError(f"image_too_large: {width}x{height} exceeds limits.max_image_pixels={max_pixels}")
         image.load()
     ext = EXT_OF_FORMAT.get(image.format)
-    return _to_rgb(ImageOps.exif_transpose(image)), ext
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:  # else exif_transpose would only copy
+        image = ImageOps.exif_transpose(image)
+    return _to_rgb(image), ext
+
+
+_TURNED = {2, 3, 4, 5, 6, 7, 8}  # EXIF orientations other than "as stored"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -40,7 +45,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB image
 
 
 def decode_samples(samples: list[Sample], max_pixels: int, max_image_bytes: int, pool=None) -> None:

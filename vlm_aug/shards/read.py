@@ -88,6 +88,55 @@ def split_member(name: str, known_exts: set[str]) -> tuple[str, str]:
     return (posixpath.join(directory, key) if directory else key), ".".join(parts[1:]).lower()
 
 
+def _field_text(field: bytes, encoding: str, errors: str) -> str:
+    end = field.find(b"\0")
+    return (field if end == -1 else field[:end]).decode(encoding, errors)
+
+
+def _field_octal(field: bytes) -> int:
+    end = field.find(b"\0")
+    return int((field if end == -1 else field[:end]).strip() or b"0", 8)
+
+
+class _PlainHeaders(tarfile.TarInfo):
+    """`tarfile.TarInfo` with a fast path for the header of a plain file (type 0, octal numbers,
+    unsigned checksum right): the same fields, half the cost (`tarfile` parses every header field
+    by field and sums the block twice; headers were a third of reading a shard of small images).
+    Anything else (links, devices, sparse, PAX or GNU long-name headers, base-256 numbers, a bad or
+    signed checksum, the end of the archive) is parsed by `tarfile` itself, errors included;
+    tests/test_io_path.py compares both on real and mutated headers."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        if len(buf) != tarfile.BLOCKSIZE or buf[156:157] not in (tarfile.REGTYPE, tarfile.AREGTYPE) or not buf[0]:
+            return super().frombuf(buf, encoding, errors)
+        try:
+            chksum, mode, uid, gid = _field_octal(buf[148:156]), _field_octal(buf[100:108]), \
+                _field_octal(buf[108:116]), _field_octal(buf[116:124])
+            size, mtime = _field_octal(buf[124:136]), _field_octal(buf[136:148])
+            devmajor, devminor = _field_octal(buf[329:337]), _field_octal(buf[337:345])
+        except ValueError:
+            return super().frombuf(buf, encoding, errors)
+        if chksum != 256 + sum(buf) - sum(buf[148:156]):
+            return super().frombuf(buf, encoding, errors)
+        obj = cls()
+        obj.name, obj.type = _field_text(buf[0:100], encoding, errors), buf[156:157]
+        obj.mode, obj.uid, obj.gid, obj.size, obj.mtime, obj.chksum = mode, uid, gid, size, mtime, chksum
+        obj.linkname = _field_text(buf[157:257], encoding, errors)
+        obj.uname, obj.gname = _field_text(buf[265:297], encoding, errors), _field_text(buf[297:329], encoding, errors)
+        obj.devmajor, obj.devminor = devmajor, devminor
+        prefix = _field_text(buf[345:500], encoding, errors)
+        if obj.type == tarfile.AREGTYPE and obj.name.endswith("/"):  # a V7 directory, as tarfile reads it
+            obj.type = tarfile.DIRTYPE
+            obj.name = obj.name.rstrip("/")
+        if prefix:  # a ustar long name
+            obj.name = prefix + "/" + obj.name
+        return obj
+
+
+_PLAIN = (tarfile.REGTYPE, tarfile.AREGTYPE)
+
+
 def unsafe_member(name: str) -> bool:
     return name.startswith("/") or ".." in name.split("/") or "\\" in name or "\x00" in name
 
@@ -123,7 +172,7 @@ class ShardReader:
 
     def _samples(self, raw) -> Iterator[Sample]:
         current: Optional[dict] = None
-        tar = tarfile.open(fileobj=raw, mode="r|*")
+        tar = tarfile.open(fileobj=raw, mode="r|*", tarinfo=_PlainHeaders)
         try:
             for info in tar:
                 if info.isdir():
@@ -169,7 +218,10 @@ class ShardReader:
             return None, None
         if info.size > self.max_member_bytes:
             return None, f"member_too_large:{ext}"
-        data = tar.extractfile(info).read()
+        if info.type in _PLAIN and info.sparse is None and tar.fileobj.tell() == info.offset_data:
+            data = tar.fileobj.read(info.size)  # what extractfile() would return, without its two wrappers
+        else:
+            data = tar.extractfile(info).read()
         if len(data) != info.size:
             raise EOFError(f"member {info.name!r} is cut short")
         return data, None
