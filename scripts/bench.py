@@ -45,37 +45,37 @@ def met(name: str, value: float | None) -> str:
 def run(args) -> dict:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="vlm_aug_bench_"))
     vlm, clip, label = models(work)
-    per = 16 if args.quick else 64
-    eight, sixteen, two = shards(work, 8, per), shards(work, 16, per), shards(work, 2, per)
+    per = 16 if args.quick else 128  # 16 shards x 128 = 2,048 samples: issue 18's size
+    scenes, two = shards(work, 16, per), shards(work, 2, per)
     dev = {"vlm__device": args.device, "clip__device": args.device}
     # 1 torch thread: beside the prefetch thread, 2 threads ran ~5x slower on 2 cores (docs/performance.md)
-    local = config(vlm, clip, eight, work / "out_local", executor="local", torch_threads=1, **dev)
-    print(f"models: {label}; {len(eight)} shards x {per} samples", flush=True)
+    local = config(vlm, clip, scenes, work / "out_local", executor="local", torch_threads=1, **dev)
+    print(f"models: {label}; {len(scenes)} shards x {per} samples", flush=True)
     results, figures = {"models": label, "samples_per_shard": per}, {}
     measure.pipeline(config(vlm, clip, two, work / "out_warmup", executor="local", torch_threads=1, **dev))
 
     results["local"] = measure.pipeline(local)
     loaded = measure.loaded_models(local)
-    results["bare_samples_s"] = measure.bare(local, eight, loaded)
+    results["bare_samples_s"] = measure.bare(local, scenes, loaded)
     figures["pipeline_vs_bare"] = results["local"]["samples_s"] / results["bare_samples_s"]
     local_wall = results["local"]["samples"] / results["local"]["wall_s"]  # start-up (model load) included
     figures["pipeline_vs_bare_with_startup"] = local_wall / results["bare_samples_s"]
-    results["naive_samples_s"] = measure.naive(local, eight, loaded, limit=32 if args.quick else 64)
+    results["naive_samples_s"] = measure.naive(local, scenes, loaded, limit=32 if args.quick else 64)
     figures["naive_vs_ours"] = results["naive_samples_s"] / results["local"]["samples_s"]
     del loaded
 
-    dry = config(vlm, clip, eight, work / "out_dry", executor="local", dry_run="true")
+    dry = config(vlm, clip, scenes, work / "out_dry", executor="local", dry_run="true")
     results["dry_run"] = measure.pipeline(dry)
-    results["tar_copy_samples_s"] = measure.tar_copy(eight, work / "out_tar")
+    results["tar_copy_samples_s"] = measure.tar_copy(scenes, work / "out_tar")
     figures["io_vs_tar"] = results["dry_run"]["samples_s"] / results["tar_copy_samples_s"]
 
     rss_cfg = dict(executor="local", torch_threads=1, **dev)
     results["rss_mb"] = {n: measure.peak_rss_mb(config(vlm, clip, s, work / f"out_rss{n}", **rss_cfg))
-                         for n, s in ((2, two), (16, sixteen))}
+                         for n, s in ((2, two), (16, scenes))}
     figures["rss_16_vs_2"] = results["rss_mb"][16] / results["rss_mb"][2]
 
     if not args.no_ray:
-        ray_figures(results, figures, vlm, clip, eight, work, dev)
+        ray_figures(results, figures, vlm, clip, scenes, work, dev)
     results["demo_wall_s"] = measure.demo_wall(work / "demo")
     figures["demo_wall_s"] = results["demo_wall_s"]
     from vlm_aug.lab.bench.realistic import host_costs, write_realistic_shards
@@ -97,22 +97,22 @@ def run(args) -> dict:
         from vlm_aug.lab.bench.engines import compare_engines
 
         print("engines: hf, vllm (.venv-vllm), openai (vllm serve on loopback) on the same shards", flush=True)
-        results["engines"] = compare_engines(eight, work / "engines")
+        results["engines"] = compare_engines(scenes, work / "engines")
     results["figures"] = {k: round(v, 3) for k, v in figures.items()}
     return results
 
 
-def ray_figures(results: dict, figures: dict, vlm, clip, eight, work: Path, dev: dict) -> None:
+def ray_figures(results: dict, figures: dict, vlm, clip, scenes, work: Path, dev: dict) -> None:
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200_000_000,
              log_to_driver=False)
     try:
-        one = config(vlm, clip, eight, work / "out_ray1", executor="ray", ray__num_actors=1,
+        one = config(vlm, clip, scenes, work / "out_ray1", executor="ray", ray__num_actors=1,
                      ray__num_cpus_per_actor=1, ray__torch_threads_per_actor=1, **dev)
-        split = config(vlm, clip, eight, work / "out_ray1x2", executor="ray", ray__num_actors=1,
+        split = config(vlm, clip, scenes, work / "out_ray1x2", executor="ray", ray__num_actors=1,
                        ray__num_cpus_per_actor=2, ray__torch_threads_per_actor=2, **dev)
-        two = config(vlm, clip, eight, work / "out_ray2", executor="ray", ray__num_actors=2,
+        two = config(vlm, clip, scenes, work / "out_ray2", executor="ray", ray__num_actors=2,
                      ray__num_cpus_per_actor=1, ray__torch_threads_per_actor=1, **dev)
         results["ray_1_actor"] = measure.pipeline(one)
         results["ray_2_actors"] = measure.pipeline(two)
@@ -125,7 +125,7 @@ def ray_figures(results: dict, figures: dict, vlm, clip, eight, work: Path, dev:
         figures["ray_scaling"] = results["ray_2_actors"]["samples_s"] / results["ray_1_actor_2_threads"]["samples_s"]
         # and against 1 actor x 1 thread, which is faster here than 1 x 2 (see docs/performance.md)
         figures["ray_scaling_vs_1_thread"] = results["ray_2_actors"]["samples_s"] / results["ray_1_actor"]["samples_s"]
-        results["ray_data"] = measure.ray_data(one, eight, work / "out_raydata")
+        results["ray_data"] = measure.ray_data(one, scenes, work / "out_raydata")
         ours = results["ray_1_actor"]["samples"] / results["ray_1_actor"]["wall_s"]
         results["ray_data"]["ours_wall_samples_s"] = ours
         figures["ray_data_vs_ours"] = results["ray_data"]["samples_s"] / ours

@@ -51,3 +51,105 @@ def test_executor_auto(tmp_path, monkeypatch):
     assert resolve_executor(cfg, [str(small)]) == ("ray", "a Ray cluster is given")
     forced = load_config(None, [f"input.paths=['{small}']", f"output.path={tmp_path / 'out'}", "executor=local"])
     assert resolve_executor(forced, [str(big)])[0] == "local"
+
+
+def scene_stages(**generation):
+    from vlm_aug.config import load_config
+    from vlm_aug.paths import configs_dir
+    from vlm_aug.stages.rewrite import RewriteStage
+    from vlm_aug.stages.score import ScoreStage
+
+    sets = ["vlm.model=vlm_aug:scene_vlm", "clip.model=vlm_aug:scene_clip", "vlm.batch_size=3",
+            *[f"generation.{k}={v}" for k, v in generation.items()]]
+    cfg = load_config(configs_dir() / "demo.yaml", sets)
+    rewrite, score = RewriteStage(cfg.vlm, cfg.generation, cfg.limits), ScoreStage(cfg.clip)
+    rewrite.setup()
+    score.setup()
+    return rewrite, score
+
+
+def scene_samples(tmp_path):
+    from vlm_aug.lab.scenes import write_scene_shards
+    from vlm_aug.shards.read import ShardReader
+
+    [shard] = write_scene_shards(tmp_path, 1, 10, seed=3, wrong_fraction=0.3)
+    batch = list(ShardReader(str(shard), "txt", ["png"], 1 << 20))
+    decode_samples(batch, 1 << 24, 1 << 20)
+    batch[4].fail("decode_error", "made inactive: prepare must skip it")
+    return batch
+
+
+def outputs(batch):
+    return [(s.status, s.caption_rewrite, s.generation.seed, s.generation.new_tokens, s.scores) for s in batch]
+
+
+def test_prepared_inputs_give_the_same_rewrites_and_scores(tmp_path):
+    """Processor tensors and CLIP pixels made ahead (as the prefetch thread does, here on 2 threads)
+    are used, and give what the stages compute inline, with sampling on (per-sample seeds)."""
+    rewrite, score = scene_stages(do_sample="true", temperature=1.5)
+    inline, ahead = scene_samples(tmp_path / "a"), scene_samples(tmp_path / "b")
+    for stage in (rewrite, score):
+        stage.process_batch(inline)
+    with ThreadPoolExecutor(2) as pool:
+        rewrite.prepare(ahead, pool)
+        score.prepare(ahead, pool)
+    groups = [s for s in ahead if "rewrite" in s.prepared]
+    assert len(groups) == 3 and sum("clip_pixels" in s.prepared for s in ahead) == 9  # 9 active, 3 per call
+    for stage in (rewrite, score):
+        stage.process_batch(ahead)
+    assert all(not s.prepared for s in ahead)  # every prepared input was taken
+    assert outputs(ahead) == outputs(inline)
+    assert len({s.caption_rewrite for s in ahead if s.active}) > 3
+
+
+def test_inputs_prepared_for_other_groups_are_not_used(tmp_path):
+    """run_stage isolates a failing sample by calling the stage on one sample at a time: the groups
+    then differ from the prepared ones, and the stage computes its inputs itself."""
+    rewrite, score = scene_stages()
+    inline, ahead = scene_samples(tmp_path / "a"), scene_samples(tmp_path / "b")
+    rewrite.prepare(ahead)
+    assert sum("rewrite" in s.prepared for s in ahead) == 3
+    for batch in (inline, ahead):  # in pairs, backwards: a group's first sample meets other samples
+        for i in range(len(batch) - 1, 0, -2):
+            rewrite.process_batch([batch[i], batch[i - 1]])
+    assert outputs(ahead) == outputs(inline)
+
+
+def test_ray_worker_lock_holds_models_only_and_waits_are_kept_apart(tmp_path):
+    """Under Ray an actor runs several shards in threads and one model batch at a time. `decide`
+    (no model) used to take the model lock too, and its timer counted the wait for another shard's
+    generate: 9.7 s of "decide" in the issue. Now it runs beside the lock, and a model stage's wait
+    is returned by take_wait_s (the pipeline files it under model_wait)."""
+    import threading
+    import time
+
+    from vlm_aug.config import PolicyConfig
+    from vlm_aug.executors.ray_actor import LockedStage, ModelMeter
+    from vlm_aug.stages.decide import DecideStage
+
+    rewrite, score = scene_stages()
+    batch = scene_samples(tmp_path)
+    rewrite.process_batch(batch)
+    meter = ModelMeter()
+    locked_score, locked_decide = LockedStage(score, meter), LockedStage(DecideStage(PolicyConfig()), meter)
+    waited = {}
+
+    def score_then_decide():
+        locked_score.process_batch(batch)
+        waited["score"] = locked_score.take_wait_s()
+        locked_decide.process_batch(batch)
+        waited["decide"] = locked_decide.take_wait_s()
+
+    with meter.lock:  # another shard's batch holds the models
+        decide_alone = threading.Thread(target=locked_decide.process_batch, args=(scene_samples(tmp_path / "b"),))
+        decide_alone.start()
+        decide_alone.join(10)
+        assert not decide_alone.is_alive()  # decide did not wait for the models
+        worker = threading.Thread(target=score_then_decide)
+        worker.start()
+        time.sleep(0.3)
+        assert worker.is_alive() and "score" not in waited  # the model stage waits its turn
+    worker.join(30)
+    assert waited["score"] >= 0.25 and waited["decide"] == 0.0
+    assert all(s.scores.get("clip_orig") is not None and s.status != "pending" for s in batch if s.reason != "decode_error")
+    assert locked_score.take_wait_s() == 0.0 and meter.busy_s > 0  # taken once; busy time is the model's only

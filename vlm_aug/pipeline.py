@@ -107,22 +107,34 @@ class ShardProcessor:
             return self.config.vlm.window
         return max(self.config.vlm.batch_size * 2, 16)
 
+    def _ready(self, batch: list[Sample], timings: dict, start: float) -> list[Sample]:
+        """Decode a batch's images and let the stages prepare their inputs (all in the prefetch thread)."""
+        limits, pool = self.config.limits, self.decode_pool()
+        decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes, pool)
+        timings["read_decode"] += time.perf_counter() - start
+        for stage in self.stages:
+            prepare = getattr(stage, "prepare", None)
+            if prepare is not None:
+                begun = time.perf_counter()
+                try:
+                    prepare(batch, pool)
+                except Exception:  # noqa: BLE001 - process_batch computes what is missing, where a bad
+                    for sample in batch:  # sample is isolated and gets its reason (run_stage)
+                        sample.prepared.clear()
+                timings["prepare"] += time.perf_counter() - begun
+        return batch
+
     def _batches(self, reader: ShardReader, timings: dict) -> Iterator[list[Sample]]:
         batch: list[Sample] = []
-        limits = self.config.limits
         size = self.batch_samples()
         start = time.perf_counter()
         for sample in reader:
             batch.append(sample)
             if len(batch) == size:
-                decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes, self.decode_pool())
-                timings["read_decode"] += time.perf_counter() - start
-                yield batch
+                yield self._ready(batch, timings, start)
                 batch, start = [], time.perf_counter()
         if batch:
-            decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes, self.decode_pool())
-            timings["read_decode"] += time.perf_counter() - start
-            yield batch
+            yield self._ready(batch, timings, start)
 
     def process(self, url: str) -> dict:
         self.setup()
@@ -136,11 +148,14 @@ class ShardProcessor:
                 for stage in self.stages:
                     start = time.perf_counter()
                     run_stage(stage, batch)
-                    timings[stage.name] += time.perf_counter() - start
+                    waited = stage.take_wait_s() if hasattr(stage, "take_wait_s") else 0.0
+                    timings[stage.name] += time.perf_counter() - start - waited
+                    if waited:  # another shard's batch held this worker's models (Ray: shards in flight)
+                        timings["model_wait"] += waited
                 start = time.perf_counter()
                 for sample in batch:
                     writer.add(sample)  # may re-encode from the decoded image (output.normalize_image_format)
-                    sample.image = None
+                    sample.image, sample.prepared = None, {}
                 timings["write"] += time.perf_counter() - start
             start = time.perf_counter()
             stats = writer.commit(reader.report.error, reader.report.ignored_members, timings, identity)

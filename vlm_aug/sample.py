@@ -57,6 +57,7 @@ class Sample:
     image_ext: Optional[str] = None
     image_real_ext: Optional[str] = None  # what the bytes are, read from their header when decoded
     image: Any = None  # decoded PIL image; transient, never written
+    prepared: dict = field(default_factory=dict, repr=False)  # stages' model inputs made ahead (prepare); transient
     image_reencoded_to: Optional[str] = None  # output.normalize_image_format re-encoded the image
     caption_orig: Optional[str] = None
     orig_json: Optional[str] = None  # the original json member, verbatim text

@@ -36,12 +36,18 @@ class Stage(Protocol):
     name: str
     section: str  # the record section its `describe()` fills: generation, scoring or decision
     resources: Resources
+    uses_model: bool  # runs a model: a worker holding several shards runs one such batch at a time
 
     def setup(self) -> None: ...
 
     def process_batch(self, samples: list[Sample]) -> None: ...
 
     def describe(self) -> dict: ...
+
+    # optional: `prepare(samples, pool)` does a batch's host work that needs no model result (image
+    # preprocessing, the processor's tensors) into `sample.prepared`. The pipeline calls it in the
+    # prefetch thread, so it overlaps the model's work on the previous batch; `pool` (threads, or None)
+    # spreads it over cores. `process_batch` uses what it finds there and computes what it does not.
 
 
 def derive_seed(run_seed: int, *parts: str) -> int:

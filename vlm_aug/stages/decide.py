@@ -11,6 +11,7 @@ from vlm_aug.stages.base import Resources, derive_seed
 class DecideStage:
     name = "decide"
     section = "decision"  # the record section its description fills
+    uses_model = False
 
     def __init__(self, policy: PolicyConfig, seed: int = 0):
         self.policy, self.seed = policy, seed

@@ -10,6 +10,7 @@ from vlm_aug.stages.base import Resources
 class PassThroughStage:
     name = "passthrough"
     section = "decision"  # the record section its description fills
+    uses_model = False
     resources = Resources(cpus=1.0)
 
     def setup(self) -> None:

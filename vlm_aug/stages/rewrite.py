@@ -26,6 +26,7 @@ def clean_rewrite(text: str) -> str:
 class RewriteStage:
     name = "rewrite"
     section = "generation"  # the record section its description fills
+    uses_model = True
 
     def __init__(self, vlm: VLMConfig, generation: GenerationConfig, limits: LimitsConfig):
         self.vlm, self.generation, self.limits = vlm, generation, limits
@@ -95,22 +96,45 @@ class RewriteStage:
         rendered = self._request(sample).rendered_prompt
         return self.processor.apply_chat_template(chat_messages(rendered), add_generation_prompt=True)
 
-    def process_batch(self, samples: list[Sample]) -> None:
+    def _calls(self, samples: list[Sample]) -> list[list[Sample]]:
+        """The active samples in the groups that go to the engine together: a serving engine takes all of
+        them; a batching one `per_call` requests at a time, similar prompt lengths together (less padding)."""
         active = [s for s in samples if s.active]
         per_call = self.engine.per_call
         if per_call is None:  # a serving engine schedules all of them itself
-            self.generate(active)
-            return
-        # similar prompt lengths in one generate call waste less on padding
+            return [active]
         active.sort(key=lambda s: len(s.caption_orig))
         per_sample = self.generation.n + len(self.extra_templates)  # requests per sample
         step = max(1, per_call // per_sample)
-        for start in range(0, len(active), step):
-            self.generate(active[start:start + step])
+        return [active[start:start + step] for start in range(0, len(active), step)]
 
-    def _run(self, requests: list[Request]) -> list:
-        """The engine on `requests`, `per_call` at a time for engines that batch a fixed number."""
+    def process_batch(self, samples: list[Sample]) -> None:
+        for group in self._calls(samples):
+            self.generate(group)
+
+    def prepare(self, samples: list[Sample], pool=None) -> None:
+        """The processor's tensors of each engine call, made ahead (engines that have `encode`: hf), on
+        `pool`'s threads when given. Kept on the group's first sample with the group's identity."""
+        encode = getattr(self.engine, "encode", None)
+        if encode is None or self.engine.per_call is None:
+            return
+        groups = [g for g in self._calls(samples) if g]
+        made = (pool.map if pool else map)(lambda g: encode(self._requests(g)[1]), groups)
+        for group, inputs in zip(groups, made):
+            group[0].prepared["rewrite"] = ([id(s) for s in group], inputs)
+
+    def _requests(self, batch: list[Sample]) -> tuple[list, list[Request]]:
+        n = self.generation.n
+        jobs = [(s, "rewrite", i) for s in batch for i in range(n)]
+        jobs += [(s, name, 0) for s in batch for name in self.extra_templates]
+        return jobs, [self._request(s, i) if kind == "rewrite" else self._request(s, caption=kind) for s, kind, i in jobs]
+
+    def _run(self, requests: list[Request], inputs=None) -> list:
+        """The engine on `requests`, `per_call` at a time for engines that batch a fixed number;
+        `inputs`: the one call's tensors made by `prepare`."""
         step = self.engine.per_call or len(requests) or 1
+        if inputs is not None and len(requests) <= step:
+            return self.engine.generate(requests, inputs)
         results = []
         for start in range(0, len(requests), step):
             results += self.engine.generate(requests[start:start + step])
@@ -132,10 +156,10 @@ class RewriteStage:
         engine could not serve. Raises EngineUnavailable when the engine itself is down, so the shard is
         redone rather than committed full of errors."""
         n = self.generation.n
-        jobs = [(s, "rewrite", i) for s in batch for i in range(n)]
-        jobs += [(s, name, 0) for s in batch for name in self.extra_templates]
-        requests = [self._request(s, i) if kind == "rewrite" else self._request(s, caption=kind) for s, kind, i in jobs]
-        results = self._run(requests)
+        jobs, requests = self._requests(batch)
+        made = batch[0].prepared.pop("rewrite", None) if batch else None
+        inputs = made[1] if made and made[0] == [id(s) for s in batch] else None  # else made for other groups
+        results = self._run(requests, inputs)
         for (sample, kind, i), request, result in zip(jobs, requests, results):
             sample.generation.retries += result.retries
             if result.error is not None:

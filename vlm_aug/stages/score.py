@@ -15,6 +15,7 @@ from vlm_aug.text import split_sentences
 class ScoreStage:
     name = "score"
     section = "scoring"  # the record section its description fills
+    uses_model = True
 
     def __init__(self, clip: CLIPConfig, repair: RepairConfig | None = None):
         self.clip = clip
@@ -48,12 +49,22 @@ class ScoreStage:
             chunks.append(self.model.encode_text(tokens, normalize=True).float())
         return torch.cat(chunks) if chunks else torch.empty(0)
 
+    def prepare(self, samples: list[Sample], pool=None) -> None:
+        """CLIP's preprocessing of each active sample's image (resize, crop, normalise), made ahead."""
+        todo = [s for s in samples if s.active and s.image is not None]
+        for sample, pixels in zip(todo, (pool.map if pool else map)(self.preprocess, [s.image for s in todo])):
+            sample.prepared["clip_pixels"] = pixels
+
     @torch.inference_mode()
-    def encode_images(self, images) -> torch.Tensor:
+    def encode_images(self, images, pixels: list | None = None) -> torch.Tensor:
+        """Normalised image embeddings; `pixels[i]`: image i already preprocessed (or None)."""
+        pixels = pixels or [None] * len(images)
         chunks = []
         for start in range(0, len(images), self.clip.batch_size):
-            pixels = torch.stack([self.preprocess(im) for im in images[start:start + self.clip.batch_size]])
-            chunks.append(self.model.encode_image(pixels.to(self.device), normalize=True).float())
+            stop = start + self.clip.batch_size
+            batch = torch.stack([p if p is not None else self.preprocess(im)
+                                 for im, p in zip(images[start:stop], pixels[start:stop])])
+            chunks.append(self.model.encode_image(batch.to(self.device), normalize=True).float())
         return torch.cat(chunks)
 
     def _score_texts(self, active: list[Sample], image_emb: torch.Tensor, items: list[tuple[int, str]]) -> list[float]:
@@ -91,7 +102,7 @@ class ScoreStage:
         active = [s for s in samples if s.active]
         if not active:
             return
-        image_emb = self.encode_images([s.image for s in active])
+        image_emb = self.encode_images([s.image for s in active], [s.prepared.pop("clip_pixels", None) for s in active])
         self._best_of_n(active, image_emb)
         self._extra_captions(active, image_emb)
         texts, owners = [], []  # owners[i] = (sample index, slot) for texts[i]

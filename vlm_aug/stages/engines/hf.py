@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import threading
+
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -43,6 +46,7 @@ class HFEngine:
         self.model = self.processor = None
         self.revision = None
         self.device, self.dtype = vlm.device, vlm.dtype
+        self._local = threading.local()
 
     def setup(self) -> None:
         from transformers import AutoModelForImageTextToText
@@ -64,13 +68,26 @@ class HFEngine:
 
         return {"name": self.name, "version": f"transformers {transformers.__version__}", "settings": {}}
 
-    @torch.inference_mode()
-    def generate(self, requests: list[Request]) -> list[Result]:
-        """One `generate` call for all `requests`."""
-        prompts = [self.processor.apply_chat_template(chat_messages(r.rendered_prompt), add_generation_prompt=True)
+    def _thread_processor(self):
+        """This thread's copy of the processor: a fast tokenizer is not safe to pad in one thread while
+        another decodes with it ("Already borrowed"), and `encode` runs in prefetch and pool threads."""
+        processor = getattr(self._local, "processor", None)
+        if processor is None:
+            processor = self._local.processor = copy.deepcopy(self.processor)
+        return processor
+
+    def encode(self, requests: list[Request]):
+        """The processor's CPU tensors for one `generate` call: chat template, tokens, image pixels.
+        Host work only, so the pipeline runs it ahead, beside the model (RewriteStage.prepare)."""
+        processor = self._thread_processor()
+        prompts = [processor.apply_chat_template(chat_messages(r.rendered_prompt), add_generation_prompt=True)
                    for r in requests]
-        inputs = self.processor(text=prompts, images=[[r.image] for r in requests], padding=True, return_tensors="pt")
-        inputs = inputs.to(self.device, dtype=self.dtype)
+        return processor(text=prompts, images=[[r.image] for r in requests], padding=True, return_tensors="pt")
+
+    @torch.inference_mode()
+    def generate(self, requests: list[Request], inputs=None) -> list[Result]:
+        """One `generate` call for all `requests`; `inputs`: their `encode`, when made ahead."""
+        inputs = (inputs if inputs is not None else self.encode(requests)).to(self.device, dtype=self.dtype)
         g = self.generation
         processors = LogitsProcessorList(
             [PerRowSampler([r.seed for r in requests], g.temperature, g.top_p)] if g.do_sample else [])
