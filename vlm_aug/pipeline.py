@@ -93,6 +93,12 @@ class ShardProcessor:
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="vlm_aug-decode")
         return self._pool
 
+    def close(self) -> None:
+        """Stop the decode threads (a process that runs several pipelines must not collect idle pools)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def setup(self) -> None:
         if not self.ready:
             for stage in self.stages:
@@ -143,8 +149,13 @@ class ShardProcessor:
         reader = ShardReader(url, cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes)
         writer = ShardWriter(cfg.output.path, shard_name(url), self.run, cfg.output.normalize_image_format)
         timings: dict = defaultdict(float)
+        batches = self._batches(reader, timings)
+        if any(getattr(stage, "uses_model", True) for stage in self.stages):
+            # overlap the host work with the model's (torch releases the GIL); with no model (dry run) a
+            # second Python thread would only contend for the GIL: 0.68-0.74 -> 0.75-0.79 of a tar copy
+            batches = prefetch(batches)
         try:
-            for batch in prefetch(self._batches(reader, timings)):
+            for batch in batches:
                 for stage in self.stages:
                     start = time.perf_counter()
                     run_stage(stage, batch)

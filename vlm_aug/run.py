@@ -96,11 +96,18 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
         todo, skipped = plan_shards(out, urls, settings, overwrite or config.output.overwrite,
                                     config.output.allow_config_change)
         started = time.time()
+        # partial files of these shards left by an interrupted run: one listing for the run (not one per shard)
+        stale = out.remove_temps({shard_name(u) for u in todo}) if todo else 0
+        if stale:
+            print(f"vlm-aug: removed {stale} partial file(s) left by an interrupted run; those shards are redone",
+                  file=sys.stderr)
+        processor = ShardProcessor(config, run)
         bar = RunProgress(len(todo), enabled=progress)
         try:
-            report = make_executor(config, todo).run(todo, ShardProcessor(config, run), bar) if todo else ExecutorReport()
+            report = make_executor(config, todo).run(todo, processor, bar) if todo else ExecutorReport()
         finally:
             bar.close()
+            processor.close()
         manifest = write_manifest(config, run, report, skipped, started, settings)
         add_semantic(config, manifest, progress)  # after the shards are committed, never in the workers
         write_card(config.output.path, manifest)  # README.md + croissant.json, from the committed shards

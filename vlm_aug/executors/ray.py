@@ -74,9 +74,6 @@ class RayExecutor:
         start = time.perf_counter()
         names = {shard_name(u) for u in urls}
         out = OutputDir(self.config.output.path, must_exist=False)
-        stale = out.remove_temps(names)
-        if stale:
-            _say(f"removed {stale} partial file(s) left by an interrupted run; those shards are redone")
         owned, embedded = False, False
         scheduler = None
         try:

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import posixpath
+import struct
 import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
@@ -89,13 +90,11 @@ def split_member(name: str, known_exts: set[str]) -> tuple[str, str]:
 
 
 def _field_text(field: bytes, encoding: str, errors: str) -> str:
-    end = field.find(b"\0")
-    return (field if end == -1 else field[:end]).decode(encoding, errors)
+    return field.split(b"\0", 1)[0].decode(encoding, errors)
 
 
-def _field_octal(field: bytes) -> int:
-    end = field.find(b"\0")
-    return int((field if end == -1 else field[:end]).strip() or b"0", 8)
+# name, mode, uid, gid, size, mtime, chksum, type, linkname, magic, uname, gname, devmajor, devminor, prefix
+_HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s")
 
 
 class _PlainHeaders(tarfile.TarInfo):
@@ -110,22 +109,21 @@ class _PlainHeaders(tarfile.TarInfo):
     def frombuf(cls, buf, encoding, errors):
         if len(buf) != tarfile.BLOCKSIZE or buf[156:157] not in (tarfile.REGTYPE, tarfile.AREGTYPE) or not buf[0]:
             return super().frombuf(buf, encoding, errors)
-        try:
-            chksum, mode, uid, gid = _field_octal(buf[148:156]), _field_octal(buf[100:108]), \
-                _field_octal(buf[108:116]), _field_octal(buf[116:124])
-            size, mtime = _field_octal(buf[124:136]), _field_octal(buf[136:148])
-            devmajor, devminor = _field_octal(buf[329:337]), _field_octal(buf[337:345])
+        name, *numbers, kind, linkname, _, uname, gname, devmajor, devminor, prefix = _HEADER.unpack_from(buf)
+        try:  # as tarfile's nti: up to the first NUL, blanks stripped, octal
+            mode, uid, gid, size, mtime, chksum, devmajor, devminor = [
+                int(f.split(b"\0", 1)[0].strip() or b"0", 8) for f in (*numbers, devmajor, devminor)]
         except ValueError:
             return super().frombuf(buf, encoding, errors)
         if chksum != 256 + sum(buf) - sum(buf[148:156]):
             return super().frombuf(buf, encoding, errors)
         obj = cls()
-        obj.name, obj.type = _field_text(buf[0:100], encoding, errors), buf[156:157]
+        obj.name, obj.type = _field_text(name, encoding, errors), kind
         obj.mode, obj.uid, obj.gid, obj.size, obj.mtime, obj.chksum = mode, uid, gid, size, mtime, chksum
-        obj.linkname = _field_text(buf[157:257], encoding, errors)
-        obj.uname, obj.gname = _field_text(buf[265:297], encoding, errors), _field_text(buf[297:329], encoding, errors)
+        obj.linkname = _field_text(linkname, encoding, errors)
+        obj.uname, obj.gname = _field_text(uname, encoding, errors), _field_text(gname, encoding, errors)
         obj.devmajor, obj.devminor = devmajor, devminor
-        prefix = _field_text(buf[345:500], encoding, errors)
+        prefix = _field_text(prefix, encoding, errors)
         if obj.type == tarfile.AREGTYPE and obj.name.endswith("/"):  # a V7 directory, as tarfile reads it
             obj.type = tarfile.DIRTYPE
             obj.name = obj.name.rstrip("/")

@@ -36,7 +36,9 @@ def add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 # tarfile's own GNU header of a member "x" of size 0: every field but name, size and checksum is
 # the same for every member we write, so a header is this template with those three filled in
 _TEMPLATE = _member_info("x", 0).tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-_BLANK_CHKSUM = b" " * 8
+# the checksum is the sum of the header's bytes with its own field as spaces: the template's, less
+# its name and size fields, plus the member's
+_BASE_SUM = sum(_TEMPLATE) - sum(_TEMPLATE[148:156]) + 8 * 32 - sum(_TEMPLATE[0:100]) - sum(_TEMPLATE[124:136])
 
 
 class TarMembers:
@@ -51,11 +53,12 @@ class TarMembers:
     def add(self, name: str, payload: bytes) -> None:
         raw, size = name.encode("utf-8", "surrogateescape"), len(payload)
         if len(raw) <= tarfile.LENGTH_NAME and size < 8 ** 11:
+            size_field = b"%011o\0" % size
             header = bytearray(_TEMPLATE)
-            header[0:100] = raw.ljust(100, b"\0")
-            header[124:136] = b"%011o\0" % size
-            header[148:156] = _BLANK_CHKSUM
-            header[148:155] = b"%06o\0" % sum(header)
+            header[0:len(raw)] = raw
+            header[len(raw):100] = bytes(100 - len(raw))
+            header[124:136] = size_field
+            header[148:155] = b"%06o\0" % (_BASE_SUM + sum(raw) + sum(size_field))
         else:
             header = _member_info(name, size).tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
         pad = -size % tarfile.BLOCKSIZE
@@ -78,8 +81,7 @@ class ShardWriter:
         out = OutputDir(out_root, must_exist=False)
         self.fs, self.name, self.run = out.fs, name, run
         self.final, self.tmp = out.shard_files(name), out.temp_files(name, run.run_id)
-        self.fs.makedirs(out.shards_dir, exist_ok=True)
-        out.remove_temps({name})  # left by a killed run; one run per output directory at a time
+        self.fs.makedirs(out.shards_dir, exist_ok=True)  # a killed run's partial files: run.execute removed them
         self.normalize = normalize_image_format
         self.handle = self.fs.open(self.tmp["tar"], "wb")
         # GNU headers (long names when needed) rather than webdataset's PAX ones, written by TarMembers

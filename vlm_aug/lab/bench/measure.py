@@ -18,6 +18,22 @@ from vlm_aug.stages.rewrite import RewriteStage
 from vlm_aug.stages.score import ScoreStage
 
 
+def paired(rounds: int, **runs) -> dict[str, list]:
+    """Each measure `rounds` times, alternating (a, b, a, b, ...), so that a slow spell of a shared
+    machine falls on both sides of a ratio. -> name -> the values, in order."""
+    values: dict[str, list] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            values[name].append(run())
+    return values
+
+
+def best(values: list):
+    """The fastest of repeated measurements (samples/s, or a pipeline result by its samples/s): the
+    least disturbed by other work on the machine, as timeit takes the minimum time."""
+    return max(values, key=lambda v: v["samples_s"] if isinstance(v, dict) else v)
+
+
 def pipeline(cfg: Config) -> dict:
     """End-to-end through `execute`; samples/s excludes model loading / Ray start-up."""
     manifest = execute(cfg, overwrite=True, progress=False).manifest
@@ -105,6 +121,35 @@ def peak_rss_mb(cfg: Config) -> float:
     out = subprocess.run([sys.executable, "-c", PEAK_RSS, cfg.model_dump_json()], capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+IN_STEP = """
+import json, sys, time
+from pathlib import Path
+from vlm_aug.config import Config
+from vlm_aug.run import execute
+warm, cfg, ready, n = (Config.model_validate_json(sys.argv[1]), Config.model_validate_json(sys.argv[2]),
+                       Path(sys.argv[3]), int(sys.argv[4]))
+execute(warm, overwrite=True, progress=False)  # imports, page cache, first model load
+(ready / sys.argv[5]).touch()
+while len(list(ready.iterdir())) < n:  # start together
+    time.sleep(0.01)
+t = execute(cfg, overwrite=True, progress=False).manifest
+print(json.dumps({"samples": t["totals"]["inputs"], "busy_s": t["timings"]["wall_s"] - t["timings"]["startup_s"]}))
+"""
+
+
+def processes_in_step(warm: list[Config], cfgs: list[Config], barrier: Path) -> float:
+    """Samples/s of independent local runs in separate processes, started together after a warm-up
+    (no Ray): what the machine gives several workers when nothing coordinates them."""
+    barrier.mkdir(parents=True, exist_ok=True)
+    for stale in barrier.iterdir():
+        stale.unlink()
+    procs = [subprocess.Popen([sys.executable, "-c", IN_STEP, w.model_dump_json(), c.model_dump_json(), str(barrier),
+                               str(len(cfgs)), str(i)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for i, (w, c) in enumerate(zip(warm, cfgs))]
+    done = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    return sum(d["samples"] / d["busy_s"] for d in done)
 
 
 class _RayDataCaptioner:

@@ -126,6 +126,43 @@ def host_costs(shards: list[Path]) -> dict:
             "cores_per_h100_hf_256m": round(HF_256M * total / 1000, 1)}
 
 
+def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
+    """Samples/s of the host path as the pipeline's prefetch thread runs it for the `hf` engine:
+    decode, SmolVLM's image processor per generate call (32 images) and CLIP's preprocessing per
+    image, spread over `workers` threads as `input.decode_workers` does (pool.map)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import open_clip
+    import torch
+    from transformers import Idefics3ImageProcessor
+
+    from vlm_aug.shards.decode import decode_samples
+    from vlm_aug.shards.read import ShardReader
+
+    torch.set_num_threads(1)
+    samples = [s for url in shards for s in ShardReader(str(url), "txt", ["jpg"], 1 << 27)]
+    vlm_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 512},
+                                           max_image_size={"longest_edge": 512})
+    clip_preprocess = open_clip.image_transform(224, is_train=False)
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    each = pool.map if pool else map
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(samples), batch):
+            part = samples[i:i + batch]
+            decode_samples(part, 50_000_000, 1 << 26, pool)
+            images = [s.image for s in part if s.image is not None]
+            list(each(lambda group: vlm_processor(group, return_tensors="pt"),
+                      [images[j:j + 32] for j in range(0, len(images), 32)]))
+            list(each(clip_preprocess, images))
+            for s in part:
+                s.image = None
+        return len(samples) / (time.perf_counter() - start)
+    finally:
+        if pool:
+            pool.shutdown()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vlm_aug.lab.bench.realistic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=512)
@@ -135,6 +172,9 @@ def main(argv=None) -> int:
     per = 64
     shards = write_realistic_shards(work, max(1, args.samples // per), per)
     result = host_costs(shards)
+    rates = {w: round(host_path_rate(shards, w), 1) for w in (1, 2)}
+    result["host_path_samples_s"] = rates
+    result["host_path_2_vs_1"] = round(rates[2] / rates[1], 3)
     print(json.dumps(result, indent=1))
     return 0
 
