@@ -153,3 +153,31 @@ def test_ray_worker_lock_holds_models_only_and_waits_are_kept_apart(tmp_path):
     assert waited["score"] >= 0.25 and waited["decide"] == 0.0
     assert all(s.scores.get("clip_orig") is not None and s.status != "pending" for s in batch if s.reason != "decode_error")
     assert locked_score.take_wait_s() == 0.0 and meter.busy_s > 0  # taken once; busy time is the model's only
+
+
+def test_pillow_keeps_freed_image_memory_unless_the_user_set_it(monkeypatch):
+    """Decoded photos reuse the memory of the last batch's (Pillow's block allocator, off by default):
+    raised to one read batch, never lowered, and PILLOW_BLOCKS_MAX wins."""
+    from PIL import Image
+
+    from vlm_aug.pipeline import keep_image_memory
+
+    before = Image.core.get_blocks_max()
+    try:
+        Image.core.set_blocks_max(0)
+        monkeypatch.setenv("PILLOW_BLOCKS_MAX", "0")
+        keep_image_memory(64)
+        assert Image.core.get_blocks_max() == 0
+        monkeypatch.delenv("PILLOW_BLOCKS_MAX")
+        keep_image_memory(64)
+        assert Image.core.get_blocks_max() == 64
+        keep_image_memory(16)
+        assert Image.core.get_blocks_max() == 64
+        payloads = [image_bytes((400 + i, 300), (i * 50, 90, 30), "PNG") for i in range(4)]
+        for _ in range(2):  # decoding still gives the right pixels when blocks are reused
+            batch = [Sample(key=f"k{i}", shard="s", image_bytes=p, image_ext="png") for i, p in enumerate(payloads)]
+            decode_samples(batch, 1 << 24, 1 << 22)
+            assert [s.image.size for s in batch] == [(400 + i, 300) for i in range(4)]
+            assert [s.image.getpixel((399, 299)) for s in batch] == [(i * 50, 90, 30) for i in range(4)]
+    finally:
+        Image.core.set_blocks_max(before)
