@@ -81,19 +81,33 @@ def write_realistic_shards(out_dir, n_shards: int, per_shard: int, seed: int = 0
     return paths
 
 
-def host_costs(shards: list[Path]) -> dict:
-    """Per-sample CPU milliseconds of each host step, measured one step at a time on one core."""
+def _processors():
+    """SmolVLM's image processor at the presets' settings (one 512 px tile, no splitting; numbers, no
+    weights) and ViT-B-32's CLIP preprocessing (resize, crop, normalise to 224 px); torch on 1 thread."""
     import open_clip
     import torch
     from transformers import Idefics3ImageProcessor
 
-    from vlm_aug.shards.decode import decode_samples
-    from vlm_aug.shards.images import output_image
+    torch.set_num_threads(1)
+    vlm_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 512},
+                                           max_image_size={"longest_edge": 512})
+    return vlm_processor, open_clip.image_transform(224, is_train=False)
+
+
+def _samples(shards: list[Path]) -> list:
     from vlm_aug.shards.read import ShardReader
 
-    torch.set_num_threads(1)
+    return [s for url in shards for s in ShardReader(str(url), "txt", ["jpg"], 1 << 27)]
+
+
+def host_costs(shards: list[Path]) -> dict:
+    """Per-sample CPU milliseconds of each host step, measured one step at a time on one core."""
+    from vlm_aug.shards.decode import decode_samples
+    from vlm_aug.shards.images import output_image
+
+    vlm_processor, clip_preprocess = _processors()
     start = time.perf_counter()
-    samples = [s for url in shards for s in ShardReader(str(url), "txt", ["jpg"], 1 << 27)]
+    samples = _samples(shards)
     read = time.perf_counter() - start
     n = len(samples)
     nbytes = sum(len(s.image_bytes) for s in samples)
@@ -101,14 +115,10 @@ def host_costs(shards: list[Path]) -> dict:
     decode_samples(samples, 50_000_000, 1 << 26)
     decode = time.perf_counter() - start
     images = [s.image for s in samples]
-    # SmolVLM's processor settings (the presets: one 512 px tile, no splitting); numbers, no weights
-    vlm_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 512},
-                                           max_image_size={"longest_edge": 512})
     start = time.perf_counter()
     for i in range(0, n, 32):
         vlm_processor(images[i:i + 32], return_tensors="pt")
     vlm = time.perf_counter() - start
-    clip_preprocess = open_clip.image_transform(224, is_train=False)  # ViT-B-32's: resize, crop, normalise
     start = time.perf_counter()
     for image in images:
         clip_preprocess(image)
@@ -132,18 +142,10 @@ def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
     image, spread over `workers` threads as `input.decode_workers` does (pool.map)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import open_clip
-    import torch
-    from transformers import Idefics3ImageProcessor
-
     from vlm_aug.shards.decode import decode_samples
-    from vlm_aug.shards.read import ShardReader
 
-    torch.set_num_threads(1)
-    samples = [s for url in shards for s in ShardReader(str(url), "txt", ["jpg"], 1 << 27)]
-    vlm_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 512},
-                                           max_image_size={"longest_edge": 512})
-    clip_preprocess = open_clip.image_transform(224, is_train=False)
+    vlm_processor, clip_preprocess = _processors()
+    samples = _samples(shards)
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     each = pool.map if pool else map
     try:
