@@ -1,15 +1,23 @@
 """The host path: decoding in threads gives the same images and the same failures as in one thread;
-`executor: auto` picks local for a preview and Ray when a cluster is given or the input is large."""
+the host threads (the caller among them) run each item once; the next shard opened ahead changes no
+output; `executor: auto` picks local for a preview and Ray when a cluster is given or the input is large."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import hashlib
+import json
+import tarfile
+import threading
+import time
 
-from helpers import image_bytes
+import pytest
+
+from helpers import image_bytes, make_shards
 from vlm_aug.config import load_config
 from vlm_aug.run import PREVIEW_BYTES, resolve_executor
 from vlm_aug.sample import Sample
 from vlm_aug.shards.decode import decode_samples
+from vlm_aug.workers import Workers
 
 
 def samples():
@@ -23,7 +31,7 @@ def samples():
 def test_threads_decode_the_same_images_and_failures():
     one, many = samples(), samples()
     decode_samples(one, 50_000_000, 1 << 20)
-    with ThreadPoolExecutor(3) as pool:
+    with Workers(3) as pool:
         decode_samples(many, 50_000_000, 1 << 20, pool)
     for a, b in zip(one, many):
         assert (a.status, a.reason, a.error_detail, a.image_real_ext) == (b.status, b.reason, b.error_detail,
@@ -33,6 +41,83 @@ def test_threads_decode_the_same_images_and_failures():
             assert a.image.tobytes() == b.image.tobytes()
     assert [s.reason for s in one if s.reason] == ["decode_error", "decode_error"]
     assert {s.image_real_ext for s in one if s.image is not None} == {"jpg", "png", "webp", "gif", "bmp"}
+    # the record's sha256 of the bytes, made on the decode threads, for decoded and broken images alike
+    assert all(s.image_sha256 == hashlib.sha256(s.image_bytes).hexdigest() for s in many if s.image_bytes)
+
+
+def test_workers_run_each_item_once_on_n_threads_the_caller_among_them():
+    seen = []
+
+    def square(x):
+        seen.append((x, threading.get_ident()))
+        time.sleep(0.002)  # releases the GIL, as decoding does
+        return x * x
+
+    with Workers(3) as workers:
+        finish = workers.start_map(square, range(60))  # the pool threads start now
+        assert finish() == [x * x for x in range(60)]  # in order
+        assert workers.map(square, []) == []
+    assert sorted(x for x, _ in seen) == list(range(60))  # each item once
+    threads = {t for _, t in seen}
+    assert threading.get_ident() in threads and len(threads) <= 3  # 3 threads do the work, the caller too
+    assert Workers(1).map(square, [3]) == [9]
+
+
+def test_workers_raise_what_an_item_raised_after_running_the_rest():
+    ran = []
+
+    def picky(x):
+        ran.append(x)
+        if x == 7:
+            raise ValueError("seven")
+        return x
+
+    with Workers(2) as workers, pytest.raises(ValueError, match="seven"):
+        workers.map(picky, range(20))
+    assert sorted(ran) == list(range(20))
+
+
+def shard_contents(out_dir, name: str) -> list:
+    """Every member of an output shard; records without their `pipeline` (run time, worker)."""
+    with tarfile.open(out_dir / "shards" / f"{name}.tar") as tar:
+        return [(m.name, {k: v for k, v in json.loads(tar.extractfile(m).read()).items() if k != "pipeline"}
+                 if m.name.endswith(".json") else tar.extractfile(m).read()) for m in tar]
+
+
+def test_next_shard_opened_ahead_changes_nothing(tmp_path):
+    """The local executor tells the processor which shard comes next, which it opens and starts
+    decoding before committing this one. Outputs equal those of shards processed one by one; a next
+    shard that is not the one given, or cannot be opened, meets its own turn as usual."""
+    from vlm_aug.pipeline import ShardProcessor
+    from vlm_aug.record import RunContext
+
+    shards = [str(p) for p in make_shards(tmp_path / "in", 3, 9)]  # shard 0 has a broken image
+
+    def processor(out):
+        cfg = load_config(None, [f"input.paths=['{shards[0]}']", f"output.path={out}", "dry_run=true",
+                                 "input.decode_workers=2", "vlm.batch_size=2"])  # 4-sample batches: 3 a shard
+        out.mkdir()
+        return ShardProcessor(cfg, RunContext(cfg.sha256()))
+
+    alone, ahead = processor(tmp_path / "alone"), processor(tmp_path / "ahead")
+    try:
+        expected = [alone.process(url) for url in shards]
+        missing = str(tmp_path / "in" / "missing.tar")
+        got = [ahead.process(shards[0], then=shards[1]), ahead.process(shards[1], then=missing),
+               ahead.process(shards[2], then=shards[0])]
+        assert ahead._opened is not None and ahead._opened.url == shards[0]
+        expected.append(alone.process(missing))
+        got.append(ahead.process(missing))  # not the shard opened ahead: that one is closed, this one read now
+        assert ahead._opened is None
+    finally:
+        alone.close()
+        ahead.close()
+    for a, b in zip(expected, got):
+        assert (a["counts"], a["reasons"], a["input"], a["read_error"]) == (b["counts"], b["reasons"], b["input"],
+                                                                            b["read_error"])
+    assert expected[0]["reasons"] == {"error:decode_error": 1} and "No such file" in expected[3]["read_error"]
+    for name in ("000000", "000001", "000002"):
+        assert shard_contents(tmp_path / "ahead", name) == shard_contents(tmp_path / "alone", name)
 
 
 def test_executor_auto(tmp_path, monkeypatch):
@@ -90,7 +175,7 @@ def test_prepared_inputs_give_the_same_rewrites_and_scores(tmp_path):
     inline, ahead = scene_samples(tmp_path / "a"), scene_samples(tmp_path / "b")
     for stage in (rewrite, score):
         stage.process_batch(inline)
-    with ThreadPoolExecutor(2) as pool:
+    with Workers(2) as pool:
         rewrite.prepare(ahead, pool)
         score.prepare(ahead, pool)
     groups = [s for s in ahead if "rewrite" in s.prepared]

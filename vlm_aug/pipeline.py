@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 from vlm_aug.config import Config
 from vlm_aug.record import RunContext
 from vlm_aug.sample import Sample
-from vlm_aug.shards.decode import decode_samples
+from vlm_aug.shards.decode import start_decoding
 from vlm_aug.shards.read import ShardReader, input_identity, shard_name
 from vlm_aug.shards.write import ShardWriter
 from vlm_aug.stages.decide import DecideStage
 from vlm_aug.stages.engines import EngineUnavailable
 from vlm_aug.stages.rewrite import RewriteStage
 from vlm_aug.stages.score import ScoreStage
+from vlm_aug.workers import Workers
 
 _DONE = object()
 
@@ -97,16 +98,19 @@ class ShardProcessor:
         self.stages = stages if stages is not None else build_stages(config)
         self.ready = False
         self._pool = None
+        self._opened: _OpenShard | None = None  # the next shard, opened ahead (process's `then`)
 
     def decode_pool(self):
-        """Threads decoding images (input.decode_workers; None: half the cores, 1-4); None for one."""
+        """The threads that decode images and prepare model inputs, the calling one among them
+        (input.decode_workers; None: half the cores, 1-4); None for one: the caller alone."""
         workers = self.config.input.decode_workers or max(1, min(4, (os.cpu_count() or 2) // 2))
         if workers > 1 and self._pool is None:
-            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="vlm_aug-decode")
+            self._pool = Workers(workers, name="vlm_aug-decode")
         return self._pool
 
     def close(self) -> None:
         """Stop the decode threads (a process that runs several pipelines must not collect idle pools)."""
+        self._discard_opened()
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -126,11 +130,13 @@ class ShardProcessor:
             return self.config.vlm.window
         return max(self.config.vlm.batch_size * 2, 16)
 
-    def _ready(self, batch: list[Sample], timings: dict, start: float) -> list[Sample]:
-        """Decode a batch's images and let the stages prepare their inputs (all in the prefetch thread)."""
-        limits, pool = self.config.limits, self.decode_pool()
-        decode_samples(batch, limits.max_image_pixels, limits.max_image_bytes, pool)
-        timings["read_decode"] += time.perf_counter() - start
+    def _ready(self, batch: list[Sample], decoded, timings: dict) -> list[Sample]:
+        """Wait for a batch's images (`decoded`: `start_decoding`'s) and let the stages prepare their
+        inputs (in the prefetch thread when there is one)."""
+        begun = time.perf_counter()
+        decoded()
+        timings["read_decode"] += time.perf_counter() - begun
+        pool = self.decode_pool()
         for stage in self.stages:
             prepare = getattr(stage, "prepare", None)
             if prepare is not None:
@@ -143,27 +149,60 @@ class ShardProcessor:
                 timings["prepare"] += time.perf_counter() - begun
         return batch
 
-    def _batches(self, reader: ShardReader, timings: dict) -> Iterator[list[Sample]]:
-        batch: list[Sample] = []
-        size = self.batch_samples()
-        start = time.perf_counter()
-        for sample in reader:
-            batch.append(sample)
-            if len(batch) == size:
-                yield self._ready(batch, timings, start)
-                batch, start = [], time.perf_counter()
-        if batch:
-            yield self._ready(batch, timings, start)
+    def _open(self, url: str) -> "_OpenShard":
+        cfg = self.config
+        return _OpenShard(url, ShardReader(url, cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes),
+                          self.batch_samples())
 
-    def process(self, url: str) -> dict:
+    def _open_next(self, url: str) -> None:
+        """Open the shard that comes next and start decoding its first batch, so that the decode threads
+        work while this shard's last batch is written and committed (else they wait at every shard's
+        end: ~10% of a dry run on 64-sample shards). A failure here is left to `process(url)` to meet."""
+        try:
+            shard = self._open(url)
+            shard.start(self.config.limits, self.decode_pool())
+        except Exception:  # noqa: BLE001 - met again, and reported, when the shard's turn comes
+            return
+        self._discard_opened()
+        self._opened = shard
+
+    def _discard_opened(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
+
+    def _batches(self, shard: "_OpenShard", ahead: bool, then: str | None) -> Iterator[list[Sample]]:
+        """Decoded, prepared batches. `ahead` (no prefetch thread): with a decode pool, the next batch is
+        read and its images handed to the pool before this one is returned, so that reading and writing
+        overlap decoding (one batch ahead: memory stays at two batches). `then`: the shard processed
+        next, opened when this one's last batch is read."""
+        limits, pool = self.config.limits, self.decode_pool()
+        depth = 2 if ahead and pool is not None else 1
+        while True:
+            while len(shard.pending) < depth and shard.start(limits, pool):
+                pass
+            if then is not None and shard.exhausted and len(shard.pending) <= 1:
+                self._open_next(then)
+                then = None
+            if not shard.pending:
+                return
+            batch, decoded = shard.pending.pop(0)
+            yield self._ready(batch, decoded, shard.timings)
+
+    def process(self, url: str, then: str | None = None) -> dict:
+        """`then`: the shard this processor will be given next, if known (the local executor)."""
         self.setup()
         cfg = self.config
-        identity = input_identity(url)  # before reading: a shard replaced meanwhile is redone next time
-        reader = ShardReader(url, cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes)
+        opened, self._opened = self._opened, None
+        if opened is not None and opened.url != url:
+            opened.close()
+            opened = None
+        shard = opened or self._open(url)
+        identity, reader, timings = shard.identity, shard.reader, shard.timings
         writer = ShardWriter(cfg.output.path, shard_name(url), self.run, cfg.output.normalize_image_format)
-        timings: dict = defaultdict(float)
-        batches = self._batches(reader, timings)
-        if any(getattr(stage, "uses_model", True) for stage in self.stages):
+        model = any(getattr(stage, "uses_model", True) for stage in self.stages)
+        batches = self._batches(shard, ahead=not model, then=then)
+        if model:
             # overlap the host work with the model's (torch releases the GIL); with no model (dry run) a
             # second Python thread would only contend for the GIL: 0.68-0.74 -> 0.75-0.79 of a tar copy
             batches = prefetch(batches)
@@ -188,3 +227,33 @@ class ShardProcessor:
         except BaseException:
             writer.abort()
             raise
+
+
+class _OpenShard:
+    """One input shard being read: its identity (taken before reading: a shard replaced meanwhile is
+    redone next time), its reader, and the batches whose images are being decoded."""
+
+    def __init__(self, url: str, reader: ShardReader, batch_samples: int):
+        self.url, self.reader = url, reader
+        self.identity = input_identity(url)
+        self.timings: dict = defaultdict(float)
+        self.pending: list[tuple[list[Sample], object]] = []  # (batch, start_decoding's finish)
+        self.exhausted = False
+        self._samples = iter(reader)
+        self._size = batch_samples
+
+    def start(self, limits, pool) -> bool:
+        """Read the next batch and hand its images to the decode threads; False at the shard's end."""
+        if self.exhausted:
+            return False
+        begun = time.perf_counter()
+        batch = list(itertools.islice(self._samples, self._size))
+        if len(batch) < self._size:
+            self.exhausted = True
+        if batch:
+            self.pending.append((batch, start_decoding(batch, limits.max_image_pixels, limits.max_image_bytes, pool)))
+        self.timings["read_decode"] += time.perf_counter() - begun
+        return bool(batch)
+
+    def close(self) -> None:
+        self._samples.close()  # the reader's open file

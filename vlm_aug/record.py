@@ -81,7 +81,8 @@ def build_record(sample: Sample, run: RunContext) -> dict[str, Any]:
         "caption_rewrite": sample.caption_rewrite,
         "source": {
             "shard": sample.shard, "key": sample.source_key or sample.key, "members": list(sample.members),
-            "image_sha256": hashlib.sha256(sample.image_bytes).hexdigest() if sample.image_bytes else None,
+            "image_sha256": sample.image_sha256 or (hashlib.sha256(sample.image_bytes).hexdigest()
+                                                    if sample.image_bytes else None),
             "image_ext": sample.image_ext, "orig_json": sample.orig_json,
             "error_detail": sample.error_detail or "", "image_reencoded_to": sample.image_reencoded_to or "",
         },

@@ -54,6 +54,7 @@ class Sample:
     source_key: Optional[str] = None  # the key in the input shard; None when equal to `key`
     members: list[str] = field(default_factory=list)
     image_bytes: Optional[bytes] = None
+    image_sha256: Optional[str] = None  # of image_bytes, hashed beside decoding (decode threads)
     image_ext: Optional[str] = None
     image_real_ext: Optional[str] = None  # what the bytes are, read from their header when decoded
     image: Any = None  # decoded PIL image; transient, never written

@@ -32,10 +32,10 @@ class LocalExecutor:
         processor.setup()
         report.startup_s = time.perf_counter() - start
         busy = 0.0
-        for url in urls:
+        for i, url in enumerate(urls):
             t0 = time.perf_counter()
             try:
-                stats = processor.process(url)
+                stats = processor.process(url, then=urls[i + 1] if i + 1 < len(urls) else None)
                 report.outcomes.append(ShardOutcome(url, stats=stats))
                 progress.shard_done(stats)
             except (KeyboardInterrupt, SystemExit):

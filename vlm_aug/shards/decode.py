@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import warnings
@@ -49,8 +50,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_samples(samples: list[Sample], max_pixels: int, max_image_bytes: int, pool=None) -> None:
-    """Attach `sample.image` to every active sample, or fail it with a reason. With `pool` (a thread
-    pool: Pillow releases the GIL while decoding) the images decode in parallel."""
+    """Attach `sample.image` to every active sample, or fail it with a reason. With `pool` (a
+    `vlm_aug.workers.Workers`: Pillow releases the GIL while decoding) the images decode in parallel."""
+    start_decoding(samples, max_pixels, max_image_bytes, pool)()
+
+
+def start_decoding(samples: list[Sample], max_pixels: int, max_image_bytes: int, pool=None):
+    """`decode_samples` in two halves: with `pool`, the images are handed to its threads now and the
+    caller may do other work (read the next batch, write the last one) before it calls the returned
+    function, which decodes what is left beside them and attaches images and failures. Without
+    `pool` the returned function decodes them all."""
     Image.MAX_IMAGE_PIXELS = max_pixels
     todo = []
     for sample in samples:
@@ -62,20 +71,30 @@ def decode_samples(samples: list[Sample], max_pixels: int, max_image_bytes: int,
             sample.fail("decode_error", "zero-byte image")
         else:
             todo.append(sample)
-    outcomes = pool.map(lambda s: _decode_one(s.image_bytes, max_pixels), todo) if pool else (
-        _decode_one(s.image_bytes, max_pixels) for s in todo)
-    for sample, (decoded, failure) in zip(todo, outcomes):
-        if failure:
-            sample.fail(*failure)
-        else:
-            sample.image, sample.image_real_ext = decoded
+    if pool is None:
+        outcomes = lambda: [_decode_one(s.image_bytes, max_pixels) for s in todo]  # noqa: E731
+    else:
+        outcomes = pool.start_map(lambda s: _decode_one(s.image_bytes, max_pixels), todo)
+
+    def finish() -> None:
+        for sample, (decoded, failure, sha256) in zip(todo, outcomes()):
+            sample.image_sha256 = sha256
+            if failure:
+                sample.fail(*failure)
+            else:
+                sample.image, sample.image_real_ext = decoded
+
+    return finish
 
 
 def _decode_one(data: bytes, max_pixels: int):
-    """-> ((image, real ext), None) or (None, (reason, detail)); never raises."""
+    """-> ((image, real ext), None, sha256) or (None, (reason, detail), sha256); never raises. The
+    record's sha256 of the bytes is made here, on the decode thread (hashlib releases the GIL), rather
+    than in the writer, which runs one sample at a time."""
+    sha256 = hashlib.sha256(data).hexdigest()
     try:
-        return decode_with_format(data, max_pixels), None
+        return decode_with_format(data, max_pixels), None, sha256
     except Exception as exc:  # PIL raises many types for hostile bytes
         reason = "image_too_large" if "too_large" in str(exc) or "DecompressionBomb" in type(exc).__name__ else "decode_error"
         detail = re.sub(r" at 0x[0-9a-f]+", "", f"{type(exc).__name__}: {exc}")  # reruns record the same text
-        return None, (reason, detail)
+        return None, (reason, detail), sha256

@@ -139,14 +139,13 @@ def host_costs(shards: list[Path]) -> dict:
 def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
     """Samples/s of the host path as the pipeline's prefetch thread runs it for the `hf` engine:
     decode, SmolVLM's image processor per generate call (32 images) and CLIP's preprocessing per
-    image, spread over `workers` threads as `input.decode_workers` does (pool.map)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    image, on `workers` threads (the calling one among them) as `input.decode_workers` does."""
     from vlm_aug.shards.decode import decode_samples
+    from vlm_aug.workers import Workers
 
     vlm_processor, clip_preprocess = _processors()
     samples = _samples(shards)
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    pool = Workers(workers) if workers > 1 else None
     each = pool.map if pool else map
     try:
         start = time.perf_counter()
