@@ -179,7 +179,7 @@ def test_prepared_inputs_give_the_same_rewrites_and_scores(tmp_path):
         rewrite.prepare(ahead, pool)
         score.prepare(ahead, pool)
     groups = [s for s in ahead if "rewrite" in s.prepared]
-    assert len(groups) == 3 and sum("clip_pixels" in s.prepared for s in ahead) == 9  # 9 active, 3 per call
+    assert len(groups) == 3 and sum("score" in s.prepared for s in ahead) == 9  # 9 active, 3 per call
     for stage in (rewrite, score):
         stage.process_batch(ahead)
     assert all(not s.prepared for s in ahead)  # every prepared input was taken

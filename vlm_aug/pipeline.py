@@ -145,7 +145,7 @@ class ShardProcessor:
                     prepare(batch, pool)
                 except Exception:  # noqa: BLE001 - process_batch computes what is missing, where a bad
                     for sample in batch:  # sample is isolated and gets its reason (run_stage)
-                        sample.prepared.clear()
+                        sample.prepared.pop(stage.name, None)  # the other stages' inputs stay
                 timings["prepare"] += time.perf_counter() - begun
         return batch
 

@@ -175,8 +175,9 @@ class LimitsConfig(Strict):
 
 class InputConfig(Strict):
     paths: list[str] = Field(default_factory=list)
-    # threads decoding images per worker (Pillow releases the GIL while it decodes: measured 2.6x with 2
-    # threads on 2 cores, docs/performance.md); None: half the worker's cores, 1 to 4
+    # threads decoding images and preparing model inputs per worker, the calling thread among them
+    # (Pillow releases the GIL while it decodes: 2 reach ~1.8x of 1 on 2 cores, docs/performance.md);
+    # None: half the worker's cores, 1 to 4
     decode_workers: Optional[int] = Field(None, ge=1, le=64)
     caption_key: str = "txt"
     # image member extensions, in order of preference; `image_keys` is its old name, still read

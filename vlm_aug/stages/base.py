@@ -45,9 +45,10 @@ class Stage(Protocol):
     def describe(self) -> dict: ...
 
     # optional: `prepare(samples, pool)` does a batch's host work that needs no model result (image
-    # preprocessing, the processor's tensors) into `sample.prepared`. The pipeline calls it in the
-    # prefetch thread, so it overlaps the model's work on the previous batch; `pool` (threads, or None)
-    # spreads it over cores. `process_batch` uses what it finds there and computes what it does not.
+    # preprocessing, the processor's tensors) into `sample.prepared[stage.name]`. The pipeline calls it
+    # in the prefetch thread, so it overlaps the model's work on the previous batch; `pool` (a
+    # vlm_aug.workers.Workers, or None) spreads it over cores with `pool.map`. If it raises, only this
+    # stage's entries are dropped. `process_batch` uses what it finds there and computes what it does not.
 
 
 def derive_seed(run_seed: int, *parts: str) -> int:

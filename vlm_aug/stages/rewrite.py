@@ -121,7 +121,7 @@ class RewriteStage:
         groups = [g for g in self._calls(samples) if g]
         made = (pool.map if pool else map)(lambda g: encode(self._requests(g)[1]), groups)
         for group, inputs in zip(groups, made):
-            group[0].prepared["rewrite"] = ([id(s) for s in group], inputs)
+            group[0].prepared[self.name] = ([id(s) for s in group], inputs)
 
     def _requests(self, batch: list[Sample]) -> tuple[list, list[Request]]:
         n = self.generation.n
@@ -157,7 +157,7 @@ class RewriteStage:
         redone rather than committed full of errors."""
         n = self.generation.n
         jobs, requests = self._requests(batch)
-        made = batch[0].prepared.pop("rewrite", None) if batch else None
+        made = batch[0].prepared.pop(self.name, None) if batch else None
         inputs = made[1] if made and made[0] == [id(s) for s in batch] else None  # else made for other groups
         results = self._run(requests, inputs)
         for (sample, kind, i), request, result in zip(jobs, requests, results):

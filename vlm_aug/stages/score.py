@@ -53,7 +53,7 @@ class ScoreStage:
         """CLIP's preprocessing of each active sample's image (resize, crop, normalise), made ahead."""
         todo = [s for s in samples if s.active and s.image is not None]
         for sample, pixels in zip(todo, (pool.map if pool else map)(self.preprocess, [s.image for s in todo])):
-            sample.prepared["clip_pixels"] = pixels
+            sample.prepared[self.name] = pixels
 
     @torch.inference_mode()
     def encode_images(self, images, pixels: list | None = None) -> torch.Tensor:
@@ -102,7 +102,7 @@ class ScoreStage:
         active = [s for s in samples if s.active]
         if not active:
             return
-        image_emb = self.encode_images([s.image for s in active], [s.prepared.pop("clip_pixels", None) for s in active])
+        image_emb = self.encode_images([s.image for s in active], [s.prepared.pop(self.name, None) for s in active])
         self._best_of_n(active, image_emb)
         self._extra_captions(active, image_emb)
         texts, owners = [], []  # owners[i] = (sample index, slot) for texts[i]
