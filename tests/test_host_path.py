@@ -266,3 +266,31 @@ def test_pillow_keeps_freed_image_memory_unless_the_user_set_it(monkeypatch):
             assert [s.image.getpixel((399, 299)) for s in batch] == [(i * 50, 90, 30) for i in range(4)]
     finally:
         Image.core.set_blocks_max(before)
+
+
+def test_a_prepare_that_raises_drops_only_its_own_stages_inputs(tmp_path):
+    from collections import defaultdict
+
+    from vlm_aug.pipeline import ShardProcessor
+    from vlm_aug.record import RunContext
+
+    class Pixels:
+        name = "pixels"
+
+        def prepare(self, samples, pool=None):
+            for s in samples:
+                s.prepared[self.name] = s.key
+
+    class Broken:
+        name = "broken"
+
+        def prepare(self, samples, pool=None):
+            for s in samples[:1]:
+                s.prepared[self.name] = "half made"
+            raise RuntimeError("prepare failed half way")
+
+    cfg = load_config(None, [f"output.path={tmp_path}"])
+    processor = ShardProcessor(cfg, RunContext("0" * 64), stages=[Pixels(), Broken()])
+    batch = [Sample(key=f"k{i}", shard="s.tar") for i in range(3)]
+    processor._ready(batch, lambda: None, defaultdict(float))
+    assert [s.prepared for s in batch] == [{"pixels": f"k{i}"} for i in range(3)]
