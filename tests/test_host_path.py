@@ -294,3 +294,36 @@ def test_a_prepare_that_raises_drops_only_its_own_stages_inputs(tmp_path):
     batch = [Sample(key=f"k{i}", shard="s.tar") for i in range(3)]
     processor._ready(batch, lambda: None, defaultdict(float))
     assert [s.prepared for s in batch] == [{"pixels": f"k{i}"} for i in range(3)]
+
+
+def test_next_shard_prepared_ahead_with_the_models_changes_nothing(tmp_path):
+    """With models (a prefetch thread), the next shard's first batch is decoded and prepared while the
+    model works on this shard's last batches: records equal those of shards processed one by one."""
+    from vlm_aug.lab.scenes import write_scene_shards
+    from vlm_aug.paths import configs_dir
+    from vlm_aug.pipeline import ShardProcessor
+    from vlm_aug.record import RunContext
+
+    shards = [str(p) for p in write_scene_shards(tmp_path / "in", 2, 10, seed=5, wrong_fraction=0.3)]
+
+    def processor(out):
+        cfg = load_config(configs_dir() / "demo.yaml", [
+            f"input.paths=['{shards[0]}']", f"output.path={out}", "vlm.batch_size=2", "input.decode_workers=2",
+            "generation.do_sample=true", "generation.temperature=1.5", "torch_threads=1"])
+        out.mkdir()
+        return ShardProcessor(cfg, RunContext(cfg.sha256()))
+
+    alone, ahead = processor(tmp_path / "alone"), processor(tmp_path / "ahead")
+    try:
+        expected = [alone.process(url) for url in shards]
+        got = [ahead.process(shards[0], then=lambda: shards[1])]
+        assert ahead._opened.url == shards[1] and ahead._opened.pending[0][1] is None  # decoded and prepared
+        first = ahead._opened.pending[0][0]
+        assert any("rewrite" in s.prepared for s in first) and all("score" in s.prepared for s in first if s.active)
+        got.append(ahead.process(shards[1]))
+    finally:
+        alone.close()
+        ahead.close()
+    assert [s["counts"] for s in got] == [s["counts"] for s in expected]
+    for name in ("000000", "000001"):
+        assert shard_contents(tmp_path / "ahead", name) == shard_contents(tmp_path / "alone", name)

@@ -154,13 +154,22 @@ class ShardProcessor:
         return _OpenShard(url, ShardReader(url, cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes),
                           self.batch_samples())
 
-    def _open_next(self, url: str) -> None:
-        """Open the shard that comes next and start decoding its first batch, so that the decode threads
-        work while this shard's last batch is written and committed (else they wait at every shard's
-        end: ~10% of a dry run on 64-sample shards). A failure here is left to `process(url)` to meet."""
+    def _open_next(self, then, ready: bool) -> None:
+        """Open the shard that comes next (`then`: its url, or a function that returns it or None) and
+        start decoding its first batch, so that the decode threads work while this shard's last batch is
+        written and committed (else they wait at every shard's end: ~10% of a dry run on 64-sample
+        shards). `ready`: also finish that batch and let the stages prepare it (in the prefetch thread,
+        while the model works on this shard's last batches), so the model does not wait for it.
+        A failure here is left to `process(url)` to meet."""
+        url = then() if callable(then) else then
+        if url is None:
+            return
         try:
             shard = self._open(url)
             shard.start(self.config.limits, self.decode_pool())
+            if ready and shard.pending:
+                batch, decoded = shard.pending[0]
+                shard.pending[0] = (self._ready(batch, decoded, shard.timings), None)
         except Exception:  # noqa: BLE001 - met again, and reported, when the shard's turn comes
             return
         self._discard_opened()
@@ -171,26 +180,29 @@ class ShardProcessor:
             self._opened.close()
             self._opened = None
 
-    def _batches(self, shard: "_OpenShard", ahead: bool, then: str | None) -> Iterator[list[Sample]]:
+    def _batches(self, shard: "_OpenShard", ahead: bool, then) -> Iterator[list[Sample]]:
         """Decoded, prepared batches. `ahead` (no prefetch thread): with a decode pool, the next batch is
         read and its images handed to the pool before this one is returned, so that reading and writing
         overlap decoding (one batch ahead: memory stays at two batches). `then`: the shard processed
-        next, opened when this one's last batch is read."""
+        next (`_open_next`), opened when this one's last batch is read (`ahead`) or returned."""
         limits, pool = self.config.limits, self.decode_pool()
         depth = 2 if ahead and pool is not None else 1
         while True:
             while len(shard.pending) < depth and shard.start(limits, pool):
                 pass
-            if then is not None and shard.exhausted and len(shard.pending) <= 1:
-                self._open_next(then)
+            if ahead and then is not None and shard.exhausted and len(shard.pending) <= 1:
+                self._open_next(then, ready=False)
                 then = None
             if not shard.pending:
-                return
+                break
             batch, decoded = shard.pending.pop(0)
-            yield self._ready(batch, decoded, shard.timings)
+            yield batch if decoded is None else self._ready(batch, decoded, shard.timings)
+        if then is not None:
+            self._open_next(then, ready=True)
 
-    def process(self, url: str, then: str | None = None) -> dict:
-        """`then`: the shard this processor will be given next, if known (the local executor)."""
+    def process(self, url: str, then=None) -> dict:
+        """`then`: the shard this processor will be given next, if known (the local executor), or a
+        function that returns it when asked (a Ray actor: the shard queued behind this one)."""
         self.setup()
         cfg = self.config
         opened, self._opened = self._opened, None
@@ -237,7 +249,8 @@ class _OpenShard:
         self.url, self.reader = url, reader
         self.identity = input_identity(url)
         self.timings: dict = defaultdict(float)
-        self.pending: list[tuple[list[Sample], object]] = []  # (batch, start_decoding's finish)
+        # (batch, start_decoding's finish), or (batch, None) once decoded and prepared (opened ahead)
+        self.pending: list[tuple[list[Sample], object]] = []
         self.exhausted = False
         self._samples = iter(reader)
         self._size = batch_samples
