@@ -7,9 +7,9 @@ Targets (issue 18, printed with each figure): pipeline / bare >= 0.95 after star
 it (local and Ray), io_vs_tar >= 0.70, Ray 1 actor / local >= 0.95, 2 actors / 1 actor at 1 thread
 >= 1.8, 2 decode threads / 1 on realistic images >= 1.8, demo <= 20 s, rss_16_vs_2 <= 1.05; and
 issue 7's ray_scaling >= 1.6 (2 actors / 1 actor, torch threads split).
-Short measures are repeated, alternating, and the best of each side is taken (2 rounds of local
-and bare and of Ray with 1 and 2 actors, 3 of the dry runs and tar copies, 5 of the realistic dry
-runs; every value is in bench.json under `rounds`). Ray with 1 actor is also run once on 5x the
+Short measures are repeated, alternating, and the best of each side is taken (3 rounds of local,
+bare, Ray with 1 actor and Ray with 2 actors, in turn; 3 of the dry runs and tar copies; 2 of the
+plain processes; 5 of the realistic dry runs; every value is in bench.json under `rounds`). Ray with 1 actor is also run once on 5x the
 samples (80 shards), where its start-up is amortised: ray_vs_bare_with_startup_5x.
 Also: naive (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
 (hf, vllm, openai) side by side on the same shards (`--no-engines` skips them).
@@ -56,21 +56,8 @@ def run(args) -> dict:
     # 1 torch thread: beside the prefetch thread, 2 threads ran ~5x slower on 2 cores (docs/performance.md)
     local = config(vlm, clip, scenes, work / "out_local", executor="local", torch_threads=1, **dev)
     print(f"models: {label}; {len(scenes)} shards x {per} samples", flush=True)
-    results, figures = {"models": label, "samples_per_shard": per}, {}
+    results, figures = {"models": label, "samples_per_shard": per, "rounds": {}}, {}
     measure.pipeline(config(vlm, clip, two, work / "out_warmup", executor="local", torch_threads=1, **dev))
-
-    loaded = measure.loaded_models(local)
-    # best of 2 rounds, alternating: figures move by 5-10% between runs on this shared machine
-    rounds = measure.paired(2, local=lambda: measure.pipeline(local),
-                            bare=lambda models=loaded: measure.bare(local, scenes, models))
-    results["rounds"] = {"local_samples_s": [r["samples_s"] for r in rounds["local"]], "bare_samples_s": rounds["bare"]}
-    results["local"], results["bare_samples_s"] = measure.best(rounds["local"]), measure.best(rounds["bare"])
-    figures["pipeline_vs_bare"] = results["local"]["samples_s"] / results["bare_samples_s"]
-    local_wall = results["local"]["samples"] / results["local"]["wall_s"]  # start-up (model load) included
-    figures["pipeline_vs_bare_with_startup"] = local_wall / results["bare_samples_s"]
-    results["naive_samples_s"] = measure.naive(local, scenes, loaded, limit=32 if args.quick else 64)
-    figures["naive_vs_ours"] = results["naive_samples_s"] / results["local"]["samples_s"]
-    del loaded
 
     dry = config(vlm, clip, scenes, work / "out_dry", executor="local", dry_run="true")
     rounds = measure.paired(3, dry=lambda: measure.pipeline(dry), tar=lambda: measure.tar_copy(scenes, work / "out_tar"))
@@ -83,16 +70,17 @@ def run(args) -> dict:
                          for n, s in ((2, two), (16, scenes))}
     figures["rss_16_vs_2"] = results["rss_mb"][16] / results["rss_mb"][2]
 
-    if not args.no_ray:
-        ray_figures(results, figures, vlm, clip, scenes, work, dev, per)
+    model_figures(args, results, figures, vlm, clip, scenes, local, work, dev, per)
     # ray_scaling_vs_1_thread's split without Ray: 2 local processes (1 torch thread each) on half the
     # shards each, started together, against 1 such process on all of them: what this machine allows
     solo = dict(executor="local", torch_threads=1, **dev)
     warm = [config(vlm, clip, two, work / f"out_step_warm{i}", **solo) for i in range(2)]
-    results["two_processes_samples_s"] = measure.processes_in_step(
-        warm, [config(vlm, clip, scenes[i::2], work / f"out_step{i}", **solo) for i in range(2)], work / "step")
-    results["one_process_samples_s"] = measure.processes_in_step(
-        warm[:1], [config(vlm, clip, scenes, work / "out_step_all", **solo)], work / "step")
+    halves = [config(vlm, clip, scenes[i::2], work / f"out_step{i}", **solo) for i in range(2)]
+    whole = [config(vlm, clip, scenes, work / "out_step_all", **solo)]
+    rounds = measure.paired(2, two=lambda: measure.processes_in_step(warm, halves, work / "step"),
+                            one=lambda: measure.processes_in_step(warm[:1], whole, work / "step"))
+    results["rounds"].update(two_processes_samples_s=rounds["two"], one_process_samples_s=rounds["one"])
+    results["two_processes_samples_s"], results["one_process_samples_s"] = measure.best(rounds["two"]), measure.best(rounds["one"])
     figures["processes_2_vs_1"] = results["two_processes_samples_s"] / results["one_process_samples_s"]
     results["demo_wall_s"] = measure.demo_wall(work / "demo")
     figures["demo_wall_s"] = results["demo_wall_s"]
@@ -127,46 +115,63 @@ def run(args) -> dict:
     return results
 
 
-def ray_figures(results: dict, figures: dict, vlm, clip, scenes, work: Path, dev: dict, per: int) -> None:
-    import ray
+def model_figures(args, results: dict, figures: dict, vlm, clip, scenes, local, work: Path, dev: dict,
+                  per: int) -> None:
+    """Local, bare and Ray (1 and 2 actors) in the same alternation, so a slow spell of this shared
+    machine falls on every side of their ratios (best of 3 rounds each; 2 without Ray)."""
+    loaded = measure.loaded_models(local)
+    runs = {"local": lambda: measure.pipeline(local), "bare": lambda: measure.bare(local, scenes, loaded)}
+    if not args.no_ray:
+        import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200_000_000,
-             log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200_000_000,
+                 log_to_driver=False)
+        ray_cfg = dict(executor="ray", ray__num_cpus_per_actor=1, ray__torch_threads_per_actor=1, **dev)
+        one = config(vlm, clip, scenes, work / "out_ray1", ray__num_actors=1, **ray_cfg)
+        two = config(vlm, clip, scenes, work / "out_ray2", ray__num_actors=2, **ray_cfg)
+        runs.update(ray_1=lambda: measure.pipeline(one), ray_2=lambda: measure.pipeline(two))
     try:
-        one = config(vlm, clip, scenes, work / "out_ray1", executor="ray", ray__num_actors=1,
-                     ray__num_cpus_per_actor=1, ray__torch_threads_per_actor=1, **dev)
-        split = config(vlm, clip, scenes, work / "out_ray1x2", executor="ray", ray__num_actors=1,
-                       ray__num_cpus_per_actor=2, ray__torch_threads_per_actor=2, **dev)
-        two = config(vlm, clip, scenes, work / "out_ray2", executor="ray", ray__num_actors=2,
-                     ray__num_cpus_per_actor=1, ray__torch_threads_per_actor=1, **dev)
-        # best of 2 rounds, alternating, as for local and bare: the 2-actor figure moved by 0.1 between runs
-        rounds = measure.paired(2, one=lambda: measure.pipeline(one), two=lambda: measure.pipeline(two))
-        results["rounds"].update(ray_1_actor_samples_s=[r["samples_s"] for r in rounds["one"]],
-                                 ray_2_actors_samples_s=[r["samples_s"] for r in rounds["two"]])
-        results["ray_1_actor"], results["ray_2_actors"] = measure.best(rounds["one"]), measure.best(rounds["two"])
-        results["ray_1_actor_2_threads"] = measure.pipeline(split)
-        figures["ray_vs_local"] = results["ray_1_actor"]["samples_s"] / results["local"]["samples_s"]
-        figures["ray_vs_bare"] = results["ray_1_actor"]["samples_s"] / results["bare_samples_s"]
-        ray_wall = results["ray_1_actor"]["samples"] / results["ray_1_actor"]["wall_s"]
-        figures["ray_vs_bare_with_startup"] = ray_wall / results["bare_samples_s"]
-        # the issue's definition: the same 2 cores split as 1 actor x 2 threads vs 2 actors x 1 thread
-        figures["ray_scaling"] = results["ray_2_actors"]["samples_s"] / results["ray_1_actor_2_threads"]["samples_s"]
-        # and against 1 actor x 1 thread, which is faster here than 1 x 2 (see docs/performance.md)
-        figures["ray_scaling_vs_1_thread"] = results["ray_2_actors"]["samples_s"] / results["ray_1_actor"]["samples_s"]
-        # an actor's start (a new process importing torch, torchvision, transformers, open_clip: ~4 s here)
-        # is paid once per run: the same figure on 5x the samples (80 shards) shows it amortised
-        long = shards(work, 80, per)
-        results["ray_1_actor_long"] = measure.pipeline(config(vlm, clip, long, work / "out_ray1_long", executor="ray",
-                                                              ray__num_actors=1, ray__num_cpus_per_actor=1,
-                                                              ray__torch_threads_per_actor=1, **dev))
-        r = results["ray_1_actor_long"]
-        figures["ray_vs_bare_with_startup_5x"] = r["samples"] / r["wall_s"] / results["bare_samples_s"]
-        results["ray_data"] = measure.ray_data(one, scenes, work / "out_raydata")
-        ours = results["ray_1_actor"]["samples"] / results["ray_1_actor"]["wall_s"]
-        results["ray_data"]["ours_wall_samples_s"] = ours
-        figures["ray_data_vs_ours"] = results["ray_data"]["samples_s"] / ours
+        rounds = measure.paired(2 if args.no_ray else 3, **runs)
+        results["rounds"].update({f"{name}_samples_s": [r["samples_s"] if isinstance(r, dict) else r for r in values]
+                                  for name, values in rounds.items()})
+        results["local"], results["bare_samples_s"] = measure.best(rounds["local"]), measure.best(rounds["bare"])
+        figures["pipeline_vs_bare"] = results["local"]["samples_s"] / results["bare_samples_s"]
+        local_wall = results["local"]["samples"] / results["local"]["wall_s"]  # start-up (model load) included
+        figures["pipeline_vs_bare_with_startup"] = local_wall / results["bare_samples_s"]
+        results["naive_samples_s"] = measure.naive(local, scenes, loaded, limit=32 if args.quick else 64)
+        figures["naive_vs_ours"] = results["naive_samples_s"] / results["local"]["samples_s"]
+        if not args.no_ray:
+            results["ray_1_actor"], results["ray_2_actors"] = measure.best(rounds["ray_1"]), measure.best(rounds["ray_2"])
+            ray_figures(results, figures, one, vlm, clip, scenes, work, dev, per)
     finally:
-        ray.shutdown()
+        if not args.no_ray:
+            ray.shutdown()
+
+
+def ray_figures(results: dict, figures: dict, one, vlm, clip, scenes, work: Path, dev: dict, per: int) -> None:
+    split = config(vlm, clip, scenes, work / "out_ray1x2", executor="ray", ray__num_actors=1,
+                   ray__num_cpus_per_actor=2, ray__torch_threads_per_actor=2, **dev)
+    results["ray_1_actor_2_threads"] = measure.pipeline(split)
+    figures["ray_vs_local"] = results["ray_1_actor"]["samples_s"] / results["local"]["samples_s"]
+    figures["ray_vs_bare"] = results["ray_1_actor"]["samples_s"] / results["bare_samples_s"]
+    ray_wall = results["ray_1_actor"]["samples"] / results["ray_1_actor"]["wall_s"]
+    figures["ray_vs_bare_with_startup"] = ray_wall / results["bare_samples_s"]
+    # the issue's definition: the same 2 cores split as 1 actor x 2 threads vs 2 actors x 1 thread
+    figures["ray_scaling"] = results["ray_2_actors"]["samples_s"] / results["ray_1_actor_2_threads"]["samples_s"]
+    # and against 1 actor x 1 thread, which is faster here than 1 x 2 (see docs/performance.md)
+    figures["ray_scaling_vs_1_thread"] = results["ray_2_actors"]["samples_s"] / results["ray_1_actor"]["samples_s"]
+    # an actor's start (a new process importing torch, torchvision, transformers, open_clip: ~4 s here)
+    # is paid once per run: the same figure on 5x the samples (80 shards) shows it amortised
+    long = shards(work, 80, per)
+    results["ray_1_actor_long"] = measure.pipeline(config(vlm, clip, long, work / "out_ray1_long", executor="ray",
+                                                          ray__num_actors=1, ray__num_cpus_per_actor=1,
+                                                          ray__torch_threads_per_actor=1, **dev))
+    r = results["ray_1_actor_long"]
+    figures["ray_vs_bare_with_startup_5x"] = r["samples"] / r["wall_s"] / results["bare_samples_s"]
+    results["ray_data"] = measure.ray_data(one, scenes, work / "out_raydata")
+    ours = results["ray_1_actor"]["samples"] / results["ray_1_actor"]["wall_s"]
+    results["ray_data"]["ours_wall_samples_s"] = ours
+    figures["ray_data_vs_ours"] = results["ray_data"]["samples_s"] / ours
 
 
 def main(argv=None) -> int:
