@@ -187,6 +187,25 @@ def report_dir(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
     return root / "out", rows
 
 
+async def _ended(browser, seen: dict) -> dict:
+    """What the page logged and fetched, then the session closed."""
+    seen["problems"], seen["requests"] = browser.problems(), browser.requests()
+    await browser.session.close()
+    return seen
+
+
+def _visit(exercise, chromium: str, report_dir, tmp_path, html: str, png: str):
+    """Run `exercise` on the report page `html` (screenshot to `png`): no console problem, no request
+    leaves the file. -> (what it saw, the run's rows, the screenshot)."""
+    out, rows = report_dir
+    shot = Path(os.environ.get("VLM_AUG_SCREENSHOT_DIR", tmp_path)) / png
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    seen = asyncio.run(exercise(chromium, out / html, shot))
+    assert seen["problems"] == [], seen["problems"]
+    assert all(u.startswith(("data:", "file:")) for u in seen["requests"]), seen["requests"]
+    return seen, rows, shot
+
+
 async def _exercise(binary: str, page: Path, shot: Path) -> dict:
     browser = Browser(binary)
     try:
@@ -207,22 +226,15 @@ async def _exercise(binary: str, page: Path, shot: Path) -> dict:
         seen["images_broken"] = await browser.evaluate(
             "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
         seen["overflow"] = await browser.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        seen["problems"], seen["requests"] = browser.problems(), browser.requests()
-        await browser.session.close()
-        return seen
+        return await _ended(browser, seen)
     finally:
         browser.close()
 
 
 def test_report_renders_in_chromium_with_working_filters(chromium, report_dir, tmp_path):
-    out, rows = report_dir
-    shot = Path(os.environ.get("VLM_AUG_SCREENSHOT_DIR", tmp_path)) / "report.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    seen = asyncio.run(_exercise(chromium, out / "report.html", shot))
+    seen, rows, shot = _visit(_exercise, chromium, report_dir, tmp_path, "report.html", "report.png")
     count = {s: sum(r["status"] == s for r in rows) for s in ("kept", "rejected", "error")}
     assert min(count.values()) >= 1, count
-    assert seen["problems"] == [], seen["problems"]
-    assert all(u.startswith(("data:", "file:")) for u in seen["requests"]), seen["requests"]
     expected = sum(min(3, n) for n in count.values())
     assert seen["initial"] == expected and seen["shown_attr"] == str(expected)
     assert seen["rejected"] == ["rejected"] * min(3, count["rejected"])
@@ -248,19 +260,13 @@ async def _full_page(binary: str, page: Path, shot: Path) -> dict:
                 "scripts": await browser.evaluate("document.scripts.length"),
                 "images": await browser.evaluate("Array.from(document.images).filter(i => i.naturalWidth > 0).length")}
         await screenshot(browser, shot)
-        seen["problems"], seen["requests"] = browser.problems(), browser.requests()
-        await browser.session.close()
-        return seen
+        return await _ended(browser, seen)
     finally:
         browser.close()
 
 
 def test_full_report_shows_every_card_and_keeps_hostile_captions_as_text(chromium, report_dir, tmp_path):
-    out, rows = report_dir
-    shot = Path(os.environ.get("VLM_AUG_SCREENSHOT_DIR", tmp_path)) / "report_full.png"
-    seen = asyncio.run(_full_page(chromium, out / "full.html", shot))
-    assert seen["problems"] == [], seen["problems"]
-    assert all(u.startswith(("data:", "file:")) for u in seen["requests"]), seen["requests"]
+    seen, rows, shot = _visit(_full_page, chromium, report_dir, tmp_path, "full.html", "report_full.png")
     assert sorted(seen["shown"]) == sorted(r["key"] for r in rows)  # small run: every sample is a card
     assert seen["markup"] == '<script>alert("caption")</script><img src=x>'  # shown as text, never run
     assert seen["scripts"] == 1 and seen["images"] == 4 + sum(r["status"] != "error" for r in rows)
