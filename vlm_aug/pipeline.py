@@ -202,7 +202,7 @@ class ShardProcessor:
 
     def process(self, url: str, then=None) -> dict:
         """`then`: the shard this processor will be given next, if known (the local executor), or a
-        function that returns it when asked (a Ray actor: the shard queued behind this one)."""
+        function that returns it, or None, when asked."""
         self.setup()
         cfg = self.config
         opened, self._opened = self._opened, None

@@ -4,7 +4,7 @@
 that calls it, which works through the same items instead of waiting. So `n` is the number of threads
 doing the work, never more: with a pool of `n` threads beside a caller that reads and writes shards,
 `n + 1` runnable threads shared 2 cores, and the image decoders waited for CPU and the GIL (2 decode
-workers reached 1.55-1.65x of 1 on realistic JPEGs; docs/performance.md). The work is meant to release
+workers reached 1.55-1.75x of 1 on realistic JPEGs; docs/performance.md). The work is meant to release
 the GIL (Pillow decoding, hashing, torch, numpy).
 
 `start_map` hands the items to the pool threads now and returns the function that finishes them (the
