@@ -9,8 +9,9 @@ it (local and Ray), io_vs_tar >= 0.70, Ray 1 actor / local >= 0.95, 2 actors / 1
 issue 7's ray_scaling >= 1.6 (2 actors / 1 actor, torch threads split).
 Short measures are repeated, alternating, and the best of each side is taken (3 rounds of local,
 bare, Ray with 1 actor and Ray with 2 actors, in turn; 3 of the dry runs and tar copies; 2 of the
-plain processes; 5 of the realistic dry runs; every value is in bench.json under `rounds`). Ray with 1 actor is also run once on 5x the
-samples (80 shards), where its start-up is amortised: ray_vs_bare_with_startup_5x.
+plain processes; 5 of the realistic dry runs; every value is in bench.json under `rounds`). Ray
+with 1 actor is also run once on 5x the samples (80 shards), where its start-up is amortised:
+ray_vs_bare_with_startup_5x.
 Also: naive (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
 (hf, vllm, openai) side by side on the same shards (`--no-engines` skips them).
 """
@@ -142,13 +143,14 @@ def model_figures(args, results: dict, figures: dict, vlm, clip, scenes, local, 
         figures["naive_vs_ours"] = results["naive_samples_s"] / results["local"]["samples_s"]
         if not args.no_ray:
             results["ray_1_actor"], results["ray_2_actors"] = measure.best(rounds["ray_1"]), measure.best(rounds["ray_2"])
-            ray_figures(results, figures, one, vlm, clip, scenes, work, dev, per)
+            ray_figures(results, figures, one, ray_cfg, vlm, clip, scenes, work, dev, per)
     finally:
         if not args.no_ray:
             ray.shutdown()
 
 
-def ray_figures(results: dict, figures: dict, one, vlm, clip, scenes, work: Path, dev: dict, per: int) -> None:
+def ray_figures(results: dict, figures: dict, one, ray_cfg: dict, vlm, clip, scenes, work: Path, dev: dict,
+                per: int) -> None:
     split = config(vlm, clip, scenes, work / "out_ray1x2", executor="ray", ray__num_actors=1,
                    ray__num_cpus_per_actor=2, ray__torch_threads_per_actor=2, **dev)
     results["ray_1_actor_2_threads"] = measure.pipeline(split)
@@ -163,9 +165,8 @@ def ray_figures(results: dict, figures: dict, one, vlm, clip, scenes, work: Path
     # an actor's start (a new process importing torch, torchvision, transformers, open_clip: ~4 s here)
     # is paid once per run: the same figure on 5x the samples (80 shards) shows it amortised
     long = shards(work, 80, per)
-    results["ray_1_actor_long"] = measure.pipeline(config(vlm, clip, long, work / "out_ray1_long", executor="ray",
-                                                          ray__num_actors=1, ray__num_cpus_per_actor=1,
-                                                          ray__torch_threads_per_actor=1, **dev))
+    results["ray_1_actor_long"] = measure.pipeline(config(vlm, clip, long, work / "out_ray1_long",
+                                                          ray__num_actors=1, **ray_cfg))
     r = results["ray_1_actor_long"]
     figures["ray_vs_bare_with_startup_5x"] = r["samples"] / r["wall_s"] / results["bare_samples_s"]
     results["ray_data"] = measure.ray_data(one, scenes, work / "out_raydata")
