@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -32,6 +33,12 @@ def best(values: list):
     """The fastest of repeated measurements (samples/s, or a pipeline result by its samples/s): the
     least disturbed by other work on the machine, as timeit takes the minimum time."""
     return max(values, key=lambda v: v["samples_s"] if isinstance(v, dict) else v)
+
+
+def median(values: list) -> float:
+    """The median of repeated measurements (samples/s, or pipeline results by their samples/s),
+    reported beside the best: a figure that only the least disturbed rounds reach shows as such."""
+    return statistics.median(v["samples_s"] if isinstance(v, dict) else v for v in values)
 
 
 def pipeline(cfg: Config) -> dict:
@@ -141,7 +148,8 @@ print(json.dumps({"samples": t["totals"]["inputs"], "busy_s": t["timings"]["wall
 
 def processes_in_step(warm: list[Config], cfgs: list[Config], barrier: Path) -> float:
     """Samples/s of independent local runs in separate processes, started together after a warm-up
-    (no Ray): what the machine gives several workers when nothing coordinates them."""
+    (no Ray): what the machine gives several workers when nothing coordinates them. All the samples
+    over the slowest process's time, as a run of several workers is done when the last one is."""
     barrier.mkdir(parents=True, exist_ok=True)
     for stale in barrier.iterdir():
         stale.unlink()
@@ -149,7 +157,7 @@ def processes_in_step(warm: list[Config], cfgs: list[Config], barrier: Path) -> 
                                str(len(cfgs)), str(i)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for i, (w, c) in enumerate(zip(warm, cfgs))]
     done = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    return sum(d["samples"] / d["busy_s"] for d in done)
+    return sum(d["samples"] for d in done) / max(d["busy_s"] for d in done)
 
 
 class _RayDataCaptioner:
