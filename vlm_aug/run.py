@@ -83,7 +83,7 @@ def make_executor(config: Config, todo: list[str] = ()):
         return RayExecutor(config)
     from vlm_aug.executors.local import LocalExecutor
 
-    return LocalExecutor(config.torch_threads)
+    return LocalExecutor(config.torch_threads, config.tune_malloc)
 
 
 def execute(config: Config, overwrite: bool = False, progress: bool = True) -> RunResult:

@@ -247,6 +247,9 @@ class Config(Strict):
     executor: Literal["auto", "local", "ray"] = "auto"
     ray: RayConfig = Field(default_factory=RayConfig)
     torch_threads: Optional[int] = Field(None, ge=1)
+    # glibc: keep freed blocks up to 32 MB for reuse instead of giving them back to the kernel, in the
+    # processes that run the models (vlm_aug/malloc.py; fewer page faults); false: the allocator as it is
+    tune_malloc: bool = True
     dry_run: bool = False  # no models: caption kept as is, images still decoded, full output written
 
     @model_validator(mode="before")
@@ -297,7 +300,7 @@ class Config(Strict):
 
     def sha256(self) -> str:
         """Hash of what decides the output; where it runs (executor, ray, threads) does not."""
-        recipe = self.model_dump(exclude={"executor", "ray", "torch_threads", "report"})
+        recipe = self.model_dump(exclude={"executor", "ray", "torch_threads", "tune_malloc", "report"})
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
