@@ -45,8 +45,9 @@ print(json.dumps({"done": done, "faults": faults[0]}))
 
 
 def grow(mode: str, where: str, **env) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
     out = subprocess.run([sys.executable, "-c", GROW, mode, where], capture_output=True, text=True, check=True,
-                         env={**{k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}, **env})
+                         env={**clean, **env})
     return json.loads(out.stdout)
 
 

@@ -9,11 +9,11 @@ back in, zeroed. Fixing the threshold at 32 MB (the most glibc accepts) and trim
 Measured on this project's 2-core KVM machine with the scene models (docs/performance.md): a Ray
 actor, whose models run in one of Ray's threads (a glibc arena of its own), took 250-470 thousand
 page faults on 2,048 samples, and 115-175 thousand with the thresholds fixed; over 5 alternating
-rounds it ran 137.5 samples/s by median against 134.4. A page fault costs ~2 us here (a bare
-model loop with the mmap threshold pinned at 128 KB took 3 million of them and twice the time). The local executor, whose
-models run in the main thread, faults less either way (31-86 thousand, 22-24 thousand fixed). The
-price: freed memory stays in the process for reuse instead of going back to the kernel; the peak
-of a local run was 20-50 MB higher (1.15 GB).
+rounds it ran 137.5 samples/s by median against 134.4. A page fault costs ~2 us here (a bare model
+loop with the mmap threshold pinned at 128 KB took 3 million of them and twice the time). The local
+executor, whose models run in the main thread, faults less either way (31-86 thousand, 22-24
+thousand fixed). The price: freed memory stays in the process for reuse instead of going back to
+the kernel; the peak of a local run was 20-50 MB higher (1.15 GB).
 
 Left alone (and said so): not glibc (macOS, musl), or the user chose already (`MALLOC_*_` or
 `GLIBC_TUNABLES` in the environment, or another allocator in `LD_PRELOAD`). `tune_malloc: false`
