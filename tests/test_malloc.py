@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from vlm_aug.config import Config
-from vlm_aug.executors.local import LocalExecutor
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="glibc's allocator only")
@@ -67,13 +66,32 @@ def test_the_users_own_allocator_settings_are_left_alone():
     assert kept["faults"] > 10 * ((1 << 20) // 4096)  # nothing was changed: it faults as glibc does
 
 
-def test_the_local_executor_records_what_it_did_and_the_switch_turns_it_off(tmp_path):
-    from vlm_aug.pipeline import ShardProcessor
-    from vlm_aug.progress import RunProgress
-    from vlm_aug.record import RunContext
-
-    config = Config.model_validate({"output": {"path": str(tmp_path / "out")}, "dry_run": True})
-    assert Config.model_validate({**config.model_dump(), "tune_malloc": False}).sha256() == config.sha256()
+SWITCH = """
+import json, sys
+from vlm_aug.config import Config
+from vlm_aug.executors.local import LocalExecutor
+from vlm_aug.pipeline import ShardProcessor
+from vlm_aug.progress import RunProgress
+from vlm_aug.record import RunContext
+config = Config.model_validate({"output": {"path": sys.argv[1]}, "dry_run": True})
+said = []
+for wanted in sys.argv[2:]:
     processor = ShardProcessor(config, RunContext(config.sha256()))
-    report = LocalExecutor(1, malloc=False).run([], processor, RunProgress(0, enabled=False))
-    assert report.workers["local"]["malloc"] == "left alone: tune_malloc false"
+    report = LocalExecutor(1, malloc=wanted == "on").run([], processor, RunProgress(0, enabled=False))
+    said.append(report.workers["local"]["malloc"])
+print(json.dumps(said))
+"""
+
+
+def test_the_local_executor_records_the_processs_allocator_and_the_switch_leaves_it_alone(tmp_path):
+    config = Config.model_validate({"output": {"path": str(tmp_path / "out")}})
+    assert Config.model_validate({**config.model_dump(), "tune_malloc": False}).sha256() == config.sha256()
+
+    def runs(*wanted):
+        out = subprocess.run([sys.executable, "-c", SWITCH, str(tmp_path / "out"), *wanted], capture_output=True,
+                             text=True, check=True)
+        return json.loads(out.stdout)
+
+    tuned = "glibc: mmap threshold 32 MB, trim threshold 256 MB"
+    assert runs("off", "on") == ["left alone: tune_malloc false", tuned]
+    assert runs("on", "off") == [tuned, tuned]  # once tuned, the process stays so: the record says it

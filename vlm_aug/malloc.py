@@ -35,12 +35,13 @@ USER_CHOICES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_
 _outcome: str | None = None
 
 
-def tune_malloc() -> str:
-    """Fix glibc's mmap and trim thresholds for this process (once). -> what was done, for the record."""
+def tune_malloc(wanted: bool = True) -> str:
+    """Fix glibc's mmap and trim thresholds for this process (once), if `wanted` (config `tune_malloc`).
+    -> the process's state, for the record: it stays tuned once tuned, whatever a later run asks."""
     global _outcome
-    if _outcome is None:
+    if wanted and _outcome is None:
         _outcome = _tune()
-    return _outcome
+    return _outcome or "left alone: tune_malloc false"
 
 
 def _tune() -> str:

@@ -80,7 +80,7 @@ class ShardWorker:
 
         # the models run in one of Ray's threads, a glibc arena of its own: without this an actor
         # faulted 250-470 thousand pages in on 2,048 scene samples, with it 115-175 (vlm_aug/malloc.py)
-        self.malloc = tune_malloc() if config.tune_malloc else "left alone: tune_malloc false"
+        self.malloc = tune_malloc(config.tune_malloc)
         torch.set_num_threads(torch_threads)
         self.slot, self.torch_threads = slot, torch_threads
         self.identity = f"ray:{slot}@{socket.gethostname()}:{os.getpid()}"
