@@ -16,8 +16,8 @@ thousand fixed). The price: freed memory stays in the process for reuse instead 
 the kernel; the peak of a local run was 20-50 MB higher (1.15 GB).
 
 Left alone (and said so): not glibc (macOS, musl), or the user chose already (`MALLOC_*_` or
-`GLIBC_TUNABLES` in the environment, or another allocator in `LD_PRELOAD`). `tune_malloc: false`
-in the config turns it off.
+`GLIBC_TUNABLES` in the environment, or another allocator in `LD_PRELOAD`), or `tune_malloc: false`
+in the config (a process an earlier run tuned stays tuned; the record says so).
 """
 
 from __future__ import annotations
