@@ -12,8 +12,9 @@ bare, Ray with 1 actor and Ray with 2 actors, in turn; 3 of the dry runs and tar
 plain processes; 5 of the realistic dry runs; every value is in bench.json under `rounds`); the same
 ratios of the medians are printed beside them (`figures_median`), so a figure that only the least
 disturbed rounds reach shows as such. Ray
-with 1 actor is also run once on 5x the samples (80 shards), where its start-up is amortised:
-ray_vs_bare_with_startup_5x.
+with 1 actor is also run once on 10x the samples (160 shards, 20,480), right after the bare loop on
+the same samples, so that the two share a spell of the machine; the actor's start is amortised there
+as in a real run: ray_vs_bare_with_startup_10x.
 Also: naive (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
 (hf, vllm, openai) side by side on the same shards (`--no-engines` skips them).
 """
@@ -36,7 +37,7 @@ from vlm_aug.lab.bench.setup import config, models, shards  # noqa: E402
 # issue 18's targets (the feed-the-GPU issue); ray_scaling keeps issue 7's definition, 1.6
 TARGETS = {"pipeline_vs_bare": (">=", 0.95), "pipeline_vs_bare_with_startup": (">=", 0.90),
            "ray_vs_bare": (">=", 0.95), "ray_vs_bare_with_startup": (">=", 0.90),
-           "ray_vs_bare_with_startup_5x": (">=", 0.90),
+           "ray_vs_bare_with_startup_10x": (">=", 0.90),
            "io_vs_tar": (">=", 0.70), "ray_vs_local": (">=", 0.95), "ray_scaling": (">=", 1.6),
            "ray_scaling_vs_1_thread": (">=", 1.8), "rss_16_vs_2": ("<=", 1.05), "demo_wall_s": ("<=", 20.0),
            "decode_2_vs_1": (">=", 1.8)}
@@ -188,12 +189,17 @@ def ray_figures(results: dict, figures: dict, one, ray_cfg: dict, vlm, clip, sce
     # and against 1 actor x 1 thread, which is faster here than 1 x 2 (see docs/performance.md)
     figures["ray_scaling_vs_1_thread"] = results["ray_2_actors"]["samples_s"] / results["ray_1_actor"]["samples_s"]
     # an actor's start (a new process importing torch, torchvision, transformers, open_clip: ~4 s here)
-    # is paid once per run: the same figure on 5x the samples (80 shards) shows it amortised
-    long = shards(work, 80, per)
+    # is paid once per run: the same figure on 10x the samples (160 shards) shows it amortised, against
+    # the bare loop on those samples run just before (not the best bare round: one long run each)
+    long = shards(work, 160, per)
+    import torch
+
+    torch.set_num_threads(1)  # as the actor's and the bare rounds' (the local runs leave it at 1)
+    results["bare_long_samples_s"] = measure.bare(one, long, measure.loaded_models(one))
     results["ray_1_actor_long"] = measure.pipeline(config(vlm, clip, long, work / "out_ray1_long",
                                                           ray__num_actors=1, **ray_cfg))
     r = results["ray_1_actor_long"]
-    figures["ray_vs_bare_with_startup_5x"] = r["samples"] / r["wall_s"] / results["bare_samples_s"]
+    figures["ray_vs_bare_with_startup_10x"] = r["samples"] / r["wall_s"] / results["bare_long_samples_s"]
     results["ray_data"] = measure.ray_data(one, scenes, work / "out_raydata")
     ours = results["ray_1_actor"]["samples"] / results["ray_1_actor"]["wall_s"]
     results["ray_data"]["ours_wall_samples_s"] = ours
