@@ -9,12 +9,12 @@ it (local and Ray), io_vs_tar >= 0.70, Ray 1 actor / local >= 0.95, 2 actors / 1
 issue 7's ray_scaling >= 1.6 (2 actors / 1 actor, torch threads split).
 Short measures are repeated, alternating, and the best of each side is taken (5 rounds of local,
 bare, Ray with 1 actor and Ray with 2 actors, in turn; 3 of the dry runs and tar copies; 2 of the
-plain processes; 5 of the realistic dry runs; every value is in bench.json under `rounds`); the same
-ratios of the medians are printed beside them (`figures_median`), so a figure that only the least
-disturbed rounds reach shows as such. Ray
-with 1 actor is also run once on 10x the samples (160 shards, 20,480), right after the bare loop on
-the same samples, so that the two share a spell of the machine; the actor's start is amortised there
-as in a real run: ray_vs_bare_with_startup_10x.
+plain processes and of the bare loop in 2 processes; 5 of the realistic dry runs; every value is in
+bench.json under `rounds`); the same ratios of the medians are printed beside them
+(`figures_median`), so a figure that only the least disturbed rounds reach shows as such. Ray with
+1 actor is also run once on 10x the samples (160 shards, 20,480), right after the bare loop on the
+same samples, so that the two share a spell of the machine; the actor's start is amortised there as
+in a real run: ray_vs_bare_with_startup_10x.
 Also: naive (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
 (hf, vllm, openai) side by side on the same shards (`--no-engines` skips them).
 """
@@ -86,6 +86,11 @@ def run(args) -> dict:
     results["rounds"].update(two_processes_samples_s=rounds["two"], one_process_samples_s=rounds["one"])
     results["two_processes_samples_s"], results["one_process_samples_s"] = measure.best(rounds["two"]), measure.best(rounds["one"])
     figures["processes_2_vs_1"] = results["two_processes_samples_s"] / results["one_process_samples_s"]
+    # and the bare model loop the same way: how far 2 copies of the models alone scale on this machine
+    rounds = measure.paired(2, two=lambda: measure.bare_in_step(local, [scenes[0::2], scenes[1::2]], work / "step"),
+                            one=lambda: measure.bare_in_step(local, [scenes], work / "step"))
+    results["rounds"].update(two_bare_samples_s=rounds["two"], one_bare_samples_s=rounds["one"])
+    figures["bare_2_vs_1"] = measure.best(rounds["two"]) / measure.best(rounds["one"])
     results["demo_wall_s"] = measure.demo_wall(work / "demo")
     figures["demo_wall_s"] = results["demo_wall_s"]
     from vlm_aug.lab.bench.realistic import host_costs, host_path_rate, write_realistic_shards
@@ -127,7 +132,8 @@ def medians(results: dict) -> dict:
              "pipeline_vs_bare": ("local_samples_s", "bare_samples_s"),
              "ray_vs_bare": ("ray_1_samples_s", "bare_samples_s"), "ray_vs_local": ("ray_1_samples_s", "local_samples_s"),
              "ray_scaling_vs_1_thread": ("ray_2_samples_s", "ray_1_samples_s"),
-             "processes_2_vs_1": ("two_processes_samples_s", "one_process_samples_s")}
+             "processes_2_vs_1": ("two_processes_samples_s", "one_process_samples_s"),
+             "bare_2_vs_1": ("two_bare_samples_s", "one_bare_samples_s")}
     out = {name: m(r[a]) / m(r[b]) for name, (a, b) in pairs.items() if a in r and b in r}
     real = results.get("realistic", {}).get("dry_run_rounds")
     if real:

@@ -75,13 +75,19 @@ def _models_on(rewrite: RewriteStage, score: ScoreStage, batch: list) -> None:
 
 def bare(cfg: Config, inputs: list[Path], models) -> float:
     """Same models, same batches, pre-decoded images: what the models alone allow."""
+    samples, seconds = bare_timed(cfg, inputs, models)
+    return samples / seconds
+
+
+def bare_timed(cfg: Config, inputs: list[Path], models) -> tuple[int, float]:
+    """`bare`'s loop: -> (samples, seconds of model work)."""
     samples = decoded_samples(cfg, inputs)
     samples.sort(key=lambda s: len(s.caption_orig))
     size = cfg.vlm.batch_size
     start = time.perf_counter()
     for i in range(0, len(samples), size):
         _models_on(*models, samples[i:i + size])
-    return len(samples) / (time.perf_counter() - start)
+    return len(samples), time.perf_counter() - start
 
 
 def naive(cfg: Config, inputs: list[Path], models, limit: int = 64) -> float:
@@ -130,6 +136,7 @@ def peak_rss_mb(cfg: Config) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
+# each child: argv = its two json arguments, the barrier folder, how many start together, its index
 IN_STEP = """
 import json, sys, time
 from pathlib import Path
@@ -145,19 +152,52 @@ t = execute(cfg, overwrite=True, progress=False).manifest
 print(json.dumps({"samples": t["totals"]["inputs"], "busy_s": t["timings"]["wall_s"] - t["timings"]["startup_s"]}))
 """
 
+BARE_IN_STEP = """
+import json, sys, time
+from pathlib import Path
+import torch
+from vlm_aug.config import Config
+from vlm_aug.lab.bench.measure import bare_timed, loaded_models
+from vlm_aug.malloc import tune_malloc
+cfg, inputs, ready, n = (Config.model_validate_json(sys.argv[1]), [Path(p) for p in json.loads(sys.argv[2])],
+                         Path(sys.argv[3]), int(sys.argv[4]))
+torch.set_num_threads(1)
+tune_malloc(cfg.tune_malloc)  # as a worker's process does
+models = loaded_models(cfg)
+bare_timed(cfg, inputs[:1], models)  # warm-up: first calls, allocator, page cache
+(ready / sys.argv[5]).touch()
+while len(list(ready.iterdir())) < n:  # start together
+    time.sleep(0.01)
+samples, seconds = bare_timed(cfg, inputs, models)
+print(json.dumps({"samples": samples, "busy_s": seconds}))
+"""
 
-def processes_in_step(warm: list[Config], cfgs: list[Config], barrier: Path) -> float:
-    """Samples/s of independent local runs in separate processes, started together after a warm-up
-    (no Ray): what the machine gives several workers when nothing coordinates them. All the samples
-    over the slowest process's time, as a run of several workers is done when the last one is."""
+
+def _in_step(script: str, arguments: list[tuple[str, str]], barrier: Path) -> float:
+    """Run `script` in one process per pair of arguments, started together; -> all the samples over the
+    slowest process's time, as a run of several workers is done when the last one is."""
     barrier.mkdir(parents=True, exist_ok=True)
     for stale in barrier.iterdir():
         stale.unlink()
-    procs = [subprocess.Popen([sys.executable, "-c", IN_STEP, w.model_dump_json(), c.model_dump_json(), str(barrier),
-                               str(len(cfgs)), str(i)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for i, (w, c) in enumerate(zip(warm, cfgs))]
+    procs = [subprocess.Popen([sys.executable, "-c", script, first, second, str(barrier), str(len(arguments)), str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for i, (first, second) in enumerate(arguments)]
     done = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     return sum(d["samples"] for d in done) / max(d["busy_s"] for d in done)
+
+
+def processes_in_step(warm: list[Config], cfgs: list[Config], barrier: Path) -> float:
+    """Samples/s of independent local runs in separate processes, started together after a warm-up
+    (no Ray): what the machine gives several workers when nothing coordinates them."""
+    return _in_step(IN_STEP, [(w.model_dump_json(), c.model_dump_json()) for w, c in zip(warm, cfgs)], barrier)
+
+
+def bare_in_step(cfg: Config, parts: list[list[Path]], barrier: Path) -> float:
+    """Samples/s of the bare model loop (`bare`, 1 torch thread) in one process per part of the shards,
+    started together: what the machine gives several copies of the models with nothing around them
+    (no reading, decoding or writing beside them), the ceiling of any worker pair's scaling."""
+    return _in_step(BARE_IN_STEP, [(cfg.model_dump_json(), json.dumps([str(p) for p in part])) for part in parts],
+                    barrier)
 
 
 class _RayDataCaptioner:
