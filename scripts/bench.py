@@ -9,7 +9,7 @@ it (local and Ray), io_vs_tar >= 0.70, Ray 1 actor / local >= 0.95, 2 actors / 1
 issue 7's ray_scaling >= 1.6 (2 actors / 1 actor, torch threads split).
 Short measures are repeated, alternating, and the best of each side is taken (5 rounds of local,
 bare, Ray with 1 actor and Ray with 2 actors, in turn; 3 of the dry runs and tar copies; 2 of the
-plain processes and of the bare loop in 2 processes; 5 of the realistic dry runs; every value is in
+plain processes; 3 of the bare loop in 1 and 2 processes; 5 of the realistic dry runs; every value is in
 bench.json under `rounds`); the same ratios of the medians are printed beside them
 (`figures_median`), so a figure that only the least disturbed rounds reach shows as such. Ray with
 1 actor is also run once on 10x the samples (160 shards, 20,480), right after the bare loop on the
@@ -87,7 +87,7 @@ def run(args) -> dict:
     results["two_processes_samples_s"], results["one_process_samples_s"] = measure.best(rounds["two"]), measure.best(rounds["one"])
     figures["processes_2_vs_1"] = results["two_processes_samples_s"] / results["one_process_samples_s"]
     # and the bare model loop the same way: how far 2 copies of the models alone scale on this machine
-    rounds = measure.paired(2, two=lambda: measure.bare_in_step(local, [scenes[0::2], scenes[1::2]], work / "step"),
+    rounds = measure.paired(3, two=lambda: measure.bare_in_step(local, [scenes[0::2], scenes[1::2]], work / "step"),
                             one=lambda: measure.bare_in_step(local, [scenes], work / "step"))
     results["rounds"].update(two_bare_samples_s=rounds["two"], one_bare_samples_s=rounds["one"])
     figures["bare_2_vs_1"] = measure.best(rounds["two"]) / measure.best(rounds["one"])
