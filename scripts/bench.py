@@ -9,8 +9,8 @@ it (local and Ray), io_vs_tar >= 0.70, Ray 1 actor / local >= 0.95, 2 actors / 1
 issue 7's ray_scaling >= 1.6 (2 actors / 1 actor, torch threads split).
 Short measures are repeated, alternating, and the best of each side is taken (5 rounds of local,
 bare, Ray with 1 actor and Ray with 2 actors, in turn; 3 of the dry runs and tar copies; 2 of the
-plain processes; 3 of the bare loop in 1 and 2 processes; 5 of the realistic dry runs; every value is in
-bench.json under `rounds`); the same ratios of the medians are printed beside them
+plain processes; 3 of the bare loop in 1 and 2 processes; 5 of the realistic dry runs; every value
+is in bench.json under `rounds`); the same ratios of the medians are printed beside them
 (`figures_median`), so a figure that only the least disturbed rounds reach shows as such. Ray with
 1 actor is also run once on 10x the samples (160 shards, 20,480), right after the bare loop on the
 same samples, so that the two share a spell of the machine; the actor's start is amortised there as
