@@ -180,9 +180,14 @@ def _in_step(script: str, arguments: list[tuple[str, str]], barrier: Path) -> fl
     for stale in barrier.iterdir():
         stale.unlink()
     procs = [subprocess.Popen([sys.executable, "-c", script, first, second, str(barrier), str(len(arguments)), str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, (first, second) in enumerate(arguments)]
-    done = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"a bench process exited with {proc.returncode}:\n{err.strip()[-2000:]}")
+        done.append(json.loads(out.strip().splitlines()[-1]))
     return sum(d["samples"] for d in done) / max(d["busy_s"] for d in done)
 
 
