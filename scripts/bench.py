@@ -170,7 +170,7 @@ def model_figures(args, results: dict, figures: dict, vlm, clip, scenes, local, 
             results["ray_1_actor"], results["ray_2_actors"] = measure.best(rounds["ray_1"]), measure.best(rounds["ray_2"])
             # how long the 2 actors' models stood idle, as a share of the time they were up
             results["rounds"]["ray_2_model_idle_share"] = [model_idle_share(r["workers"]) for r in rounds["ray_2"]]
-            ray_figures(results, figures, one, ray_cfg, vlm, clip, scenes, work, dev, per)
+            ray_figures(results, figures, one, ray_cfg, vlm, clip, scenes, work, dev, per, loaded)
     finally:
         if not args.no_ray:
             ray.shutdown()
@@ -182,7 +182,7 @@ def model_idle_share(workers: dict) -> float | None:
 
 
 def ray_figures(results: dict, figures: dict, one, ray_cfg: dict, vlm, clip, scenes, work: Path, dev: dict,
-                per: int) -> None:
+                per: int, loaded) -> None:
     split = config(vlm, clip, scenes, work / "out_ray1x2", executor="ray", ray__num_actors=1,
                    ray__num_cpus_per_actor=2, ray__torch_threads_per_actor=2, **dev)
     results["ray_1_actor_2_threads"] = measure.pipeline(split)
@@ -201,7 +201,7 @@ def ray_figures(results: dict, figures: dict, one, ray_cfg: dict, vlm, clip, sce
     import torch
 
     torch.set_num_threads(1)  # as the actor's and the bare rounds' (the local runs leave it at 1)
-    results["bare_long_samples_s"] = measure.bare(one, long, measure.loaded_models(one))
+    results["bare_long_samples_s"] = measure.bare(one, long, loaded)  # the bare rounds' models
     results["ray_1_actor_long"] = measure.pipeline(config(vlm, clip, long, work / "out_ray1_long",
                                                           ray__num_actors=1, **ray_cfg))
     r = results["ray_1_actor_long"]
