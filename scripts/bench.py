@@ -211,14 +211,18 @@ def ray_figures(results: dict, figures: dict, one, ray_cfg: dict, vlm, clip, sce
     figures["ray_scaling_vs_1_thread"] = results["ray_2_actors"]["samples_s"] / results["ray_1_actor"]["samples_s"]
     # an actor's start (a new process importing torch, torchvision, transformers, open_clip: ~4 s here)
     # is paid once per run: the same figure on 10x the samples (160 shards) shows it amortised, against
-    # the bare loop on those samples run just before (not the best bare round: one long run each)
+    # the bare loop on those samples run just before and just after it (not the best bare round: one
+    # long run each; before and after, so that the machine's drift over those minutes falls on both sides)
     long = shards(work, 160, per)
     import torch
 
     torch.set_num_threads(1)  # as the actor's and the bare rounds' (the local runs leave it at 1)
-    results["bare_long_samples_s"] = measure.bare(one, long, loaded)  # the bare rounds' models
+    before = measure.bare_timed(one, long, loaded)  # the bare rounds' models
     results["ray_1_actor_long"] = measure.pipeline(config(vlm, clip, long, work / "out_ray1_long",
                                                           ray__num_actors=1, **ray_cfg))
+    after = measure.bare_timed(one, long, loaded)
+    results["rounds"]["bare_long_samples_s"] = [n / t for n, t in (before, after)]
+    results["bare_long_samples_s"] = (before[0] + after[0]) / (before[1] + after[1])
     r = results["ray_1_actor_long"]
     figures["ray_vs_bare_with_startup_10x"] = r["samples"] / r["wall_s"] / results["bare_long_samples_s"]
     results["ray_data"] = measure.ray_data(one, scenes, work / "out_raydata")
