@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 SUFFIXES = {"tar": ".tar", "parquet": ".parquet", "stats": ".stats.json"}
 TEMP_MARK = ".tmp-"
@@ -152,9 +153,6 @@ class OutputDir:
         names = self.complete_names() if shards is None else shards
         if not names:
             return pa.table({c: [] for c in columns + ["out_shard"]})
-        import pyarrow.dataset as pads  # here, not at the top: it imports pandas (~50 MB, ~0.2 s),
-        # which a worker writing shards never needs
-
         files = [self.file(n, "parquet") for n in names]
         dataset = pads.dataset(files, format="parquet", filesystem=self.fs)
         table = dataset.to_table(columns=columns + ["__filename"], filter=filter_expr)
