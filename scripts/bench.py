@@ -12,9 +12,9 @@ bare, Ray with 1 actor and Ray with 2 actors, in turn; 3 of the dry runs and tar
 plain processes; 3 of the bare loop in 1 and 2 processes; 5 of the realistic dry runs; every value
 is in bench.json under `rounds`); the same ratios of the medians are printed beside them
 (`figures_median`), so a figure that only the least disturbed rounds reach shows as such. Ray with
-1 actor is also run once on 10x the samples (160 shards, 20,480), right after the bare loop on the
-same samples, so that the two share a spell of the machine; the actor's start is amortised there as
-in a real run: ray_vs_bare_with_startup_10x.
+1 actor is also run once on 10x the samples (160 shards, 20,480), between two runs of the bare loop
+on the same samples (before and after), so that the machine's drift falls on both sides; the actor's
+start is amortised there as in a real run: ray_vs_bare_with_startup_10x.
 Also: naive (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
 (hf, vllm, openai) side by side on the same shards (`--no-engines` skips them).
 """

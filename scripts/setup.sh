@@ -23,8 +23,9 @@ if [[ "${TORCH_SPEC:-}" != "skip" ]]; then
   if [[ -n "$spec" ]] && ! .venv/bin/python -c "import torchvision" 2>/dev/null; then
     # the CUDA build of torch takes ~5.5 GB in .venv, and pip unpacks its wheels first
     free_gb=$(df -Pk . | awk 'NR == 2 {print int($4 / 1048576)}')
-    if (( free_gb < ${VENV_MIN_FREE_GB:-8} )); then
-      echo "error: installing $spec into .venv needs about ${VENV_MIN_FREE_GB:-8} GB free on the disk of" \
+    need_gb=${VENV_MIN_FREE_GB:-8}
+    if (( free_gb < need_gb )); then
+      echo "error: installing $spec into .venv needs about $need_gb GB free on the disk of" \
            "$(pwd); ${free_gb} GB is free there. Free some space (old clones, /tmp) and rerun." >&2
       exit 1
     fi
