@@ -15,7 +15,9 @@ is in bench.json under `rounds`); the same ratios of the medians are printed bes
 1 actor is also run once on 10x the samples (160 shards, 20,480), between two runs of the bare loop
 on the same samples (before and after), so that the machine's drift falls on both sides; the actor's
 start is amortised there as in a real run: ray_vs_bare_with_startup_10x.
-Also: naive (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
+Also: the host path on the realistic images (decode and both image processors) in 1 and 2 threads,
+as the pipeline runs it, and in a pool of 1 and 2 processes (2 rounds each, alternating); naive
+(batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
 (hf, vllm, openai) side by side on the same shards (`--no-engines` skips them).
 """
 
@@ -108,7 +110,7 @@ def run_in(args, work: Path) -> dict:
     figures["bare_2_vs_1"] = measure.best(rounds["two"]) / measure.best(rounds["one"])
     results["demo_wall_s"] = measure.demo_wall(work / "demo")
     figures["demo_wall_s"] = results["demo_wall_s"]
-    from vlm_aug.lab.bench.realistic import host_costs, host_path_rate, write_realistic_shards
+    from vlm_aug.lab.bench.realistic import host_costs, host_path_rate, host_path_rate_processes, write_realistic_shards
 
     print("realistic images: per-sample CPU ms of each host step (scikit-image photos, 512-1024 px JPEGs)", flush=True)
     realistic = write_realistic_shards(work / "realistic", 4 if args.quick else 8, 64)
@@ -125,11 +127,19 @@ def run_in(args, work: Path) -> dict:
     tar_real = measure.tar_copy(realistic, work / "out_real_tar")
     results["realistic"]["tar_copy_samples_s"] = tar_real
     figures["io_vs_tar_realistic"] = results["realistic"]["dry_run_samples_s"][2] / tar_real
-    # decode + both image processors as the prefetch thread runs them (stages' prepare), 1 and 2 threads
-    rounds = measure.paired(2, **{str(w): (lambda w=w: host_path_rate(realistic, w)) for w in (1, 2)})
+    # decode + both image processors as the prefetch thread runs them (stages' prepare), 1 and 2 threads;
+    # and the same work in a pool of 1 and 2 processes, tensors back through shared memory (the choice
+    # of threads, docs/performance.md "The host path on realistic images")
+    rounds = measure.paired(2, **{str(w): (lambda w=w: host_path_rate(realistic, w)) for w in (1, 2)},
+                            **{f"p{w}": (lambda w=w: host_path_rate_processes(realistic, w)) for w in (1, 2)})
+    results["realistic"]["host_path_rounds"] = rounds
     rates = {w: measure.best(rounds[str(w)]) for w in (1, 2)}
+    processes = {w: measure.best(rounds[f"p{w}"]) for w in (1, 2)}
     results["realistic"]["host_path_samples_s"] = rates
+    results["realistic"]["host_path_processes_samples_s"] = processes
     figures["host_path_2_vs_1"] = rates[2] / rates[1]
+    figures["host_path_processes_2_vs_1"] = processes[2] / processes[1]
+    figures["host_path_processes_vs_threads"] = processes[2] / rates[2]
     if not args.no_engines:
         from vlm_aug.lab.bench.engines import compare_engines
 

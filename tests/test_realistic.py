@@ -1,7 +1,8 @@
 """The realistic-image benchmark inputs: real photos (scikit-image) as 512-1024 px JPEGs that read,
 decode and pass through the pipeline's own host steps."""
 
-from vlm_aug.lab.bench.realistic import host_costs, write_realistic_shards
+from vlm_aug.lab.bench.realistic import (_processors, host_batch, host_costs, host_path_rate_processes, host_pool,
+                                         write_realistic_shards)
 
 
 def test_realistic_shards_are_distinct_real_size_jpegs_and_costs_are_measured(tmp_path):
@@ -19,3 +20,26 @@ def test_realistic_shards_are_distinct_real_size_jpegs_and_costs_are_measured(tm
     costs = host_costs(shards)
     assert costs["samples"] == 24 and all(v > 0 for v in costs["ms_per_sample"].values())
     assert costs["cores_per_h100"]["smolvlm-256m"] > costs["cores_per_h100"]["qwen2.5-vl-7b"]
+
+
+def test_host_path_in_processes_returns_the_same_tensors_through_shared_memory(tmp_path):
+    """The process-pool variant of the host path measured in scripts/bench.py: what comes back from a
+    pool process is what the same host work makes in this process, bit for bit, and it came through
+    shared memory (torch's reductions), not pickled pixels."""
+    import torch
+
+    shards = write_realistic_shards(tmp_path, 1, 12, seed=5)
+    import tarfile
+
+    with tarfile.open(shards[0]) as tar:
+        blobs = [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
+    here = [host_batch(blobs[:6], _processors()), host_batch(blobs[6:], _processors())]
+    with host_pool(2) as pool:
+        there = list(pool.map(host_batch, [blobs[:6], blobs[6:]]))
+    for (groups, pixels), (their_groups, their_pixels) in zip(here, there):
+        assert pixels.shape == (6, 3, 224, 224) and their_pixels.is_shared()
+        assert torch.equal(pixels, their_pixels)
+        assert [sorted(g) for g in groups] == [sorted(g) for g in their_groups] and "pixel_values" in groups[0]
+        for group, theirs in zip(groups, their_groups):
+            assert all(torch.equal(group[k], theirs[k]) for k in group)
+    assert host_path_rate_processes(shards, 1, batch=6) > 0

@@ -139,10 +139,12 @@ def host_costs(shards: list[Path]) -> dict:
 def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
     """Samples/s of the host path as the pipeline's prefetch thread runs it for the `hf` engine:
     decode, SmolVLM's image processor per generate call (32 images) and CLIP's preprocessing per
-    image, on `workers` threads (the calling one among them) as `input.decode_workers` does."""
+    image, on `workers` threads (the calling one among them) as `input.decode_workers` does, with
+    glibc and Pillow's memory set as a worker sets them."""
     from vlm_aug.shards.decode import decode_samples
     from vlm_aug.workers import Workers
 
+    _as_the_pipeline_sets_up(batch)
     vlm_processor, clip_preprocess = _processors()
     samples = _samples(shards)
     pool = Workers(workers) if workers > 1 else None
@@ -164,6 +166,78 @@ def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
             pool.shutdown()
 
 
+_WORKER_PROCESSORS = None  # in a `host_path_rate_processes` worker: its processors, made once
+
+
+def _start_host_worker() -> None:
+    """A pool process's initializer: glibc and Pillow's memory set as a pipeline worker sets them, then
+    the two processors (torch on 1 thread)."""
+    global _WORKER_PROCESSORS
+    _as_the_pipeline_sets_up()
+    _WORKER_PROCESSORS = _processors()
+
+
+def _as_the_pipeline_sets_up(batch: int = 64) -> None:
+    """glibc's thresholds (`tune_malloc`) and Pillow's kept image memory for one read batch
+    (`keep_image_memory`), as a pipeline worker sets them before its host path runs."""
+    from vlm_aug.malloc import tune_malloc
+    from vlm_aug.pipeline import keep_image_memory
+
+    tune_malloc()
+    keep_image_memory(batch)
+
+
+def host_batch(blobs: list[bytes], processors=None) -> tuple[list[dict], torch.Tensor]:
+    """The host path of one batch of encoded images: decode (the pipeline's `decode_samples`), SmolVLM's
+    image processor per 32 images, CLIP's preprocessing per image. -> (the processor's tensors of each
+    group of 32, the CLIP pixels stacked). In a pool process, `processors` is the process's own."""
+    import torch
+
+    from vlm_aug.sample import Sample
+    from vlm_aug.shards.decode import decode_samples
+
+    vlm_processor, clip_preprocess = processors or _WORKER_PROCESSORS
+    samples = [Sample(key=str(i), shard="", image_bytes=blob) for i, blob in enumerate(blobs)]
+    decode_samples(samples, 50_000_000, 1 << 26)
+    images = [s.image for s in samples if s.image is not None]
+    groups = [dict(vlm_processor(images[j:j + 32], return_tensors="pt")) for j in range(0, len(images), 32)]
+    return groups, torch.stack([clip_preprocess(image) for image in images])
+
+
+def _read_every_page(made: tuple[list[dict], torch.Tensor]) -> None:
+    """What a consumer does with a batch it received (a copy to the device reads it all): one value
+    per 4 KB page of every tensor, so that pages mapped from another process are faulted in."""
+    groups, pixels = made
+    for tensor in [t for g in groups for t in g.values()] + [pixels]:
+        if tensor.is_floating_point():
+            float(tensor.reshape(-1)[::1024].sum())
+
+
+def host_pool(workers: int):
+    """A pool of `workers` processes that run `host_batch` (spawned, not forked: the parent has
+    torch's threads)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_host_worker)
+
+
+def host_path_rate_processes(shards: list[Path], workers: int, batch: int = 64) -> float:
+    """`host_path_rate`'s work in a pool of `workers` processes instead of threads: the parent reads
+    the shards and sends each batch's encoded images; a process decodes them and runs both
+    processors; its tensors come back through shared memory (torch's reductions for
+    multiprocessing, which `concurrent.futures` uses), and the parent reads every page of them.
+    Samples/s after the pool has started (spawned, processors made, one batch each done)."""
+    blobs = [s.image_bytes for s in _samples(shards)]
+    batches = [blobs[i:i + batch] for i in range(0, len(blobs), batch)]
+    with host_pool(workers) as pool:
+        list(pool.map(host_batch, batches[:workers]))  # started: spawned, imported, processors made
+        start = time.perf_counter()
+        for made in pool.map(host_batch, batches):
+            _read_every_page(made)
+        return len(blobs) / (time.perf_counter() - start)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vlm_aug.lab.bench.realistic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=512)
@@ -176,6 +250,10 @@ def main(argv=None) -> int:
     rates = {w: round(host_path_rate(shards, w), 1) for w in (1, 2)}
     result["host_path_samples_s"] = rates
     result["host_path_2_vs_1"] = round(rates[2] / rates[1], 3)
+    processes = {w: round(host_path_rate_processes(shards, w), 1) for w in (1, 2)}
+    result["host_path_processes_samples_s"] = processes
+    result["host_path_processes_2_vs_1"] = round(processes[2] / processes[1], 3)
+    result["host_path_processes_vs_threads"] = round(processes[2] / rates[2], 3)
     print(json.dumps(result, indent=1))
     return 0
 
