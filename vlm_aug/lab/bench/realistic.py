@@ -209,8 +209,7 @@ def _read_every_page(made: tuple[list[dict], torch.Tensor]) -> None:
     per 4 KB page of every tensor, so that pages mapped from another process are faulted in."""
     groups, pixels = made
     for tensor in [t for g in groups for t in g.values()] + [pixels]:
-        if tensor.is_floating_point():
-            float(tensor.reshape(-1)[::1024].sum())
+        float(tensor.reshape(-1)[::4096 // tensor.element_size()].sum())
 
 
 def host_pool(workers: int):
