@@ -141,23 +141,17 @@ def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
     decode, SmolVLM's image processor per generate call (32 images) and CLIP's preprocessing per
     image, on `workers` threads (the calling one among them) as `input.decode_workers` does, with
     glibc and Pillow's memory set as a worker sets them."""
-    from vlm_aug.shards.decode import decode_samples
     from vlm_aug.workers import Workers
 
     _as_the_pipeline_sets_up(batch)
-    vlm_processor, clip_preprocess = _processors()
+    processors = _processors()
     samples = _samples(shards)
     pool = Workers(workers) if workers > 1 else None
-    each = pool.map if pool else map
     try:
         start = time.perf_counter()
         for i in range(0, len(samples), batch):
             part = samples[i:i + batch]
-            decode_samples(part, 50_000_000, 1 << 26, pool)
-            images = [s.image for s in part if s.image is not None]
-            list(each(lambda group: vlm_processor(group, return_tensors="pt"),
-                      [images[j:j + 32] for j in range(0, len(images), 32)]))
-            list(each(clip_preprocess, images))
+            _host_work(part, processors, pool)
             for s in part:
                 s.image = None
         return len(samples) / (time.perf_counter() - start)
@@ -187,21 +181,31 @@ def _as_the_pipeline_sets_up(batch: int = 64) -> None:
     keep_image_memory(batch)
 
 
+def _host_work(samples: list, processors, pool=None) -> tuple[list[dict], list]:
+    """The host path of one batch: decode (the pipeline's `decode_samples`), SmolVLM's image processor
+    per 32 images, CLIP's preprocessing per image; on `pool`'s threads when given. -> (the
+    processor's tensors of each group of 32, CLIP's pixels of each image)."""
+    from vlm_aug.shards.decode import decode_samples
+
+    vlm_processor, clip_preprocess = processors
+    each = pool.map if pool else map
+    decode_samples(samples, 50_000_000, 1 << 26, pool)
+    images = [s.image for s in samples if s.image is not None]
+    groups = list(each(lambda group: dict(vlm_processor(group, return_tensors="pt")),
+                       [images[j:j + 32] for j in range(0, len(images), 32)]))
+    return groups, list(each(clip_preprocess, images))
+
+
 def host_batch(blobs: list[bytes], processors=None) -> tuple[list[dict], torch.Tensor]:
-    """The host path of one batch of encoded images: decode (the pipeline's `decode_samples`), SmolVLM's
-    image processor per 32 images, CLIP's preprocessing per image. -> (the processor's tensors of each
-    group of 32, the CLIP pixels stacked). In a pool process, `processors` is the process's own."""
+    """`_host_work` on a batch of encoded images, CLIP's pixels stacked. In a pool process,
+    `processors` is the process's own."""
     import torch
 
     from vlm_aug.sample import Sample
-    from vlm_aug.shards.decode import decode_samples
 
-    vlm_processor, clip_preprocess = processors or _WORKER_PROCESSORS
     samples = [Sample(key=str(i), shard="", image_bytes=blob) for i, blob in enumerate(blobs)]
-    decode_samples(samples, 50_000_000, 1 << 26)
-    images = [s.image for s in samples if s.image is not None]
-    groups = [dict(vlm_processor(images[j:j + 32], return_tensors="pt")) for j in range(0, len(images), 32)]
-    return groups, torch.stack([clip_preprocess(image) for image in images])
+    groups, pixels = _host_work(samples, processors or _WORKER_PROCESSORS)
+    return groups, torch.stack(pixels)
 
 
 def _read_every_page(made: tuple[list[dict], torch.Tensor]) -> None:
