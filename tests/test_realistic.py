@@ -26,14 +26,15 @@ def test_host_path_in_processes_returns_the_same_tensors_through_shared_memory(t
     """The process-pool variant of the host path measured in scripts/bench.py: what comes back from a
     pool process is what the same host work makes in this process, bit for bit, and it came through
     shared memory (torch's reductions), not pickled pixels."""
+    import tarfile
+
     import torch
 
     shards = write_realistic_shards(tmp_path, 1, 12, seed=5)
-    import tarfile
-
+    processors = _processors()
     with tarfile.open(shards[0]) as tar:
         blobs = [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
-    here = [host_batch(blobs[:6], _processors()), host_batch(blobs[6:], _processors())]
+    here = [host_batch(blobs[:6], processors), host_batch(blobs[6:], processors)]
     with host_pool(2) as pool:
         there = list(pool.map(host_batch, [blobs[:6], blobs[6:]]))
     for (groups, pixels), (their_groups, their_pixels) in zip(here, there):
