@@ -16,7 +16,8 @@ is in bench.json under `rounds`); the same ratios of the medians are printed bes
 on the same samples (before and after), so that the machine's drift falls on both sides; the actor's
 start is amortised there as in a real run: ray_vs_bare_with_startup_10x.
 Also: the host path on the realistic images (decode and both image processors) in 1 and 2 threads,
-as the pipeline runs it, and in a pool of 1 and 2 processes (2 rounds each, alternating); naive
+as the pipeline runs it, and in a pool of 1 and 2 processes, the tensors back through fresh shared
+memory or through a shared ring mapped once (2 rounds each, alternating); naive
 (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
 (hf, vllm, openai) side by side on the same shards (`--no-engines` skips them).
 """
@@ -128,18 +129,23 @@ def run_in(args, work: Path) -> dict:
     results["realistic"]["tar_copy_samples_s"] = tar_real
     figures["io_vs_tar_realistic"] = results["realistic"]["dry_run_samples_s"][2] / tar_real
     # decode + both image processors as the prefetch thread runs them (stages' prepare), 1 and 2 threads;
-    # and the same work in a pool of 1 and 2 processes, tensors back through shared memory (the choice
-    # of threads, docs/performance.md "The host path on realistic images")
+    # and the same work in a pool of 1 and 2 processes, tensors back through fresh shared memory (p) or
+    # through a shared ring mapped once (r) (docs/performance.md, "Threads or processes")
     rounds = measure.paired(2, **{str(w): (lambda w=w: host_path_rate(realistic, w)) for w in (1, 2)},
-                            **{f"p{w}": (lambda w=w: host_path_rate_processes(realistic, w)) for w in (1, 2)})
+                            **{f"p{w}": (lambda w=w: host_path_rate_processes(realistic, w)) for w in (1, 2)},
+                            **{f"r{w}": (lambda w=w: host_path_rate_processes(realistic, w, reuse=True)) for w in (1, 2)})
     results["realistic"]["host_path_rounds"] = rounds
     rates = {w: measure.best(rounds[str(w)]) for w in (1, 2)}
     processes = {w: measure.best(rounds[f"p{w}"]) for w in (1, 2)}
+    reused = {w: measure.best(rounds[f"r{w}"]) for w in (1, 2)}
     results["realistic"]["host_path_samples_s"] = rates
     results["realistic"]["host_path_processes_samples_s"] = processes
+    results["realistic"]["host_path_reused_samples_s"] = reused
     figures["host_path_2_vs_1"] = rates[2] / rates[1]
     figures["host_path_processes_2_vs_1"] = processes[2] / processes[1]
     figures["host_path_processes_vs_threads"] = processes[2] / rates[2]
+    figures["host_path_reused_2_vs_1"] = reused[2] / reused[1]
+    figures["host_path_reused_vs_threads"] = reused[2] / rates[2]
     if not args.no_engines:
         from vlm_aug.lab.bench.engines import compare_engines
 

@@ -1,8 +1,8 @@
 """The realistic-image benchmark inputs: real photos (scikit-image) as 512-1024 px JPEGs that read,
 decode and pass through the pipeline's own host steps."""
 
-from vlm_aug.lab.bench.realistic import (_processors, host_batch, host_costs, host_path_rate_processes, host_pool,
-                                         write_realistic_shards)
+from vlm_aug.lab.bench.realistic import (_from_ring, _processors, _tensors, host_batch, host_batch_into, host_costs,
+                                         host_path_rate_processes, host_pool, shared_ring, write_realistic_shards)
 
 
 def test_realistic_shards_are_distinct_real_size_jpegs_and_costs_are_measured(tmp_path):
@@ -44,3 +44,13 @@ def test_host_path_in_processes_returns_the_same_tensors_through_shared_memory(t
         for group, theirs in zip(groups, their_groups):
             assert all(torch.equal(group[k], theirs[k]) for k in group)
     assert host_path_rate_processes(shards, 1, batch=6) > 0
+    # the same through the slots of a shared ring mapped once (reuse): equal tensors, views of the ring
+    ring = shared_ring(2, 6 * 6 * 2**20)
+    with host_pool(2, ring) as pool:
+        placed = list(pool.map(host_batch_into, [1, 0], [blobs[:6], blobs[6:]]))
+    for made, (slot, where) in zip(here, placed):
+        views = _from_ring(ring, slot, where)
+        assert len(views) == len(_tensors(made)) and all(v.untyped_storage().data_ptr() == ring.untyped_storage().data_ptr()
+                                                         for v in views)
+        assert all(v.dtype == t.dtype and torch.equal(v, t) for v, t in zip(views, _tensors(made)))
+    assert host_path_rate_processes(shards, 1, batch=6, reuse=True) > 0

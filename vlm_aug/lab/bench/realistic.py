@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import random
 import sys
 import tarfile
@@ -161,14 +162,16 @@ def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
 
 
 _WORKER_PROCESSORS = None  # in a `host_path_rate_processes` worker: its processors, made once
+_WORKER_RING = None  # and the shared slots it writes its tensors into (`reuse`), if the pool has them
+SLOT_BYTES = 64 * 6 * 2**20  # one slot: a batch of 64 samples at ~5.6 MB of tensors each
 
 
-def _start_host_worker() -> None:
+def _start_host_worker(ring=None) -> None:
     """A pool process's initializer: glibc and Pillow's memory set as a pipeline worker sets them, then
-    the two processors (torch on 1 thread)."""
-    global _WORKER_PROCESSORS
+    the two processors (torch on 1 thread); `ring`: the pool's shared slots (uint8, one row a slot)."""
+    global _WORKER_PROCESSORS, _WORKER_RING
     _as_the_pipeline_sets_up()
-    _WORKER_PROCESSORS = _processors()
+    _WORKER_PROCESSORS, _WORKER_RING = _processors(), ring
 
 
 def _as_the_pipeline_sets_up(batch: int = 64) -> None:
@@ -208,36 +211,95 @@ def host_batch(blobs: list[bytes], processors=None) -> tuple[list[dict], torch.T
     return groups, torch.stack(pixels)
 
 
-def _read_every_page(made: tuple[list[dict], torch.Tensor]) -> None:
+def host_batch_into(slot: int, blobs: list[bytes]) -> tuple[int, list[tuple[int, tuple, str]]]:
+    """`host_batch`, its tensors copied into row `slot` of the pool's shared ring instead of sent
+    back: the ring's pages were mapped once, so no batch faults in fresh memory. -> (slot, each
+    tensor's (byte offset, shape, dtype)); the groups' tensors first, in order, then CLIP's pixels."""
+    import torch
+
+    row, offset, where = _WORKER_RING[slot], 0, []
+    for tensor in _tensors(host_batch(blobs)):
+        data = tensor.contiguous().reshape(-1).view(torch.uint8)
+        if offset + data.numel() > row.numel():
+            raise ValueError(f"a batch's tensors take over {row.numel():,} bytes, the ring's slot: make the slots bigger")
+        row[offset:offset + data.numel()].copy_(data)
+        where.append((offset, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")))
+        offset += -(-data.numel() // 64) * 64  # each tensor 64-byte aligned
+    return slot, where
+
+
+def _from_ring(ring, slot: int, where: list) -> list:
+    """The tensors `host_batch_into` left in row `slot`, as views of the ring (valid until the slot is
+    written again)."""
+    import torch
+
+    views = []
+    for offset, shape, name in where:
+        dtype = getattr(torch, name)
+        views.append(ring[slot, offset:offset + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape))
+    return views
+
+
+def _tensors(made: tuple[list[dict], torch.Tensor]) -> list:
+    """`host_batch`'s tensors in one list: each group's, in order, then CLIP's pixels."""
+    groups, pixels = made
+    return [t for g in groups for t in g.values()] + [pixels]
+
+
+def _read_every_page(tensors: list) -> None:
     """What a consumer does with a batch it received (a copy to the device reads it all): one value
     per 4 KB page of every tensor, so that pages mapped from another process are faulted in."""
-    groups, pixels = made
-    for tensor in [t for g in groups for t in g.values()] + [pixels]:
+    for tensor in tensors:
         float(tensor.reshape(-1)[::4096 // tensor.element_size()].sum())
 
 
-def host_pool(workers: int):
+def host_pool(workers: int, ring=None):
     """A pool of `workers` processes that run `host_batch` (spawned, not forked: the parent has
-    torch's threads)."""
+    torch's threads); with `ring` (a shared uint8 tensor, one row a slot), `host_batch_into` too."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_host_worker)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_host_worker,
+                               initargs=(ring,))
 
 
-def host_path_rate_processes(shards: list[Path], workers: int, batch: int = 64) -> float:
+def shared_ring(slots: int, slot_bytes: int = SLOT_BYTES):
+    """`slots` rows of `slot_bytes` in shared memory, every page touched once (mapped for good)."""
+    import torch
+
+    ring = torch.empty(slots, slot_bytes, dtype=torch.uint8).share_memory_()
+    ring.fill_(0)
+    return ring
+
+
+def host_path_rate_processes(shards: list[Path], workers: int, batch: int = 64, reuse: bool = False) -> float:
     """`host_path_rate`'s work in a pool of `workers` processes instead of threads: the parent reads
     the shards and sends each batch's encoded images; a process decodes them and runs both
-    processors; its tensors come back through shared memory (torch's reductions for
-    multiprocessing, which `concurrent.futures` uses), and the parent reads every page of them.
+    processors; the parent reads every page of the tensors it gets. They come back through fresh
+    shared memory for every batch (torch's reductions for multiprocessing, which
+    `concurrent.futures` uses), or with `reuse` through the slots of a shared ring mapped once
+    (workers + 1 slots of 384 MB: a slot is written again only after the parent has read it).
     Samples/s after the pool has started (spawned, processors made, one batch each done)."""
     blobs = [s.image_bytes for s in _samples(shards)]
     batches = [blobs[i:i + batch] for i in range(0, len(blobs), batch)]
-    with host_pool(workers) as pool:
-        list(pool.map(host_batch, batches[:workers]))  # started: spawned, imported, processors made
+    if not reuse:
+        with host_pool(workers) as pool:
+            list(pool.map(host_batch, batches[:workers]))  # started: spawned, imported, processors made
+            start = time.perf_counter()
+            for made in pool.map(host_batch, batches):
+                _read_every_page(_tensors(made))
+            return len(blobs) / (time.perf_counter() - start)
+    slots = workers + 1
+    ring = shared_ring(slots, SLOT_BYTES * batch // 64)
+    with host_pool(workers, ring) as pool:
+        list(pool.map(host_batch_into, range(workers), batches[:workers]))  # started
         start = time.perf_counter()
-        for made in pool.map(host_batch, batches):
-            _read_every_page(made)
+        pending = [pool.submit(host_batch_into, i, batches[i]) for i in range(min(slots, len(batches)))]
+        for i in range(len(batches)):
+            slot, where = pending.pop(0).result()
+            _read_every_page(_from_ring(ring, slot, where))
+            if i + slots < len(batches):  # this slot is read: the next batch may take it
+                pending.append(pool.submit(host_batch_into, slot, batches[i + slots]))
         return len(blobs) / (time.perf_counter() - start)
 
 
@@ -257,6 +319,10 @@ def main(argv=None) -> int:
     result["host_path_processes_samples_s"] = processes
     result["host_path_processes_2_vs_1"] = round(processes[2] / processes[1], 3)
     result["host_path_processes_vs_threads"] = round(processes[2] / rates[2], 3)
+    reused = {w: round(host_path_rate_processes(shards, w, reuse=True), 1) for w in (1, 2)}
+    result["host_path_reused_samples_s"] = reused
+    result["host_path_reused_2_vs_1"] = round(reused[2] / reused[1], 3)
+    result["host_path_reused_vs_threads"] = round(reused[2] / rates[2], 3)
     print(json.dumps(result, indent=1))
     return 0
 
