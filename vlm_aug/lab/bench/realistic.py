@@ -279,12 +279,13 @@ def host_path_rate_processes(shards: list[Path], workers: int, batch: int = 64, 
     shared memory for every batch (torch's reductions for multiprocessing, which
     `concurrent.futures` uses), or with `reuse` through the slots of a shared ring mapped once
     (workers + 1 slots of 384 MB: a slot is written again only after the parent has read it).
-    Samples/s after the pool has started (spawned, processors made, one batch each done)."""
+    Samples/s after the pool has started (its processes spawned together, each making its processors
+    as it starts, and `workers` batches done)."""
     blobs = [s.image_bytes for s in _samples(shards)]
     batches = [blobs[i:i + batch] for i in range(0, len(blobs), batch)]
     if not reuse:
         with host_pool(workers) as pool:
-            list(pool.map(host_batch, batches[:workers]))  # started: spawned, imported, processors made
+            list(pool.map(host_batch, batches[:workers]))  # started
             start = time.perf_counter()
             for made in pool.map(host_batch, batches):
                 _read_every_page(_tensors(made))
