@@ -17,8 +17,12 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 CAPTIONS = {  # looked at, not generated
     "astronaut": "an astronaut in a white spacesuit in front of a flag",
