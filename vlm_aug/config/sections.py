@@ -247,9 +247,8 @@ class Config(Strict):
     executor: Literal["auto", "local", "ray"] = "auto"
     ray: RayConfig = Field(default_factory=RayConfig)
     torch_threads: Optional[int] = Field(None, ge=1)
-    # in the processes that run the models: glibc keeps freed blocks up to 32 MB for reuse instead of
-    # giving them back to the kernel, and torch puts tensors of 2 MB or more on transparent huge pages
-    # (vlm_aug/malloc.py; fewer page faults); false: the allocators as they are
+    # glibc: keep freed blocks up to 32 MB for reuse instead of giving them back to the kernel, in the
+    # processes that run the models (vlm_aug/malloc.py; fewer page faults); false: the allocator as it is
     tune_malloc: bool = True
     dry_run: bool = False  # no models: caption kept as is, images still decoded, full output written
 

@@ -106,12 +106,10 @@ def _samples(shards: list[Path]) -> list:
 
 
 def host_costs(shards: list[Path]) -> dict:
-    """Per-sample CPU milliseconds of each host step, measured one step at a time on one core, with the
-    process's memory set as a pipeline worker sets it."""
+    """Per-sample CPU milliseconds of each host step, measured one step at a time on one core."""
     from vlm_aug.shards.decode import decode_samples
     from vlm_aug.shards.images import output_image
 
-    memory = _as_the_pipeline_sets_up()
     vlm_processor, clip_preprocess = _processors()
     start = time.perf_counter()
     samples = _samples(shards)
@@ -140,7 +138,7 @@ def host_costs(shards: list[Path]) -> dict:
     return {"samples": n, "mean_kb": round(nbytes / n / 1024, 1), "ms_per_sample": ms,
             "host_ms_per_sample": round(total, 3),
             "cores_per_h100": {preset: round(rate * total / 1000, 1) for preset, rate in CEILINGS.items()},
-            "cores_per_h100_hf_256m": round(HF_256M * total / 1000, 1), "malloc": memory}
+            "cores_per_h100_hf_256m": round(HF_256M * total / 1000, 1)}
 
 
 def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
@@ -180,14 +178,14 @@ def _start_host_worker(ring=None) -> None:
     _WORKER_PROCESSORS, _WORKER_RING = _processors(), ring
 
 
-def _as_the_pipeline_sets_up(batch: int = 64) -> str:
-    """glibc's thresholds and torch's huge pages (`tune_malloc`) and Pillow's kept image memory for one
-    read batch (`keep_image_memory`), as a pipeline worker sets them before its host path runs."""
+def _as_the_pipeline_sets_up(batch: int = 64) -> None:
+    """glibc's thresholds (`tune_malloc`) and Pillow's kept image memory for one read batch
+    (`keep_image_memory`), as a pipeline worker sets them before its host path runs."""
     from vlm_aug.malloc import tune_malloc
     from vlm_aug.pipeline import keep_image_memory
 
+    tune_malloc()
     keep_image_memory(batch)
-    return tune_malloc()
 
 
 def _host_work(samples: list, processors, pool=None) -> tuple[list[dict], list]:
