@@ -79,7 +79,9 @@ def run_in(args, work: Path) -> dict:
     local = config(vlm, clip, scenes, work / "out_local", executor="local", torch_threads=1, **dev)
     print(f"models: {label}; {len(scenes)} shards x {per} samples", flush=True)
     results, figures = {"models": label, "samples_per_shard": per, "rounds": {}}, {}
-    measure.pipeline(config(vlm, clip, two, work / "out_warmup", executor="local", torch_threads=1, **dev))
+    warm = measure.pipeline(config(vlm, clip, two, work / "out_warmup", executor="local", torch_threads=1, **dev))
+    results["malloc"] = warm["workers"]["local"]["malloc"]  # this process's, as a worker's (tune_malloc)
+    print(f"memory: {results['malloc']}", flush=True)
 
     dry = config(vlm, clip, scenes, work / "out_dry", executor="local", dry_run="true")
     rounds = measure.paired(3, dry=lambda: measure.pipeline(dry), tar=lambda: measure.tar_copy(scenes, work / "out_tar"))

@@ -106,10 +106,12 @@ def _samples(shards: list[Path]) -> list:
 
 
 def host_costs(shards: list[Path]) -> dict:
-    """Per-sample CPU milliseconds of each host step, measured one step at a time on one core."""
+    """Per-sample CPU milliseconds of each host step, measured one step at a time on one core, with the
+    process's memory set as a pipeline worker sets it."""
     from vlm_aug.shards.decode import decode_samples
     from vlm_aug.shards.images import output_image
 
+    memory = _as_the_pipeline_sets_up()
     vlm_processor, clip_preprocess = _processors()
     start = time.perf_counter()
     samples = _samples(shards)
@@ -138,7 +140,7 @@ def host_costs(shards: list[Path]) -> dict:
     return {"samples": n, "mean_kb": round(nbytes / n / 1024, 1), "ms_per_sample": ms,
             "host_ms_per_sample": round(total, 3),
             "cores_per_h100": {preset: round(rate * total / 1000, 1) for preset, rate in CEILINGS.items()},
-            "cores_per_h100_hf_256m": round(HF_256M * total / 1000, 1)}
+            "cores_per_h100_hf_256m": round(HF_256M * total / 1000, 1), "malloc": memory}
 
 
 def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
@@ -165,6 +167,40 @@ def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
             pool.shutdown()
 
 
+# one fresh process of `huge_pages_rounds`: the host path on 1 and 2 threads, then the steps one at a time
+HUGE_PAGES_CHILD = """
+import json, sys
+from pathlib import Path
+from vlm_aug.lab.bench.realistic import host_costs, host_path_rate
+shards = [Path(p) for p in json.loads(sys.argv[1])]
+host_path_rate(shards[:1], 1)  # warm-up: imports, page cache
+rates = {w: host_path_rate(shards, w) for w in (1, 2)}
+costs = host_costs(shards)
+print(json.dumps({"samples_s": rates, "vlm_processor_ms": costs["ms_per_sample"]["vlm_processor"],
+                  "host_ms": costs["host_ms_per_sample"], "malloc": costs["malloc"]}))
+"""
+
+
+def huge_pages_rounds(shards: list[Path], rounds: int = 2) -> dict:
+    """The host path with torch's tensors of 2 MB or more on transparent huge pages (torch's own switch,
+    `THP_MEM_ALLOC_ENABLE=1`, which a user may set) and as a worker runs it (4 KB pages), each in a
+    fresh process, alternating. -> {"huge": [...], "4k": [...]}: each round's samples/s on 1 and 2
+    threads, SmolVLM's processor ms and the host ms per sample (docs/performance.md, "Huge pages")."""
+    import os
+    import subprocess
+
+    out: dict[str, list] = {"huge": [], "4k": []}
+    for _ in range(rounds):
+        for arm in out:
+            env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+            if arm == "huge":
+                env["THP_MEM_ALLOC_ENABLE"] = "1"
+            done = subprocess.run([sys.executable, "-c", HUGE_PAGES_CHILD, json.dumps([str(p) for p in shards])],
+                                  env=env, capture_output=True, text=True, check=True)
+            out[arm].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out
+
+
 _WORKER_PROCESSORS = None  # in a `host_path_rate_processes` worker: its processors, made once
 _WORKER_RING = None  # and the shared slots it writes its tensors into (`reuse`), if the pool has them
 SLOT_BYTES = 64 * 6 * 2**20  # one slot: a batch of 64 samples at ~5.6 MB of tensors each
@@ -178,14 +214,14 @@ def _start_host_worker(ring=None) -> None:
     _WORKER_PROCESSORS, _WORKER_RING = _processors(), ring
 
 
-def _as_the_pipeline_sets_up(batch: int = 64) -> None:
+def _as_the_pipeline_sets_up(batch: int = 64) -> str:
     """glibc's thresholds (`tune_malloc`) and Pillow's kept image memory for one read batch
     (`keep_image_memory`), as a pipeline worker sets them before its host path runs."""
     from vlm_aug.malloc import tune_malloc
     from vlm_aug.pipeline import keep_image_memory
 
-    tune_malloc()
     keep_image_memory(batch)
+    return tune_malloc()
 
 
 def _host_work(samples: list, processors, pool=None) -> tuple[list[dict], list]:
@@ -308,10 +344,27 @@ def host_path_rate_processes(shards: list[Path], workers: int, batch: int = 64, 
         return len(blobs) / (time.perf_counter() - start)
 
 
+def huge_pages_summary(rounds: dict) -> dict:
+    """Medians of `huge_pages_rounds`' arms, and huge ÷ 4 KB for each."""
+    import statistics
+
+    def med(arm: str, pick) -> float:
+        return statistics.median(pick(r) for r in rounds[arm])
+
+    picks = {"samples_s_1": lambda r: r["samples_s"]["1"], "samples_s_2": lambda r: r["samples_s"]["2"],
+             "vlm_processor_ms": lambda r: r["vlm_processor_ms"], "host_ms": lambda r: r["host_ms"]}
+    summary = {arm: {name: round(med(arm, pick), 3) for name, pick in picks.items()} for arm in rounds}
+    summary["huge_vs_4k"] = {name: round(summary["huge"][name] / summary["4k"][name], 3) for name in picks}
+    summary["rounds"] = rounds
+    return summary
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vlm_aug.lab.bench.realistic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--huge-pages", type=int, default=0, metavar="ROUNDS",
+                    help="also the host path with and without huge pages, fresh processes, alternating")
     args = ap.parse_args(argv)
     work = args.workdir or Path(tempfile.gettempdir()) / "vlm_aug_realistic"
     per = 64
@@ -328,6 +381,8 @@ def main(argv=None) -> int:
     result["host_path_reused_samples_s"] = reused
     result["host_path_reused_2_vs_1"] = round(reused[2] / reused[1], 3)
     result["host_path_reused_vs_threads"] = round(reused[2] / rates[2], 3)
+    if args.huge_pages:
+        result["huge_pages"] = huge_pages_summary(huge_pages_rounds(shards, args.huge_pages))
     print(json.dumps(result, indent=1))
     return 0
 
