@@ -363,8 +363,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vlm_aug.lab.bench.realistic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--workdir", type=Path)
-    ap.add_argument("--huge-pages", type=int, default=0, metavar="ROUNDS",
-                    help="also the host path with and without huge pages, fresh processes, alternating")
     args = ap.parse_args(argv)
     work = args.workdir or Path(tempfile.gettempdir()) / "vlm_aug_realistic"
     per = 64
@@ -381,8 +379,6 @@ def main(argv=None) -> int:
     result["host_path_reused_samples_s"] = reused
     result["host_path_reused_2_vs_1"] = round(reused[2] / reused[1], 3)
     result["host_path_reused_vs_threads"] = round(reused[2] / rates[2], 3)
-    if args.huge_pages:
-        result["huge_pages"] = huge_pages_summary(huge_pages_rounds(shards, args.huge_pages))
     print(json.dumps(result, indent=1))
     return 0
 
