@@ -23,8 +23,21 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vlm_aug.lab.bench.realistic import huge_pages_rounds, huge_pages_summary, write_realistic_shards  # noqa: E402
+from vlm_aug.lab.bench.realistic import write_realistic_shards  # noqa: E402
 from vlm_aug.lab.bench.setup import models, shards  # noqa: E402
+
+# one fresh process: the host path on 1 and 2 threads (as a worker runs it), then the steps one at a time
+HOST_CHILD = """
+import json, sys
+from pathlib import Path
+from vlm_aug.lab.bench.realistic import host_costs, host_path_rate
+shards = [Path(p) for p in json.loads(sys.argv[1])]
+host_path_rate(shards[:1], 1)  # warm-up: imports, page cache
+rates = {w: host_path_rate(shards, w) for w in (1, 2)}
+costs = host_costs(shards)
+print(json.dumps({"samples_s": rates, "vlm_processor_ms": costs["ms_per_sample"]["vlm_processor"],
+                  "host_ms": costs["host_ms_per_sample"], "malloc": costs["malloc"]}))
+"""
 
 # one fresh Ray session: 1 actor, 2 actors, twice each, on the scene shards; samples/s after start-up
 RAY_CHILD = """
@@ -43,18 +56,32 @@ print(json.dumps(out))
 """
 
 
-def ray_rounds(vlm: str, clip: str, scenes: list[Path], work: Path, rounds: int) -> dict:
+def alternate(child: str, argv: list[str], rounds: int, name: str) -> dict:
+    """`child` run in a fresh process with torch's huge pages (`THP_MEM_ALLOC_ENABLE=1`; Ray's workers
+    inherit it from the session the child starts) and without (4 KB pages, as a worker runs), the two
+    alternating `rounds` times. -> {"huge": [...], "4k": [...]}: what each run printed last (json)."""
     out: dict[str, list] = {"huge": [], "4k": []}
     for _ in range(rounds):
         for arm in out:
             env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
             if arm == "huge":
-                env["THP_MEM_ALLOC_ENABLE"] = "1"  # Ray's workers inherit it from the session it starts
-            done = subprocess.run([sys.executable, "-c", RAY_CHILD, vlm, clip, json.dumps([str(p) for p in scenes]),
-                                   str(work)], env=env, capture_output=True, text=True, check=True)
+                env["THP_MEM_ALLOC_ENABLE"] = "1"
+            done = subprocess.run([sys.executable, "-c", child, *argv], env=env, capture_output=True, text=True,
+                                  check=True)
             out[arm].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  ray, {arm}: {out[arm][-1]}", flush=True)
+            print(f"  {name}, {arm}: {out[arm][-1]}", flush=True)
     return out
+
+
+def host_summary(rounds: dict) -> dict:
+    """Medians of the host-path arms, and huge ÷ 4 KB for each."""
+    picks = {"samples_s_1": lambda r: r["samples_s"]["1"], "samples_s_2": lambda r: r["samples_s"]["2"],
+             "vlm_processor_ms": lambda r: r["vlm_processor_ms"], "host_ms": lambda r: r["host_ms"]}
+    summary = {arm: {name: round(statistics.median(pick(r) for r in rounds[arm]), 3) for name, pick in picks.items()}
+               for arm in rounds}
+    summary["huge_vs_4k"] = {name: round(summary["huge"][name] / summary["4k"][name], 3) for name in picks}
+    summary["rounds"] = rounds
+    return summary
 
 
 def main(argv=None) -> int:
@@ -65,10 +92,12 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="vlm_aug_huge_pages_"))
     try:
         print("host path, realistic JPEGs (512): huge pages and 4 KB pages, fresh processes, alternating", flush=True)
-        host = huge_pages_summary(huge_pages_rounds(write_realistic_shards(work / "realistic", 8, 64), args.rounds))
+        realistic = write_realistic_shards(work / "realistic", 8, 64)
+        host = host_summary(alternate(HOST_CHILD, [json.dumps([str(p) for p in realistic])], args.rounds, "host path"))
         vlm, clip, label = models(work)
         print(f"Ray on 16 x 128 scene samples ({label}): fresh sessions, alternating", flush=True)
-        ray = ray_rounds(vlm, clip, shards(work, 16, 128), work, args.rounds)
+        scenes = json.dumps([str(p) for p in shards(work, 16, 128)])
+        ray = alternate(RAY_CHILD, [vlm, clip, scenes, str(work)], args.rounds, "ray")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = {arm: {n: statistics.median(x for r in ray[arm] for x in r[n]) for n in ("1", "2")} for arm in ray}

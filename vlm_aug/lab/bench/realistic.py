@@ -167,40 +167,6 @@ def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
             pool.shutdown()
 
 
-# one fresh process of `huge_pages_rounds`: the host path on 1 and 2 threads, then the steps one at a time
-HUGE_PAGES_CHILD = """
-import json, sys
-from pathlib import Path
-from vlm_aug.lab.bench.realistic import host_costs, host_path_rate
-shards = [Path(p) for p in json.loads(sys.argv[1])]
-host_path_rate(shards[:1], 1)  # warm-up: imports, page cache
-rates = {w: host_path_rate(shards, w) for w in (1, 2)}
-costs = host_costs(shards)
-print(json.dumps({"samples_s": rates, "vlm_processor_ms": costs["ms_per_sample"]["vlm_processor"],
-                  "host_ms": costs["host_ms_per_sample"], "malloc": costs["malloc"]}))
-"""
-
-
-def huge_pages_rounds(shards: list[Path], rounds: int = 2) -> dict:
-    """The host path with torch's tensors of 2 MB or more on transparent huge pages (torch's own switch,
-    `THP_MEM_ALLOC_ENABLE=1`, which a user may set) and as a worker runs it (4 KB pages), each in a
-    fresh process, alternating. -> {"huge": [...], "4k": [...]}: each round's samples/s on 1 and 2
-    threads, SmolVLM's processor ms and the host ms per sample (docs/performance.md, "Huge pages")."""
-    import os
-    import subprocess
-
-    out: dict[str, list] = {"huge": [], "4k": []}
-    for _ in range(rounds):
-        for arm in out:
-            env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-            if arm == "huge":
-                env["THP_MEM_ALLOC_ENABLE"] = "1"
-            done = subprocess.run([sys.executable, "-c", HUGE_PAGES_CHILD, json.dumps([str(p) for p in shards])],
-                                  env=env, capture_output=True, text=True, check=True)
-            out[arm].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return out
-
-
 _WORKER_PROCESSORS = None  # in a `host_path_rate_processes` worker: its processors, made once
 _WORKER_RING = None  # and the shared slots it writes its tensors into (`reuse`), if the pool has them
 SLOT_BYTES = 64 * 6 * 2**20  # one slot: a batch of 64 samples at ~5.6 MB of tensors each
@@ -342,21 +308,6 @@ def host_path_rate_processes(shards: list[Path], workers: int, batch: int = 64, 
             if i + slots < len(batches):  # this slot is read: the next batch may take it
                 pending.append(pool.submit(host_batch_into, slot, batches[i + slots]))
         return len(blobs) / (time.perf_counter() - start)
-
-
-def huge_pages_summary(rounds: dict) -> dict:
-    """Medians of `huge_pages_rounds`' arms, and huge ÷ 4 KB for each."""
-    import statistics
-
-    def med(arm: str, pick) -> float:
-        return statistics.median(pick(r) for r in rounds[arm])
-
-    picks = {"samples_s_1": lambda r: r["samples_s"]["1"], "samples_s_2": lambda r: r["samples_s"]["2"],
-             "vlm_processor_ms": lambda r: r["vlm_processor_ms"], "host_ms": lambda r: r["host_ms"]}
-    summary = {arm: {name: round(med(arm, pick), 3) for name, pick in picks.items()} for arm in rounds}
-    summary["huge_vs_4k"] = {name: round(summary["huge"][name] / summary["4k"][name], 3) for name in picks}
-    summary["rounds"] = rounds
-    return summary
 
 
 def main(argv=None) -> int:
