@@ -19,7 +19,8 @@ Also: the host path on the realistic images (decode and both image processors) i
 as the pipeline runs it, and in a pool of 1 and 2 processes, the tensors back through fresh shared
 memory or through a shared ring mapped once (2 rounds each, alternating); naive
 (batch 1 loop) and a plain Ray Data pipeline, as ratios to ours, and the engines
-(hf, vllm, openai) side by side on the same shards (`--no-engines` skips them).
+(hf, vllm, openai) side by side on the same shards, and vLLM's image preprocessing against the HF
+processor on the realistic images (`vllm_render`; `--no-engines` skips them).
 """
 
 from __future__ import annotations
@@ -149,10 +150,12 @@ def run_in(args, work: Path) -> dict:
     figures["host_path_reused_2_vs_1"] = reused[2] / reused[1]
     figures["host_path_reused_vs_threads"] = reused[2] / rates[2]
     if not args.no_engines:
-        from vlm_aug.lab.bench.engines import compare_engines
+        from vlm_aug.lab.bench.engines import compare_engines, vllm_render
 
         print("engines: hf, vllm (.venv-vllm), openai (vllm serve on loopback) on the same shards", flush=True)
         results["engines"] = compare_engines(scenes, work / "engines")
+        print("vLLM's image preprocessing against the HF processor (realistic JPEGs, .venv-vllm)", flush=True)
+        results["vllm_render"] = vllm_render(realistic, work / "engines")
     results["figures"] = {k: round(v, 3) for k, v in figures.items()}
     results["figures_median"] = {k: round(v, 3) for k, v in medians(results).items()}
     return results
@@ -272,9 +275,20 @@ def main(argv=None) -> int:
         print(f"\nhost path on realistic images ({r['samples']} JPEGs, mean {r['mean_kb']} KB): "
               + ", ".join(f"{k} {v} ms" for k, v in r["ms_per_sample"].items())
               + f"; {r['host_ms_per_sample']} ms per sample on one core")
-        print("cores one H100 needs so it never waits, at each preset's compute ceiling: "
+        print("cores one H100 needs so it never waits, at each preset's compute ceiling: with the hf engine "
+              "(every step on the worker's decode threads): "
               + ", ".join(f"{k} {v}" for k, v in r["cores_per_h100"].items())
               + f"; hf engine, 256M model (~90 captions/s): {r['cores_per_h100_hf_256m']}")
+        print("  with vllm or openai, the worker's own steps (the VLM's processor runs in vLLM): "
+              + ", ".join(f"{k} {v}" for k, v in r["cores_per_h100_without_vlm_processor"].items()))
+    render = results.get("vllm_render", {})
+    if "vllm_render_ms" in render:
+        print(f"  vLLM's image preprocessing (vllm {render['versions']['vllm']}, {render['image_processor']}): "
+              f"{render['vllm_render_ms']} ms an image, {render['render_on_calling_thread']:.0%} of it on the "
+              f"calling thread (the HF processor there: {render['hf_processor_ms']} ms): at most "
+              f"{render['vllm_render_cap_per_llm']} captions/s per vllm.LLM; vllm serve: that per API-server process")
+    elif render:
+        print(f"  vLLM's image preprocessing: not measured ({render.get('note')})")
     if "engines" in results:
         from vlm_aug.lab.bench.engines import table
 

@@ -294,3 +294,19 @@ def test_vllm_sampling_follows_the_sample_seed_not_its_neighbours(scenes, vllm_p
     assert [r["rewrite"] for r in whole] == [r["rewrite"] for r in small]
     other = rewrites_in(vllm_python, scenes, tmp_path, "other", *sampled, "vlm.window=128", "generation.seed=9")
     assert sum(a["rewrite"] != b["rewrite"] for a, b in zip(whole, other)) > len(whole) // 5
+
+
+def test_vllm_preprocesses_images_one_after_another_on_the_calling_thread(vllm_python, tmp_path):
+    """What the per-engine cores in docs/performance.md rest on: the offline vllm.LLM that the vllm
+    engine holds runs its image preprocessing (the model's HF processor) on the thread that calls it,
+    so it is not spread over input.decode_workers; measured on real-size JPEGs against the HF processor."""
+    from vlm_aug.lab.bench.engines import vllm_render
+    from vlm_aug.lab.bench.realistic import write_realistic_shards
+
+    shards = write_realistic_shards(tmp_path / "real", 1, 16, seed=5)
+    r = vllm_render(shards, tmp_path)
+    assert r.get("images") == 16, r
+    assert r["hf_processor_ms"] > 0 and r["vllm_render_ms"] > 0
+    assert r["render_on_calling_thread"] >= 0.8, r["rounds"]
+    # the renderer is the model's processor: about its cost, not some other work
+    assert 0.5 <= r["vllm_render_ms"] / r["hf_processor_ms"] <= 3, r["rounds"]

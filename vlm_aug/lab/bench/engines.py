@@ -63,6 +63,21 @@ def compare_engines(inputs: list[Path], workdir: Path | None = None, threads: in
     return out
 
 
+def vllm_render(shards: list[Path], workdir: Path) -> dict:
+    """vLLM's image preprocessing against the HF processor's, per image, on `shards` (realistic JPEGs), in
+    the engine environment (`vlm_aug.lab.bench.vllm_render`); {"note": ...} where there is none."""
+    python = engine_python()
+    if not python.exists():
+        return {"note": f"{python} not found: bash scripts/setup.sh --vllm"}
+    cmd = [str(python), "-m", "vlm_aug.lab.bench.vllm_render", "--model", str(Path(workdir) / "smolvlm_geometry"),
+           *map(str, shards)]
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def table(engines: dict) -> str:
     lines = [f"{'engine':<8}{'samples/s':>11}{'tokens/s':>10}{'start-up s':>12}{'same as hf':>12}"]
     for name in ("hf", "vllm", "openai"):
