@@ -267,7 +267,8 @@ def test_killed_server_fails_its_shards_and_a_rerun_makes_them_exactly(scenes, h
 
 def rewrites_in(python: str, scenes: Path, tmp: Path, name: str, *sets: str) -> list[dict]:
     out = tmp / f"{name}.jsonl"
-    cmd = [python, "-m", "vlm_aug.lab.rewrites", "--config", DEMO, "--out", str(out), str(scenes / "in" / "*.tar"),
+    cmd = [python, "-m", "vlm_aug.lab.rewrites", "--config", DEMO, "--out", str(out), "--summary",
+           str(out.with_suffix(".summary.json")), str(scenes / "in" / "*.tar"),
            *[x for s in sets for x in ("--set", s)]]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -280,6 +281,10 @@ VLLM_SETS = ("vlm.engine=vllm", "vlm.vllm.max_model_len=256", "vlm.vllm.enforce_
 def test_vllm_engine_in_the_engine_environment_matches_hf(scenes, vllm_python, tmp_path):
     hf = rewrites_in(sys.executable, scenes, tmp_path, "hf")
     ours = rewrites_in(vllm_python, scenes, tmp_path, "vllm", *VLLM_SETS)
+    # the part of the stage's time vLLM spent preprocessing the images (the shard stats' vlm_preprocess)
+    summary = json.loads((tmp_path / "vllm.summary.json").read_text())
+    assert 0 < summary["parts_s"]["vlm_preprocess"] < summary["generate_s"], summary
+    assert json.loads((tmp_path / "hf.summary.json").read_text())["parts_s"] == {}
     assert [(r["shard"], r["key"], r["seed"]) for r in ours] == [(r["shard"], r["key"], r["seed"]) for r in hf]
     same = sum(a["rewrite"] == b["rewrite"] for a, b in zip(ours, hf))
     assert same >= 0.99 * len(hf), f"{same} of {len(hf)} rewrites identical"

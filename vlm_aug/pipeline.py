@@ -227,6 +227,8 @@ class ShardProcessor:
                     timings[stage.name] += time.perf_counter() - start - waited
                     if waited:  # another shard's batch held this worker's models (Ray: shards in flight)
                         timings["model_wait"] += waited
+                    for part, seconds in (stage.take_timings() if hasattr(stage, "take_timings") else {}).items():
+                        timings[part] += seconds  # a part of the stage's time (vllm: vlm_preprocess)
                 start = time.perf_counter()
                 for sample in batch:
                     writer.add(sample)  # may re-encode from the decoded image (output.normalize_image_format)

@@ -54,6 +54,11 @@ class LockedStage:
         if prepare is not None:
             prepare(samples, pool)
 
+    def take_timings(self) -> dict[str, float]:
+        """The stage's named parts of its time (`RewriteStage.take_timings`)."""
+        take = getattr(self.stage, "take_timings", None)
+        return take() if take is not None else {}
+
     def take_wait_s(self) -> float:
         """Seconds this thread waited for the model lock since the last call."""
         waited, self.waits.s = getattr(self.waits, "s", 0.0), 0.0

@@ -29,6 +29,7 @@ def rewrite_shards(config, inputs: list[str], out_path: Path) -> dict:
     lim = config.limits
     n = tokens = 0
     generate_s = 0.0
+    parts: dict = {}  # named parts of generate_s (vllm: vlm_preprocess, its image preprocessing)
     with out_path.open("w", encoding="utf-8") as out:
         for url in inputs:
             samples = list(ShardReader(url, config.input.caption_key, config.input.image_exts, lim.max_member_bytes))
@@ -38,6 +39,8 @@ def rewrite_shards(config, inputs: list[str], out_path: Path) -> dict:
                 t = time.perf_counter()
                 stage.process_batch(batch)
                 generate_s += time.perf_counter() - t
+                for part, seconds in stage.take_timings().items():
+                    parts[part] = parts.get(part, 0.0) + seconds
                 for s in batch:
                     n += 1
                     tokens += s.generation.new_tokens or 0
@@ -45,7 +48,8 @@ def rewrite_shards(config, inputs: list[str], out_path: Path) -> dict:
                                           "new_tokens": s.generation.new_tokens, "seed": s.generation.seed,
                                           "status": s.status, "reason": s.reason}) + "\n")
     return {"engine": stage.describe()["engine"], "samples": n, "new_tokens": tokens, "setup_s": round(setup_s, 2),
-            "generate_s": round(generate_s, 2), "samples_per_s": round(n / generate_s, 2) if generate_s else None,
+            "generate_s": round(generate_s, 2), "parts_s": {k: round(v, 3) for k, v in parts.items()},
+            "samples_per_s": round(n / generate_s, 2) if generate_s else None,
             "tokens_per_s": round(tokens / generate_s, 1) if generate_s else None}
 
 

@@ -112,6 +112,12 @@ class RewriteStage:
         for group in self._calls(samples):
             self.generate(group)
 
+    def take_timings(self) -> dict[str, float]:
+        """Named parts of this stage's time since the last call, from engines that measure them (vllm:
+        `vlm_preprocess`, its image preprocessing); the shard's stats carry them beside the stage's own."""
+        take = getattr(self.engine, "take_timings", None)
+        return take() if take is not None else {}
+
     def prepare(self, samples: list[Sample], pool=None) -> None:
         """The processor's tensors of each engine call, made ahead (engines that have `encode`: hf), on
         `pool`'s threads when given. Kept on the group's first sample with the group's identity."""

@@ -79,12 +79,17 @@ def vllm_render(shards: list[Path], workdir: Path) -> dict:
 
 
 def table(engines: dict) -> str:
-    lines = [f"{'engine':<8}{'samples/s':>11}{'tokens/s':>10}{'start-up s':>12}{'same as hf':>12}"]
+    lines = [f"{'engine':<8}{'samples/s':>11}{'tokens/s':>10}{'start-up s':>12}{'same as hf':>12}"
+             f"{'preprocessing':>15}"]
     for name in ("hf", "vllm", "openai"):
         r = engines.get(name)
         if not r:
             continue
         startup = r["setup_s"] + r.get("server_start_s", 0)
         same = f"{r['same_as_hf']:.4f}" if "same_as_hf" in r else "-"
-        lines.append(f"{name:<8}{r['samples_per_s']:>11.1f}{r['tokens_per_s']:>10.0f}{startup:>12.1f}{same:>12}")
+        # the share of the stage's time vLLM spent preprocessing images, one after another (vllm engine)
+        part = (r.get("parts_s") or {}).get("vlm_preprocess")
+        share = f"{part / r['generate_s']:.0%}" if part and r.get("generate_s") else "-"
+        lines.append(f"{name:<8}{r['samples_per_s']:>11.1f}{r['tokens_per_s']:>10.0f}{startup:>12.1f}{same:>12}"
+                     f"{share:>15}")
     return "\n".join(lines)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 from vlm_aug.config import GenerationConfig, VLMConfig
@@ -32,6 +34,7 @@ class VLLMEngine:
         self.revision = None
         self.device, self.dtype = vlm.device, vlm.dtype
         self.settings: dict[str, Any] = {}
+        self.preprocessing = threading.local()  # per calling thread: seconds in vLLM's preprocessing (take_timings)
 
     def llm_kwargs(self, path: str) -> dict[str, Any]:
         v = self.vlm.vllm
@@ -75,6 +78,12 @@ class VLLMEngine:
     def describe(self) -> dict:
         return {"name": self.name, "version": f"vllm {vllm_version()}", "settings": self.settings}
 
+    def take_timings(self) -> dict[str, float]:
+        """Seconds of the `rewrite` stage spent in vLLM's image preprocessing since this thread's last call
+        (a Ray actor runs several shards' threads through one engine)."""
+        taken, self.preprocessing.s = getattr(self.preprocessing, "s", 0.0), 0.0
+        return {"vlm_preprocess": taken} if taken else {}
+
     def _sampling(self, seed: int):
         from vllm import SamplingParams
 
@@ -87,8 +96,18 @@ class VLLMEngine:
         inputs = [{"prompt": self.processor.apply_chat_template(chat_messages(r.rendered_prompt),
                                                                 add_generation_prompt=True),
                    "multi_modal_data": {"image": r.image}} for r in requests]
-        outputs = self.llm.generate(inputs, sampling_params=[self._sampling(r.seed) for r in requests],
-                                    use_tqdm=False)
+        params = [self._sampling(r.seed) for r in requests]
+        if hasattr(self.llm, "enqueue"):  # generate's two halves (vllm-project/vllm#33195), the first timed
+            # vLLM preprocesses each request's image on this thread, one after another (docs/engines.md); a
+            # request that fails there takes the ones queued before it out again, as generate does
+            start = time.perf_counter()
+            try:
+                self.llm.enqueue(inputs, params, use_tqdm=False)
+            finally:
+                self.preprocessing.s = getattr(self.preprocessing, "s", 0.0) + time.perf_counter() - start
+            outputs = self.llm.wait_for_completion(use_tqdm=False)  # in the order queued (by request id)
+        else:
+            outputs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False)
         results = []
         for output in outputs:
             completion = output.outputs[0]
