@@ -99,7 +99,7 @@ def _processors():
     return vlm_processor, open_clip.image_transform(224, is_train=False)
 
 
-def _samples(shards: list[Path]) -> list:
+def read_samples(shards: list[Path]) -> list:
     from vlm_aug.shards.read import ShardReader
 
     return [s for url in shards for s in ShardReader(str(url), "txt", ["jpg"], 1 << 27)]
@@ -114,7 +114,7 @@ def host_costs(shards: list[Path]) -> dict:
     memory = _as_the_pipeline_sets_up()
     vlm_processor, clip_preprocess = _processors()
     start = time.perf_counter()
-    samples = _samples(shards)
+    samples = read_samples(shards)
     read = time.perf_counter() - start
     n = len(samples)
     nbytes = sum(len(s.image_bytes) for s in samples)
@@ -156,7 +156,7 @@ def host_path_rate(shards: list[Path], workers: int, batch: int = 64) -> float:
 
     _as_the_pipeline_sets_up(batch)
     processors = _processors()
-    samples = _samples(shards)
+    samples = read_samples(shards)
     pool = Workers(workers) if workers > 1 else None
     try:
         start = time.perf_counter()
@@ -291,7 +291,7 @@ def host_path_rate_processes(shards: list[Path], workers: int, batch: int = 64, 
     (workers + 1 slots of 384 MB: a slot is written again only after the parent has read it).
     Samples/s after the pool has started (its processes spawned together, each making its processors
     as it starts, and `workers` batches done)."""
-    blobs = [s.image_bytes for s in _samples(shards)]
+    blobs = [s.image_bytes for s in read_samples(shards)]
     batches = [blobs[i:i + batch] for i in range(0, len(blobs), batch)]
     if not reuse:
         with host_pool(workers) as pool:

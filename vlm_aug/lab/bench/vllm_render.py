@@ -43,60 +43,70 @@ def smolvlm_geometry_model(out_dir: Path) -> Path:
 
 
 def _images(shards: list[str]) -> list:
+    from vlm_aug.lab.bench.realistic import read_samples
     from vlm_aug.shards.decode import decode_samples
-    from vlm_aug.shards.read import ShardReader
 
-    samples = [s for url in shards for s in ShardReader(url, "txt", ["jpg"], 1 << 27)]
+    samples = read_samples([Path(url) for url in shards])
     decode_samples(samples, 50_000_000, 1 << 26)
     return [s.image for s in samples if s.active]
 
 
-def measure(model: str, shards: list[str], rounds: int = 2, batch: int = 32) -> dict:
-    """-> per-image milliseconds of the HF processor call (as the `hf` engine makes it, `batch` images a
-    call) and of vLLM's rendering (`LLM.enqueue`), best of `rounds`, alternating; with the share of
-    the rendering's wall time that the calling thread spent on its CPU."""
+def _engines(model: str):
+    """The `hf` and `vllm` engines on `model`, set up as a worker sets them up (configs/demo.yaml; one new
+    token: only the preprocessing is timed)."""
+    from vlm_aug.config import load_config
+    from vlm_aug.paths import configs_dir
+    from vlm_aug.stages.engines.hf import HFEngine
+    from vlm_aug.stages.engines.vllm import VLLMEngine
+
+    cfg = load_config(configs_dir() / "demo.yaml", [f"vlm.model={model}", "vlm.device=cpu", "generation.max_new_tokens=1",
+                                                    "vlm.vllm.max_model_len=1024", "vlm.vllm.enforce_eager=true"])
+    hf, vllm_engine = HFEngine(cfg.vlm, cfg.generation), VLLMEngine(cfg.vlm, cfg.generation)
+    hf.setup()
+    vllm_engine.setup()
+    return hf, vllm_engine
+
+
+def measure(model: str, shards: list[str], rounds: int = 2) -> dict:
+    """-> per-image milliseconds of the `hf` engine's processor call (`HFEngine.encode`, `vlm.batch_size`
+    images a call) and of vLLM's rendering of the `vllm` engine's prompts (`LLM.enqueue`), best of
+    `rounds`, alternating; with the share of the rendering's wall time that the calling thread spent on
+    its CPU."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as the engine sets it on CPU
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import torch
     import transformers
     import vllm
-    from vllm import LLM, SamplingParams
 
-    from vlm_aug.stages.families import load_processor
-    from vlm_aug.stages.prompts import chat_messages
+    from vlm_aug.stages.engines.base import Request
 
     torch.set_num_threads(1)
     images = _images(shards)
     if not images:
         raise ValueError(f"no decodable jpg images in {shards}")
-    processor = load_processor(model, model, {})
-    prompt = processor.apply_chat_template(chat_messages(PROMPT), add_generation_prompt=True)
-    llm = LLM(model=model, dtype="float32", max_model_len=1024, enforce_eager=True, max_num_seqs=64,
-              limit_mm_per_prompt={"image": 1}, seed=0)
-    params = SamplingParams(max_tokens=1, temperature=0.0)
-    llm.generate([{"prompt": prompt, "multi_modal_data": {"image": images[0]}}], params, use_tqdm=False)
-    hf, render, on_thread = [], [], []
+    hf_engine, engine = _engines(model)
+    requests = [Request(rendered_prompt=PROMPT, seed=i, image=image) for i, image in enumerate(images)]
+    engine.generate(requests[:1])  # warm-up
+    hf, render, on_thread = [], [], []  # ms an image, per round
     for _ in range(rounds):
         start = time.perf_counter()
-        for i in range(0, len(images), batch):
-            chunk = images[i:i + batch]
-            processor(text=[prompt] * len(chunk), images=[[im] for im in chunk], padding=True, return_tensors="pt")
+        for i in range(0, len(requests), hf_engine.per_call):
+            hf_engine.encode(requests[i:i + hf_engine.per_call])
         hf.append((time.perf_counter() - start) * 1000 / len(images))
-        llm.reset_mm_cache()  # the same images again: no cache hits
+        engine.llm.reset_mm_cache()  # the same images again: no cache hits
         start, cpu = time.perf_counter(), time.thread_time()
-        ids = llm.enqueue([{"prompt": prompt, "multi_modal_data": {"image": im}} for im in images], params,
-                          use_tqdm=False)
+        ids = engine.llm.enqueue(engine.inputs(requests), engine.sampling(requests), use_tqdm=False)
         wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
         render.append(wall * 1000 / len(images))
         on_thread.append(cpu / wall)
-        done = llm.wait_for_completion(use_tqdm=False)
+        done = engine.llm.wait_for_completion(use_tqdm=False)
         if len(ids) != len(images) or len(done) != len(images):
             raise RuntimeError(f"vLLM queued {len(ids)} and finished {len(done)} of {len(images)} requests")
     best = min(range(rounds), key=lambda i: render[i])
     return {"images": len(images), "hf_processor_ms": round(min(hf), 3), "vllm_render_ms": round(render[best], 3),
             "render_on_calling_thread": round(on_thread[best], 3),
             "vllm_render_cap_per_llm": round(1000 / render[best], 1),
-            "image_processor": type(processor.image_processor).__name__,
+            "image_processor": type(hf_engine.processor.image_processor).__name__,
             "versions": {"vllm": vllm.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
             "rounds": {"hf_processor_ms": [round(v, 3) for v in hf], "vllm_render_ms": [round(v, 3) for v in render],
                        "render_on_calling_thread": [round(v, 3) for v in on_thread]}}

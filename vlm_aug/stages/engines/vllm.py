@@ -92,11 +92,18 @@ class VLLMEngine:
             return SamplingParams(max_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, seed=seed)
         return SamplingParams(max_tokens=g.max_new_tokens, temperature=0.0, seed=seed)
 
+    def inputs(self, requests: list[Request]) -> list[dict]:
+        """vLLM's prompts for `requests`: the chat-templated text and the decoded image."""
+        return [{"prompt": self.processor.apply_chat_template(chat_messages(r.rendered_prompt),
+                                                              add_generation_prompt=True),
+                 "multi_modal_data": {"image": r.image}} for r in requests]
+
+    def sampling(self, requests: list[Request]) -> list:
+        """One `SamplingParams` per request, each with its sample's seed."""
+        return [self._sampling(r.seed) for r in requests]
+
     def generate(self, requests: list[Request]) -> list[Result]:
-        inputs = [{"prompt": self.processor.apply_chat_template(chat_messages(r.rendered_prompt),
-                                                                add_generation_prompt=True),
-                   "multi_modal_data": {"image": r.image}} for r in requests]
-        params = [self._sampling(r.seed) for r in requests]
+        inputs, params = self.inputs(requests), self.sampling(requests)
         if hasattr(self.llm, "enqueue"):  # generate's two halves (vllm-project/vllm#33195), the first timed
             # vLLM preprocesses each request's image on this thread, one after another (docs/engines.md); a
             # request that fails there takes the ones queued before it out again, as generate does
