@@ -1,6 +1,7 @@
 """The host path: decoding in threads gives the same images and the same failures as in one thread;
 the host threads (the caller among them) run each item once; the next shard opened ahead changes no
-output; `executor: auto` picks local for a preview and Ray when a cluster is given or the input is large."""
+output; `executor: auto` picks local for a preview and Ray when a cluster is given or the input is large;
+the decode threads are sized from the worker's own cores (a Ray actor's reservation, the process's affinity)."""
 
 from __future__ import annotations
 
@@ -327,3 +328,67 @@ def test_next_shard_prepared_ahead_with_the_models_changes_nothing(tmp_path):
     assert [s["counts"] for s in got] == [s["counts"] for s in expected]
     for name in ("000000", "000001"):
         assert shard_contents(tmp_path / "ahead", name) == shard_contents(tmp_path / "alone", name)
+
+
+def test_decode_threads_default_to_half_of_the_workers_own_cores(tmp_path):
+    """`input.decode_workers` unset: half the worker's cores, 1 to 4. A Ray actor counts the CPUs Ray
+    reserved for it, not the node's: an actor of 1 CPU on a 64-core node took 4 decode threads before,
+    beside its neighbours' (the sizing read os.cpu_count()). The actor here is the real ShardWorker
+    class, run without Ray on a real shard (dry run), its threads counted where they run."""
+    import torch
+
+    from vlm_aug.executors.ray_actor import ShardWorker
+    from vlm_aug.record import RunContext
+
+    shard = str(make_shards(tmp_path / "in", 1, 12)[0])
+
+    def worker(cpus, *sets):
+        cfg = load_config(None, [f"input.paths=['{shard}']", f"output.path={tmp_path / 'out'}", "dry_run=true",
+                                 "tune_malloc=false", "vlm.batch_size=2", *sets])
+        (tmp_path / "out").mkdir(exist_ok=True)
+        return ShardWorker(cfg, RunContext(cfg.sha256()), 0, torch.get_num_threads(), cpus=cpus)
+
+    seen = {}
+    for cpus in (1, 2, 3, 4, 8, 64, 0.5):
+        w = worker(cpus)
+        names = set()
+        real = w.processor.stages[0].process_batch
+        # decode pools other tests in this process left behind are not this worker's
+        before = {t.ident for t in threading.enumerate() if t.name.startswith("vlm_aug-decode")}
+
+        def watched(batch, real=real):
+            names.update(t.ident for t in threading.enumerate()
+                         if t.name.startswith("vlm_aug-decode") and t.ident not in before)
+            return real(batch)
+
+        w.processor.stages[0].process_batch = watched
+        try:
+            stats = w.process(shard)
+            seen[cpus] = (w.processor.decode_workers, w.metrics()["decode_workers"], len(names))
+        finally:
+            w.processor.close()
+        assert stats["counts"]["inputs"] == 12
+    # threads = decode_workers; pool threads = decode_workers - 1 (the calling thread is one of them)
+    assert seen == {1: (1, 1, 0), 2: (1, 1, 0), 3: (1, 1, 0), 4: (2, 2, 1), 8: (4, 4, 3), 64: (4, 4, 3),
+                    0.5: (1, 1, 0)}
+    w = worker(64, "input.decode_workers=3")  # the user's setting wins
+    try:
+        assert w.processor.decode_workers == 3
+    finally:
+        w.processor.close()
+
+
+def test_usable_cpus_follow_the_process_affinity():
+    """The local executor sizes torch's and the decode threads from the CPUs this process may run on
+    (taskset, a cpuset), not from the machine's count."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_getaffinity") or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs Linux CPU affinity and 2 CPUs")
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from vlm_aug.workers import usable_cpus, default_decode_workers; "
+            "print(usable_cpus(), os.cpu_count(), default_decode_workers())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "1" and int(out[1]) >= 2 and out[2] == "1"

@@ -24,6 +24,7 @@ from vlm_aug.executors.ray_pool import ShardScheduler
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
 from vlm_aug.record import RunContext
+from vlm_aug.workers import default_decode_workers
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -46,6 +47,8 @@ def test_ray_output_identical_to_local(tmp_path, tiny_vlm_dir, tiny_clip_dir):
     make_shards(tmp_path / "in", n_shards=4, per_shard=6)
     inputs, out = tmp_path / "in/*.tar", tmp_path / "out"
     assert main(run_argv(tiny_vlm_dir, tiny_clip_dir, inputs, out)) == 0
+    local = json.loads((out / "manifest.json").read_text())["workers"]["local"]
+    assert local["decode_workers"] == default_decode_workers() and local["torch_threads"] >= 1
     shutil.move(out, tmp_path / "out_local")  # same output path for both: the config hash must match
     assert main(run_argv(tiny_vlm_dir, tiny_clip_dir, inputs, out, "--executor", "ray")) == 0
     for name in ("000000", "000001", "000002", "000003"):
@@ -60,7 +63,8 @@ def test_ray_output_identical_to_local(tmp_path, tiny_vlm_dir, tiny_clip_dir):
     busy = [w for w in workers.values() if w["shards"]]  # under load one actor may still be loading
     assert busy
     for w in busy:
-        assert w["torch_threads"] == 1 and w["max_shards_open"] <= 2
+        # 1 CPU reserved for each actor: 1 decode thread, whatever the node's count (half its own cores)
+        assert w["torch_threads"] == 1 and w["decode_workers"] == 1 and w["max_shards_open"] <= 2
         assert w["model_busy_s"] > 0 and w["model_idle_s"] >= 0 and "samples_per_s" in w
         if platform.libc_ver()[0] == "glibc":  # the actor set its allocator up (vlm_aug/malloc.py)
             assert w["malloc"].startswith("glibc: mmap threshold 32 MB"), w["malloc"]

@@ -20,7 +20,7 @@ from vlm_aug.stages.decide import DecideStage
 from vlm_aug.stages.engines import EngineUnavailable
 from vlm_aug.stages.rewrite import RewriteStage
 from vlm_aug.stages.score import ScoreStage
-from vlm_aug.workers import Workers
+from vlm_aug.workers import Workers, default_decode_workers
 
 _DONE = object()
 
@@ -93,8 +93,11 @@ def run_stage(stage, batch: list[Sample]) -> None:
 class ShardProcessor:
     """Holds the loaded stages; turns one input shard into one committed output shard."""
 
-    def __init__(self, config: Config, run: RunContext, stages: list | None = None):
+    def __init__(self, config: Config, run: RunContext, stages: list | None = None, cores: float | None = None):
+        """`cores`: the CPUs reserved for this worker (a Ray actor's), which size the decode threads when
+        `input.decode_workers` is unset; None: the CPUs this process may run on."""
         self.config, self.run = config, run
+        self.decode_workers = config.input.decode_workers or default_decode_workers(cores)
         self.stages = stages if stages is not None else build_stages(config)
         self.ready = False
         self._pool = None
@@ -102,10 +105,10 @@ class ShardProcessor:
 
     def decode_pool(self):
         """The threads that decode images and prepare model inputs, the calling one among them
-        (input.decode_workers; None: half the cores, 1-4); None for one: the caller alone."""
-        workers = self.config.input.decode_workers or max(1, min(4, (os.cpu_count() or 2) // 2))
-        if workers > 1 and self._pool is None:
-            self._pool = Workers(workers, name="vlm_aug-decode")
+        (`decode_workers`: input.decode_workers, else half the worker's cores, 1-4); None for one:
+        the caller alone."""
+        if self.decode_workers > 1 and self._pool is None:
+            self._pool = Workers(self.decode_workers, name="vlm_aug-decode")
         return self._pool
 
     def close(self) -> None:

@@ -15,11 +15,29 @@ one while the pool threads work.
 from __future__ import annotations
 
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: `taskset`, a cpuset), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; not macOS
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def default_decode_workers(cores: float | None = None) -> int:
+    """`input.decode_workers` when unset: half the worker's cores, 1 to 4 (the other half for the models
+    and the thread that drives them). `cores`: the CPUs reserved for the worker (a Ray actor's
+    `ray.num_cpus_per_actor`: an actor of 1 CPU on a 64-core node gets 1 thread, not 4); None: the CPUs
+    this process may run on (`usable_cpus`)."""
+    if cores is None:
+        cores = usable_cpus()
+    return max(1, min(4, int(cores) // 2))
 
 
 class Workers:

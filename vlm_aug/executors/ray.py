@@ -63,7 +63,7 @@ class RayExecutor:
                 section.device = "cpu" if section.device == "auto" else section.device
 
         def spawn(index: int):
-            return worker_cls.options(**options).remote(config, processor.run, index, plan.torch_threads)
+            return worker_cls.options(**options).remote(config, processor.run, index, plan.torch_threads, plan.num_cpus)
 
         return spawn
 

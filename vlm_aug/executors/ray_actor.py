@@ -80,7 +80,9 @@ class LockedStage:
 class ShardWorker:
     """One model copy; `process(url)` may run in several threads at once (one per shard)."""
 
-    def __init__(self, config: Config, run: RunContext, slot: int, torch_threads: int):
+    def __init__(self, config: Config, run: RunContext, slot: int, torch_threads: int, cpus: float | None = None):
+        """`cpus`: the CPUs Ray reserved for this actor (`ray.num_cpus_per_actor`), which size its decode
+        threads when `input.decode_workers` is unset (not the node's count)."""
         import torch
 
         # the models run in one of Ray's threads, a glibc arena of its own: without this an actor
@@ -91,7 +93,7 @@ class ShardWorker:
         self.identity = f"ray:{slot}@{socket.gethostname()}:{os.getpid()}"
         self.meter = ModelMeter()
         stages = [LockedStage(stage, self.meter) for stage in build_stages(config)]
-        self.processor = ShardProcessor(config, dataclasses.replace(run, worker=self.identity), stages)
+        self.processor = ShardProcessor(config, dataclasses.replace(run, worker=self.identity), stages, cores=cpus)
         self.ready_at: float | None = None
         self.shards = self.samples = self.tokens = 0
         self.count_lock = threading.Lock()
@@ -136,6 +138,7 @@ class ShardWorker:
                 "samples_per_s": round(self.samples / alive, 3) if alive else None,
                 "tokens_per_s": round(self.tokens / alive, 3) if alive else None,
                 "max_shards_open": self.meter.max_open_shards, "torch_threads": self.torch_threads,
+                "decode_workers": self.processor.decode_workers,
                 "malloc": self.malloc,
                 # cores this process really used: > reserved CPUs means it competes with its neighbours
                 "cores_used": round((_process_cpu_s() - self.ready_cpu) / alive, 2) if alive else None}
