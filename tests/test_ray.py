@@ -209,3 +209,24 @@ def test_embedded_ray_starts_without_the_token_auth_warning(tmp_path, tiny_vlm_d
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Token authentication is" not in done.stderr
     assert (tmp_path / "out/shards/000000.stats.json").exists()
+
+
+def test_an_actors_torch_threads_leave_a_core_for_its_prefetch_thread(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    """ray.torch_threads_per_actor unset: the actor's CPUs but one, at least 1, as the local executor leaves
+    a core for the thread that reads, decodes and prepares the next batch (1 actor of 2 CPUs ran ~7%
+    faster with 1 torch thread than with 2 here, docs/cluster.md). An actor of 2 CPUs, on real Ray."""
+    from vlm_aug.executors.ray_cluster import torch_threads_for
+
+    assert [torch_threads_for(c) for c in (0.5, 1, 2, 3, 8)] == [1, 1, 1, 2, 7]
+    make_shards(tmp_path / "in", n_shards=1, per_shard=4)
+    out = tmp_path / "out"
+    assert main(run_argv(tiny_vlm_dir, tiny_clip_dir, tmp_path / "in/*.tar", out, "--executor", "ray",
+                         "--set", "ray.num_actors=1", "--set", "ray.num_cpus_per_actor=2")) == 0
+    (worker,) = json.loads((out / "manifest.json").read_text())["workers"].values()
+    assert worker["torch_threads"] == 1 and worker["shards"] == 1
+    shutil.rmtree(out)
+    assert main(run_argv(tiny_vlm_dir, tiny_clip_dir, tmp_path / "in/*.tar", out, "--executor", "ray",
+                         "--set", "ray.num_actors=1", "--set", "ray.num_cpus_per_actor=2",
+                         "--set", "ray.torch_threads_per_actor=2")) == 0  # the user's setting wins
+    (worker,) = json.loads((out / "manifest.json").read_text())["workers"].values()
+    assert worker["torch_threads"] == 2

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from vlm_aug.config import ConfigError, RayConfig
 from vlm_aug.stages.base import Resources
+from vlm_aug.workers import usable_cpus
 
 
 class ClusterResourceError(ConfigError):
@@ -33,13 +34,6 @@ class PoolPlan:
         gpus = f", {self.num_gpus:g} GPU" if self.num_gpus else ""
         return (f"{self.num_actors} actor(s) x ({self.num_cpus:g} CPU{gpus}, "
                 f"{self.torch_threads} torch thread(s))")
-
-
-def local_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _probe(address: str, timeout: float) -> None:
@@ -81,7 +75,7 @@ def connect(cfg: RayConfig) -> tuple[bool, bool]:
         ray.init(address=address, log_to_driver=True)
         return True, False
     # address="local": never attach to some other cluster `ray start` left on this machine
-    ray.init(address="local", num_cpus=local_cpus(), include_dashboard=cfg.dashboard,
+    ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=cfg.dashboard,
              object_store_memory=cfg.object_store_mb * 1024 * 1024)
     return True, True
 
@@ -99,6 +93,14 @@ def describe_nodes(nodes: list[dict]) -> str:
     return f"{len(nodes)} node(s), {total_cpu:g} CPU and {total_gpu:g} GPU in all ({per_node})"
 
 
+def torch_threads_for(cpus: float) -> int:
+    """`ray.torch_threads_per_actor` when unset: the actor's CPUs but one, at least 1. One core stays for
+    the prefetch thread that reads, decodes and prepares the next batch, as the local executor leaves one:
+    on 2 cores, 1 actor of 2 CPUs ran 158.0-159.3 samples/s with 1 torch thread against 136.1-149.6
+    with 2 (3 alternating rounds on the bench's scene shards; docs/cluster.md)."""
+    return max(1, math.floor(cpus + 1e-9) - 1)
+
+
 def fit(cfg: RayConfig, nodes: list[dict], declared: Resources) -> tuple[PoolPlan | None, str]:
     """-> (plan, "") when the cluster can hold the pool, else (None, what is wrong). Each actor
     reserves what its stages `declared`, unless the config says otherwise."""
@@ -114,7 +116,7 @@ def fit(cfg: RayConfig, nodes: list[dict], declared: Resources) -> tuple[PoolPla
 
     capacity = sum(fits(n) for n in nodes)
     wanted = cfg.num_actors or capacity
-    threads = cfg.torch_threads_per_actor or max(1, math.floor(cpus))
+    threads = cfg.torch_threads_per_actor or torch_threads_for(cpus)
     if capacity >= max(wanted, 1):
         return PoolPlan(wanted, cpus, gpus, threads), ""
     asked = f"{cfg.num_actors or 'at least 1'} actor(s) with {cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
