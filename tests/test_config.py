@@ -19,7 +19,10 @@ def write(tmp_path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("text,words", [
-    ("vlm:\n  modle: x\n", ["vlm.modle", "unknown key"]),
+    ("vlm:\n  modle: x\n", ["vlm.modle", "unknown key", "did you mean 'model'?", "allowed here: ", "batch_size"]),
+    ("generation:\n  captions:\n    - name: a\n      prompt: p\n      promt: x\n",
+     ["generation.captions.0.promt", "did you mean 'prompt'?", "allowed here: name, prompt"]),
+    ("colour: red\n", ["colour: unknown key (allowed here: clip, dry_run"]),
     ("vlm:\n  batch_size: many\n", ["vlm.batch_size", "integer"]),
     ("policy:\n  min_clip_rewrite: 3\n", ["policy.min_clip_rewrite", "less than or equal to 1"]),
     ("policy:\n  name: best\n", ["policy.name", "'rewrite', 'fallback', 'both' or 'mix'"]),

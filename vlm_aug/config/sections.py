@@ -149,7 +149,7 @@ class RepairConfig(Strict):
     # cosine separated wrong sentences better than rules relative to the sample's other sentences in
     # the scene world (AUC 0.89 vs 0.71-0.73); the value is CLIP-specific (scene CLIP: 0.50)
     drop_sentences_below: Optional[float] = Field(None, ge=-1, le=1)
-    min_sentences: int = Field(1, ge=1)  # fewer left: the rewrite is not repaired (reason low_clip_sentences)
+    min_sentences: int = Field(1, ge=1)  # fewer left: the rewrite fails (reason low_clip_sentences)
 
 
 class PolicyConfig(Strict):
@@ -205,7 +205,7 @@ class OutputConfig(Strict):
 
 
 class ReportConfig(Strict):
-    """What is measured after a run (docs/report.md, "Semantic figures"); never part of the settings fingerprint."""
+    """What is measured after a run (docs/semantic.md); never part of the settings fingerprint."""
 
     semantic: bool = True  # semantic figures after the run, when a text embedder is installed (vlm-aug[semantic])
     text_embedder: Optional[str] = None  # a sentence-transformers directory; None: the packaged all-MiniLM-L6-v2
@@ -312,13 +312,43 @@ def _normalized(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def _section_model(loc: tuple) -> Optional[type[BaseModel]]:
+    """The config class that holds the key at `loc` (list indices and Optional skipped)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        inner = [a for a in [field.annotation, *getattr(field.annotation, "__args__", ())]
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return model
+
+
+def _unknown_key(loc: tuple) -> str:
+    """'unknown key', the closest allowed key and every key allowed where it stands."""
+    import difflib
+
+    model = _section_model(loc)
+    if model is None:
+        return "unknown key (check spelling)"
+    allowed = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key ({hint}allowed here: {', '.join(allowed)})"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check spelling; see configs/preview.yaml for the allowed keys)"
+            msg = _unknown_key(e["loc"])
         elif e["type"] == "literal_error":
             msg = f"got {e.get('input')!r}; {msg}"
         lines.append(f"  {field}: {msg}")
