@@ -133,6 +133,20 @@ def test_models_command_offline_lists_presets_and_finds_cached_ones(hub_cache, t
     assert rows["qwen2.5-vl-7b"]["memory_gb"] == pytest.approx(8.29 * 2 * 1.25, abs=0.1)
 
 
+def test_models_memory_is_at_the_dtype_each_device_runs():
+    """`vlm-aug models` sizes memory at the dtype the stages pick (`resolve_dtype`): half precision on
+    CUDA and MPS, float32 on the CPU; CLIP at float32 everywhere."""
+    from vlm_aug.commands.models import preset_rows
+
+    for device, half in (("cpu", "float32"), ("cuda", "bfloat16"), ("mps", "float16")):
+        rows = {r["preset"]: r for r in preset_rows(device=device)}
+        assert rows["smolvlm-500m"]["dtype"] == half  # dtype: auto
+        assert rows["qwen2.5-vl-7b"]["dtype"] == "bfloat16"  # set in the preset: wins everywhere
+        ratio = rows["smolvlm-500m"]["memory_gb"] / rows["smolvlm-500m"]["download_gb"]
+        assert ratio == pytest.approx((2 if half == "float32" else 1) * 1.25, rel=0.05)
+        assert all(r["dtype"] == "float32" for r in rows.values() if r["kind"] == "clip")
+
+
 def test_hub_revision_loaded_is_recorded_pinned_or_not(hub_cache, tiny_qwen25):
     install_in_hub_cache(tiny_qwen25, hub_cache, "tiny-org/qwen-tiny", SHA)
     for revision in (None, "main", SHA):

@@ -17,21 +17,23 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_models)
 
 
-def _run_dtype(dtype: str, kind: str, cuda: bool) -> str:
+def _run_dtype(dtype: str, kind: str, device: str) -> str:
+    """The dtype a preset would run at on `device`: the stages' own rule (`resolve_dtype`)."""
+    from vlm_aug.stages.models import resolve_dtype
+
     if kind == "clip":
         return "float32"  # open_clip loads fp32 unless told otherwise
-    if dtype == "auto":
-        return "bfloat16" if cuda else "float32"
-    return dtype
+    return str(resolve_dtype(dtype, device)).removeprefix("torch.")
 
 
-def preset_rows(kind=None, search_dirs=(), cuda: bool = False) -> list[dict]:
-    """One row per preset: what it is, how big, where it is (or None)."""
+def preset_rows(kind=None, search_dirs=(), device: str = "cpu") -> list[dict]:
+    """One row per preset: what it is, how big, where it is (or None); memory at the dtype it runs at on
+    `device`."""
     from vlm_aug.config.presets import list_presets, offline_location
 
     rows = []
     for p in list_presets(kind):
-        dtype = _run_dtype(p.fields.get("dtype", "auto"), p.kind, cuda)
+        dtype = _run_dtype(p.fields.get("dtype", "auto"), p.kind, device)
         rows.append({
             "preset": p.name, "kind": p.kind, "target": p.target, "model": p.hub_id,
             "pretrained": p.fields.get("pretrained"), "revision": p.fields.get("revision"),
@@ -54,9 +56,9 @@ def _table(rows: list[dict]) -> str:
 
 
 def cmd_models(args) -> int:
-    import torch
+    from vlm_aug.stages.models import resolve_device
 
-    rows = preset_rows(args.kind, args.models_dir, torch.cuda.is_available())
+    rows = preset_rows(args.kind, args.models_dir, resolve_device("auto"))
     if args.json:
         for row in rows:
             print(json.dumps(row))
