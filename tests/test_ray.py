@@ -230,3 +230,18 @@ def test_an_actors_torch_threads_leave_a_core_for_its_prefetch_thread(tmp_path, 
                          "--set", "ray.torch_threads_per_actor=2")) == 0  # the user's setting wins
     (worker,) = json.loads((out / "manifest.json").read_text())["workers"].values()
     assert worker["torch_threads"] == 2
+
+
+def test_an_actor_hands_a_serving_engine_a_whole_window():
+    """The actor's stages are wrapped (model lock); the wrapper shows the engine, so a serving engine gets
+    `vlm.window` samples at once under Ray as it does locally (it got batch_size x 2 before)."""
+    import torch
+
+    from vlm_aug.config import load_config
+    from vlm_aug.executors.ray_actor import ShardWorker
+
+    cfg = load_config(REPO / "configs/demo.yaml", ["vlm.engine=openai", "vlm.endpoint=http://127.0.0.1:9/v1",
+                                                   "vlm.window=200", "vlm.batch_size=8"])
+    local = ShardProcessor(cfg, RunContext(cfg.sha256()))
+    actor = ShardWorker(cfg, RunContext(cfg.sha256()), 0, torch.get_num_threads(), cpus=1)
+    assert local.batch_samples() == actor.processor.batch_samples() == 200

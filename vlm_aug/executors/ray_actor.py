@@ -40,6 +40,8 @@ class LockedStage:
         self.stage, self.meter = stage, meter
         self.name, self.section, self.resources = stage.name, stage.section, stage.resources
         self.uses_model = getattr(stage, "uses_model", True)
+        if hasattr(stage, "engine"):  # the worker sizes its batches by it (a serving engine: a whole window)
+            self.engine = stage.engine
         self.waits = threading.local()  # per shard thread: seconds waited for the lock since the last take
 
     def setup(self) -> None:
