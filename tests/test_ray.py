@@ -232,6 +232,23 @@ def test_an_actors_torch_threads_leave_a_core_for_its_prefetch_thread(tmp_path, 
     assert worker["torch_threads"] == 2
 
 
+def test_engine_auto_is_settled_in_the_actor_and_the_manifest_says_which(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    """`vlm.engine: auto` is picked in the actor (where the model runs); its shards and the driver's
+    manifest carry the picked engine's settings, the same as an explicit hf run's here (no CUDA), so the
+    shards of an earlier local hf run are kept and the output holds one configuration."""
+    make_shards(tmp_path / "in", n_shards=3, per_shard=3)
+    out = tmp_path / "out"
+    assert main(run_argv(tiny_vlm_dir, tiny_clip_dir, tmp_path / "in/{000000..000001}.tar", out)) == 0
+    assert main(run_argv(tiny_vlm_dir, tiny_clip_dir, tmp_path / "in/*.tar", out, "--executor", "ray",
+                         "--set", "ray.num_actors=1", "--set", "vlm.engine=auto")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runs"][-1]["processed"] == ["000002"] and manifest["runs"][-1]["skipped_complete"] == 2
+    (fp, entry), = manifest["configurations"].items()
+    shards = [json.loads(p.read_text()) for p in (out / "shards").glob("*.stats.json")]
+    assert {s["fingerprint"] for s in shards} == {fp} == {manifest["fingerprint"]} and entry["shards"] == 3
+    assert "vlm.engine" not in entry["settings"]
+
+
 def test_an_actor_hands_a_serving_engine_a_whole_window():
     """The actor's stages are wrapped (model lock); the wrapper shows the engine, so a serving engine gets
     `vlm.window` samples at once under Ray as it does locally (it got batch_size x 2 before)."""
@@ -245,3 +262,4 @@ def test_an_actor_hands_a_serving_engine_a_whole_window():
     local = ShardProcessor(cfg, RunContext(cfg.sha256()))
     actor = ShardWorker(cfg, RunContext(cfg.sha256()), 0, torch.get_num_threads(), cpus=1)
     assert local.batch_samples() == actor.processor.batch_samples() == 200
+    assert actor.processor.engine_name() == local.engine_name() == "openai"

@@ -148,3 +148,48 @@ def test_a_killed_runs_lease_is_taken_over_with_exact_output(slow_inputs, tiny_v
     assert main(argv(tiny_vlm_dir, tiny_clip_dir, root / "in/*.tar", root / "clean")) == 0
     assert rows(out) == rows(root / "clean") and len(stats(out)) == 8
     assert not list((out / "shards").glob("*.tmp-*"))
+
+
+def test_engine_auto_records_the_engine_it_picked_and_resumes_an_explicit_one(first_run, tiny_vlm_dir,
+                                                                             tiny_clip_dir):
+    """`vlm.engine: auto` is settled where the model runs: its shards carry the settings of the engine
+    it picked (here hf: no CUDA), the same as an explicit `vlm.engine: hf`, so a rerun with auto keeps
+    the explicit run's shards and the output holds one configuration."""
+    root, out = first_run
+    before = {name: s["run_id"] for name, s in stats(out).items()}
+    assert main(argv(tiny_vlm_dir, tiny_clip_dir, root / "in/*.tar", out, "--set", "vlm.engine=auto")) == 0
+    after = stats(out)
+    assert {name: after[name]["run_id"] for name in before} == before  # kept, not redone
+    assert after["000002"]["run_id"] not in before.values()
+    assert len({s["fingerprint"] for s in after.values()}) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    (fp, entry), = manifest["configurations"].items()
+    assert fp == manifest["fingerprint"] == after["000002"]["fingerprint"] and entry["shards"] == 3
+    assert "vlm.engine" not in entry["settings"] and "vlm.vllm" not in entry["settings"]
+
+
+def test_engine_auto_that_picks_another_engine_than_the_outputs_is_refused():
+    """A worker whose `auto` picks vllm (a CUDA node with vLLM) beside an output made with hf is refused
+    at its setup, before any shard; picking the output's engine is not. Its settings are then exactly
+    those of the explicit engine."""
+    from vlm_aug.config import load_config
+    from vlm_aug.record import EngineChanged, RunContext
+    from vlm_aug.resume import fingerprint, resolutions, run_settings
+
+    preview = REPO / "configs/preview.yaml"
+    explicit = {e: run_settings(load_config(preview, [f"vlm.engine={e}"])) for e in ("hf", "vllm")}
+    auto = run_settings(load_config(preview, ["vlm.engine=auto"]))
+    assert set(resolutions(auto)) == {fingerprint(s) for s in explicit.values()}
+    for engine in ("hf", "vllm"):
+        run = RunContext("sha", settings=auto, fingerprint=fingerprint(auto), held=(fingerprint(explicit["hf"]),))
+        if engine == "hf":
+            run.settle_engine(engine)
+        else:
+            with pytest.raises(EngineChanged) as err:
+                run.settle_engine(engine)
+            assert "auto picked 'vllm'" in str(err.value)
+            assert all(way in str(err.value) for way in ("--set vlm.engine=", "--overwrite", "--allow-config-change"))
+        assert run.settings == explicit[engine] and run.fingerprint == fingerprint(explicit[engine])
+    run = RunContext("sha", settings=auto, fingerprint=fingerprint(auto))
+    run.settle_engine(None)  # the dry run: no engine, nothing to settle
+    assert run.settings == auto

@@ -124,7 +124,12 @@ class ShardProcessor:
             for stage in self.stages:
                 stage.setup()
             self.run.describe_stages(self.stages)
+            self.run.settle_engine(self.engine_name())  # vlm.engine auto: the settings of the engine picked here
             self.ready = True
+
+    def engine_name(self) -> str | None:
+        """The engine that generates here (hf, vllm, openai); None without one (the dry run)."""
+        return next((s.engine.name for s in self.stages if hasattr(s, "engine")), None)
 
     def batch_samples(self) -> int:
         """Samples read and decoded together: a serving engine gets a whole window to schedule."""

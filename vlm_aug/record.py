@@ -18,6 +18,7 @@ import orjson
 import pyarrow as pa
 
 from vlm_aug import SCHEMA_VERSION, __version__
+from vlm_aug.config import ConfigError, settings_for_engine
 from vlm_aug.paths import PACKAGE_DIR
 from vlm_aug.sample import Sample
 
@@ -35,6 +36,15 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
+def fingerprint(settings: dict) -> str:
+    """Of the settings that decide the samples' content (`vlm_aug.resume.run_settings`)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class EngineChanged(ConfigError):
+    """`vlm.engine: auto` picked another engine here than the one the output's shards were made with."""
+
+
 STAGE_SECTIONS = ("generation", "scoring", "decision")  # record sections that stages describe
 SCHEMA_PATH = PACKAGE_DIR / "schema" / "sample.schema.json"
 
@@ -50,6 +60,27 @@ class RunContext:
     models: dict = field(default_factory=dict)  # stage name -> its description, for the manifest
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     fingerprint: str = ""  # of the settings that decide the samples' content (vlm_aug.resume)
+    settings: dict = field(default_factory=dict)  # those settings; `vlm.engine: auto` until a worker picks
+    # vlm.engine auto: the fingerprints the output's complete shards have (empty: anything goes)
+    held: tuple = ()
+
+    def settle_engine(self, engine: Optional[str]) -> None:
+        """In the worker, once its stages are set up: with `vlm.engine: auto` the settings and fingerprint
+        become those of the engine it picked (an explicit `vlm.engine: ENGINE` gives the same), and a pick
+        that differs from the engine of the output's complete shards is refused before any shard."""
+        resolved = settings_for_engine(self.settings, engine)
+        if resolved is self.settings:
+            return
+        self.settings, self.fingerprint = resolved, fingerprint(resolved)
+        if self.held and self.fingerprint not in self.held:
+            raise EngineChanged(
+                f"vlm.engine: auto picked {engine!r} on {self.worker}, but the output's complete shards were made "
+                "with another engine (their settings differ only in vlm.engine). Refusing to mix engines in one "
+                "dataset without being told. Ways on:\n"
+                "  --set vlm.engine=ENGINE     the engine of the complete shards (manifest.json: configurations)\n"
+                "  --overwrite                 redo every shard with this engine\n"
+                "  --output NEW_DIR            write this run somewhere else\n"
+                "  --allow-config-change       append: each shard records its own settings")
 
     def describe_stages(self, stages: list) -> None:
         """Take each stage's description into the record section it fills (`stage.section`)."""

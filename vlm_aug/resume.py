@@ -5,12 +5,13 @@ loads, unless the user says how to go on."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from typing import Any
 
-from vlm_aug.config import Config, ConfigError
+from vlm_aug.config import Config, ConfigError, settings_for_engine
+from vlm_aug.config.sections import AUTO_ENGINES
+from vlm_aug.record import fingerprint
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.read import input_identity, public_name, shard_name
 from vlm_aug.stages.prompts import load_template
@@ -36,8 +37,12 @@ def run_settings(config: Config) -> dict[str, Any]:
     return dict(sorted(settings.items()))
 
 
-def fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+def resolutions(settings: dict) -> dict[str, dict]:
+    """fingerprint -> settings, for each engine the run may end up with: one, unless `vlm.engine: auto`
+    (each worker picks, `RunContext.settle_engine`; the dry run has no engine)."""
+    if settings.get("vlm.engine") != "auto" or settings.get("dry_run"):
+        return {fingerprint(settings): settings}
+    return {fingerprint(s): s for s in (settings_for_engine(settings, e) for e in AUTO_ENGINES)}
 
 
 def _diff(old: dict, new: dict) -> list[str]:
@@ -55,24 +60,31 @@ def refusal(out: OutputDir, others: dict[str, int], settings: dict) -> str:
             continue
         lines.append(f"- {shards} shard(s) with settings {fp[:12]}:")
         old = known.get(fp, {}).get("settings")
-        lines += _diff(old, settings) if old else ["  (their settings are not in the manifest)"]
+        if old:  # vlm.engine auto: against the pick nearest theirs, so only what truly differs shows
+            new = min(resolutions(settings).values(), key=lambda s: len(_diff(old, s)))
+            lines += _diff(old, new)
+        else:
+            lines.append("  (their settings are not in the manifest)")
     lines += ["Refusing to mix them into one dataset without being told.", WAYS_ON]
     return "\n".join(lines)
 
 
 def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool,
-                allow_change: bool) -> tuple[list[str], list[str]]:
-    """-> (shards to do, shards kept as complete). Raises SettingsChanged before any work."""
+                allow_change: bool) -> tuple[list[str], list[str], tuple[str, ...]]:
+    """-> (shards to do, shards kept as complete, the fingerprints of this run's possible settings that
+    the output's complete shards have: with `vlm.engine: auto`, the workers' pick must be one of them).
+    Raises SettingsChanged before any work."""
     if overwrite:
-        return list(urls), []
-    current = fingerprint(settings)
+        return list(urls), [], ()
+    current = resolutions(settings)
     complete = {s["shard"]: s for s in out.all_stats()}
     others: dict = {}
     for stats in complete.values():
-        if stats.get("fingerprint") != current:
+        if stats.get("fingerprint") not in current:
             others[stats.get("fingerprint")] = others.get(stats.get("fingerprint"), 0) + 1
     if others and not allow_change:
         raise SettingsChanged(refusal(out, others, settings))
+    held = () if allow_change else tuple(sorted({s.get("fingerprint") for s in complete.values()} & set(current)))
     todo, kept = [], []
     for url in urls:
         stats = complete.get(shard_name(url))
@@ -81,4 +93,4 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
                   f"({stats['input']} -> {input_identity(url)}): redoing it", file=sys.stderr)
             stats = None
         (kept if stats is not None else todo).append(url)
-    return todo, kept
+    return todo, kept, held

@@ -17,7 +17,7 @@ from vlm_aug.output.card import write_card
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
 from vlm_aug.record import RunContext
-from vlm_aug.resume import fingerprint, plan_shards, run_settings
+from vlm_aug.resume import fingerprint, plan_shards, resolutions, run_settings
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.lease import Lease
 from vlm_aug.shards.read import expand_inputs, input_identity, shard_name
@@ -91,10 +91,10 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
     urls = check(config)
     out, run = OutputDir(config.output.path, must_exist=False), RunContext(config.sha256())
     settings = run_settings(config)
-    run.fingerprint = fingerprint(settings)
+    run.settings, run.fingerprint = settings, fingerprint(settings)  # vlm.engine auto: settled by the workers
     with Lease(out, run.run_id):
-        todo, skipped = plan_shards(out, urls, settings, overwrite or config.output.overwrite,
-                                    config.output.allow_config_change)
+        todo, skipped, run.held = plan_shards(out, urls, settings, overwrite or config.output.overwrite,
+                                              config.output.allow_config_change)
         started = time.time()
         # partial files of these shards left by an interrupted run: one listing for the run (not one per shard)
         stale = out.remove_temps({shard_name(u) for u in todo}) if todo else 0
@@ -108,7 +108,7 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
         finally:
             bar.close()
             processor.close()
-        manifest = write_manifest(config, run, report, skipped, started, settings)
+        manifest = write_manifest(config, run, report, skipped, started, resolutions(settings))
         add_semantic(config, manifest, progress)  # after the shards are committed, never in the workers
         write_card(config.output.path, manifest)  # README.md + croissant.json, from the committed shards
     warn_mixed_image_exts(manifest)
@@ -196,10 +196,13 @@ def _history(previous: dict, run: RunContext, report: ExecutorReport, skipped: l
     return runs
 
 
-def configurations(previous: dict, run: RunContext, settings: dict, all_stats: list[dict]) -> dict:
-    """fingerprint -> its settings and what of the output it made now (shards, inputs, kept)."""
+def configurations(previous: dict, run: RunContext, possible: dict, all_stats: list[dict]) -> dict:
+    """fingerprint -> its settings and what of the output it made now (shards, inputs, kept). `possible`:
+    this run's settings by fingerprint (`resume.resolutions`: with vlm.engine auto, one per engine a
+    worker may pick; those its shards do not hold are left out)."""
     found = {fp: {"settings": entry.get("settings")} for fp, entry in (previous.get("configurations") or {}).items()}
-    found[run.fingerprint] = {"settings": settings}
+    made = {s.get("fingerprint") for s in all_stats}
+    found.update({fp: {"settings": s} for fp, s in possible.items() if fp in made or len(possible) == 1})
     for entry in found.values():
         entry.update(shards=0, inputs=0, kept=0)
     for s in all_stats:
@@ -211,7 +214,7 @@ def configurations(previous: dict, run: RunContext, settings: dict, all_stats: l
 
 
 def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skipped: list[str], started: float,
-                   settings: dict) -> dict:
+                   possible: dict) -> dict:
     out = OutputDir(config.output.path, must_exist=False)
     out.fs.makedirs(out.shards_dir, exist_ok=True)
     all_stats = out.all_stats()
@@ -226,7 +229,7 @@ def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skip
         "run_id": run.run_id, "config": config.model_dump(), "config_sha256": run.config_sha256,
         "versions": _versions(), "hardware": _hardware(), "executor": config.executor,
         "models": run.models or previous.get("models", {}),  # no model loaded: all shards were complete
-        "fingerprint": run.fingerprint, "configurations": configurations(previous, run, settings, all_stats),
+        "fingerprint": run.fingerprint, "configurations": configurations(previous, run, possible, all_stats),
         "runs": _history(previous, run, report, skipped, started),
         "prompt": {"id": template.id, "text": template.text, "sha256": template.sha256},
         "timings": {"wall_s": round(time.time() - started, 3), "startup_s": round(report.startup_s, 3), "stages_s": stage_time},

@@ -292,7 +292,7 @@ class Config(Strict):
         engine, vllm = vlm.pop("engine"), vlm.pop("vllm")
         if engine != "hf":  # absent for hf, so outputs made before engines existed keep their fingerprint
             vlm["engine"] = engine
-        if engine == "vllm":  # the vLLM settings that change what is generated
+        if engine in ("vllm", "auto"):  # the vLLM settings that change what is generated (auto: if it picks vllm)
             vlm["vllm"] = {k: vllm[k] for k in ("max_model_len", "mm_processor_kwargs", "extra")}
         flat: dict[str, Any] = {}
         for section, values in recipe.items():
@@ -304,6 +304,25 @@ class Config(Strict):
         """Hash of what decides the output; where it runs (executor, ray, threads) does not."""
         recipe = self.model_dump(exclude={"executor", "ray", "torch_threads", "tune_malloc", "report"})
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+AUTO_ENGINES = ("hf", "vllm")  # what `vlm.engine: auto` may pick (stages/engines/base.resolve_engine)
+
+
+def settings_for_engine(settings: dict[str, Any], engine: Optional[str]) -> dict[str, Any]:
+    """`Config.settings()` of a run with `vlm.engine: auto` once a worker has picked ENGINE: exactly the
+    settings an explicit `vlm.engine: ENGINE` gives, so an output's shards match however the engine was
+    chosen. Any other run's settings (or no engine: the dry run) come back as they are."""
+    if settings.get("vlm.engine") != "auto" or engine is None:
+        return settings
+    if engine not in AUTO_ENGINES:
+        raise ValueError(f"vlm.engine auto cannot resolve to {engine!r}")
+    resolved = dict(settings)
+    if engine == "hf":
+        del resolved["vlm.engine"], resolved["vlm.vllm"]
+    else:
+        resolved["vlm.engine"] = engine
+    return resolved
 
 
 def _normalized(path: str) -> str:

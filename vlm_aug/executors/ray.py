@@ -103,5 +103,7 @@ class RayExecutor:
         """The models were loaded in the actors: copy what they describe into the driver's run."""
         if described:
             processor.run.sections, processor.run.models = described["sections"], described["models"]
+            # vlm.engine auto: what the actor picked (an actor that picked otherwise refused its setup)
+            processor.run.settings, processor.run.fingerprint = described["settings"], described["fingerprint"]
         else:
             print("vlm-aug[ray]: no actor finished loading the models", file=sys.stderr)

@@ -113,7 +113,8 @@ class ShardWorker:
         self.processor.setup()
         self.ready_at, self.ready_cpu = time.perf_counter(), _process_cpu_s()
         run = self.processor.run
-        return {"sections": run.sections, "models": run.models, "setup_s": round(self.ready_at - start, 3)}
+        return {"sections": run.sections, "models": run.models, "setup_s": round(self.ready_at - start, 3),
+                "settings": run.settings, "fingerprint": run.fingerprint}
 
     def process(self, url: str) -> dict:
         with self.count_lock:
