@@ -61,6 +61,40 @@ def test_cli_refuses_before_loading_models(tmp_path, capsys):
     assert main(["run", str(REPO / "configs/preview.yaml"), "--set", "policy=3"]) == 2
 
 
+def test_inputs_are_what_the_user_named_and_never_the_outputs_own_shards(tmp_path, capsys):
+    """A folder stands for its shards; a brace pattern's names must all exist (a run on fewer shards
+    than spelled out said nothing before); a name with glob characters that exists is taken as it is;
+    an input in the output's shards/ folder is refused before anything is written (a glob such as
+    OUT/*/*.tar got past the check of the pattern's text and the run overwrote the input in place)."""
+    import hashlib
+    import shutil
+
+    from vlm_aug.shards.read import expand_inputs
+
+    shards = make_shards(tmp_path / "in", n_shards=2, per_shard=2)
+    assert expand_inputs([str(tmp_path / "in")]) == [str(s) for s in sorted(shards)]
+    assert expand_inputs([str(tmp_path / "in/{000000..000001}.tar")]) == [str(s) for s in sorted(shards)]
+    with pytest.raises(FileNotFoundError, match=r"2 of the 4 names it spells out match no file: .*000002.tar"):
+        expand_inputs([str(tmp_path / "in/{000000..000003}.tar")])
+    odd = tmp_path / "in/shard[1].tar"
+    shutil.copy(shards[0], odd)
+    assert expand_inputs([str(odd)]) == [str(odd)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="a folder with no shards"):
+        expand_inputs([str(tmp_path / "empty")])
+
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    inside = out / "shards/000000.tar"
+    shutil.copy(shards[0], inside)
+    before = hashlib.sha256(inside.read_bytes()).hexdigest()
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(out / "*/*.tar"), "--output", str(out),
+                 "--no-progress"]) == 2
+    assert "lies in the output's shards folder" in capsys.readouterr().err
+    assert hashlib.sha256(inside.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["000000.tar"]
+
+
 def test_pickle_only_weights_refused_unless_opted_in(tmp_path, tiny_vlm_dir, capsys):
     import shutil
 

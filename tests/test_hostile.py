@@ -1,6 +1,7 @@
 """Hostile and broken inputs: every case finishes the run, records a precise reason,
 keeps the invariant, writes nothing outside the output and loads no pickle."""
 
+import contextlib
 import io
 import json
 import pickle
@@ -106,12 +107,22 @@ def hostile_run(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
     (root / "in/000002.tar").write_bytes(full.getvalue()[:cut])  # cut inside t2's image
     write_tar(root / "in/000003.tar", [])  # an empty tar
     (root / "in/000004.tar").write_bytes(b"this file is not a tar archive at all" * 20)
+    gz = io.BytesIO()  # webdataset's .tar.gz: read through gzip, written out as 000005.tar
+    with tarfile.open(fileobj=gz, mode="w:gz") as tar:
+        for name, data in sample_members("g1", "gzipped one") + sample_members("g2", "gzipped two"):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (root / "in/000005.tar.gz").write_bytes(gz.getvalue())
     before = set((root).rglob("*"))
-    code = main(["run", str(REPO / "configs/preview.yaml"), "--input", str(root / "in/*.tar"),
-                 "--output", str(root / "out"), "--no-progress", "--no-report",
-                 *tiny_args(tiny_vlm_dir, tiny_clip_dir, "--set", "limits.max_image_pixels=1000000",
-                            "--set", "limits.max_caption_chars=300")])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["run", str(REPO / "configs/preview.yaml"), "--input", str(root / "in"),
+                     "--output", str(root / "out"), "--no-progress", "--no-report",
+                     *tiny_args(tiny_vlm_dir, tiny_clip_dir, "--set", "limits.max_image_pixels=1000000",
+                                "--set", "limits.max_caption_chars=300")])
     written = set(root.rglob("*")) - before
+    root.joinpath("stderr.txt").write_text(err.getvalue())
     return root, code, written, marker
 
 
@@ -185,3 +196,17 @@ def test_truncated_empty_and_not_a_tar(hostile_run):
     manifest = json.loads((root / "out/manifest.json").read_text())
     assert set(manifest["shards"]["read_errors"]) == {"000002", "000004"}
     assert rows(root, "000001")["a"]["status"] == "kept"
+    # said at the end of the run, not only written down: the shards not read to their end, with why
+    warning = (root / "stderr.txt").read_text().split("warning: 2 input shard(s) could not be read to their end")[1]
+    assert "000002: truncated" in warning and "000004: ReadError" in warning and "000003" not in warning
+    from vlm_aug.output.query import stats
+    from vlm_aug.shards.layout import OutputDir
+
+    assert set(stats(OutputDir(str(root / "out")), per_shard=False)["read_errors"]) == {"000002", "000004"}
+
+
+def test_a_gzipped_shard_is_read_whole_and_keeps_its_name(hostile_run):
+    root = hostile_run[0]
+    stats = json.loads((root / "out/shards/000005.stats.json").read_text())
+    assert stats["read_error"] is None and stats["counts"]["inputs"] == 2  # no bogus "truncated"
+    assert {r["key"]: r["status"] for r in rows(root, "000005").values()} == {"g1": "kept", "g2": "kept"}

@@ -161,7 +161,7 @@ def test_shard_failing_every_retry_is_recorded_and_run_exits_nonzero(tmp_path, t
     assert code == 1 and 1 <= len(failed) <= 2
     for entry in failed:
         assert "died" in entry["error"] and entry["attempts"] == 1
-        assert entry["url"] in err.split("shard(s) failed:")[1]
+        assert f"  {entry['url']}: " in err.split("shard(s) failed")[1]  # each failed shard with its error
         name = entry["url"].rsplit("/", 1)[-1][:-4]
         assert not (out / f"shards/{name}.stats.json").exists()
     done = sorted(p.name for p in (out / "shards").glob("*.stats.json"))

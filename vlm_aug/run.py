@@ -47,7 +47,13 @@ def check(config: Config) -> list[str]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"input shards share output names {dupes}: each input shard needs a unique file name")
-    OutputDir(config.output.path, must_exist=False).check_writable()
+    out = OutputDir(config.output.path, must_exist=False)
+    inside = [u for u in urls if out.holds_shard_path(u)]
+    if inside:
+        raise ConfigError(f"input {inside[0]} lies in the output's shards folder ({out.path}/shards), where this "
+                          f"run writes its shards: it would be overwritten ({len(inside)} input shard(s) there). "
+                          "Choose another --output, or move the inputs")
+    out.check_writable()
     return urls
 
 

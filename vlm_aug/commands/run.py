@@ -94,8 +94,17 @@ def execute_and_report(config, overwrite: bool, progress: bool) -> int:
     print_summary(result.manifest)
     if config.output.report:
         write_run_report(config.output.path)
+    read_errors = result.manifest["shards"]["read_errors"]
+    if read_errors:
+        from vlm_aug.commands.stats import read_error_lines
+
+        print("warning: " + "\n".join(read_error_lines(read_errors)).strip(), file=sys.stderr)
     if result.failed:
-        print(f"error: {len(result.failed)} shard(s) failed: {', '.join(result.failed)}", file=sys.stderr)
+        print(f"error: {len(result.failed)} shard(s) failed (not written: a rerun redoes them):", file=sys.stderr)
+        for failure in result.manifest["shards"]["failed"][:10]:
+            print(f"  {failure['url']}: {failure['error'].splitlines()[-1][:300]}", file=sys.stderr)
+        if len(result.failed) > 10:
+            print(f"  ... and {len(result.failed) - 10} more (manifest.json: shards.failed)", file=sys.stderr)
         return 1
     return 0
 

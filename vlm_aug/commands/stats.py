@@ -79,6 +79,18 @@ def format_semantic(semantic) -> list[str]:
     return lines
 
 
+def read_error_lines(read_errors: dict, shown: int = 10) -> list[str]:
+    """The output's shards whose input could not be read to its end, with why."""
+    if not read_errors:
+        return []
+    lines = [f"  {len(read_errors)} input shard(s) could not be read to their end (what followed the fault "
+             "is not in the output; samples before it are):"]
+    lines += [f"    {name}: {error[:200]}" for name, error in list(read_errors.items())[:shown]]
+    if len(read_errors) > shown:
+        lines.append(f"    ... and {len(read_errors) - shown} more (each shard's stats: read_error)")
+    return lines
+
+
 def cmd_stats(args) -> int:
     from vlm_aug.output.query import differing_settings, stats
     from vlm_aug.shards.layout import OutputDir
@@ -95,6 +107,7 @@ def cmd_stats(args) -> int:
         lines.append(f"  made with {len(configs)} configurations (differing in: {', '.join(differing_settings(configs))}):")
         lines += [f"    {fp[:12]}: {c['shards']} shard(s), {c['inputs']} inputs, {c['kept']} kept"
                   for fp, c in configs.items()]
+    lines += read_error_lines(result["read_errors"])
     lines += format_semantic(result.get("semantic"))
     for name, summary in result.get("per_shard", {}).items():
         lines += [""] + format_summary(f"shard {name}", summary)

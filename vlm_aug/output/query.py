@@ -97,10 +97,13 @@ def stats(out: OutputDir, per_shard: bool = True) -> dict:
     result = {"output": out.path, "shards": len(out.complete_names()), "overall": _summary(table),
               "configurations": configurations(out)}
     guards: dict = {}
-    for s in out.all_stats():  # what the text guards did to kept texts (their problems are reasons)
+    all_stats = out.all_stats()
+    for s in all_stats:  # what the text guards did to kept texts (their problems are reasons)
         for name, n in (s.get("guards") or {}).items():
             guards[name] = guards.get(name, 0) + n
     result["overall"]["guards"] = dict(sorted(guards.items()))
+    # input shards not read to their end (not a tar, empty file, cut short): what followed the fault is not here
+    result["read_errors"] = {s["shard"]: s["read_error"] for s in all_stats if s.get("read_error")}
     if per_shard:
         order = pc.sort_indices(table, [("out_shard", "ascending")])
         table = table.take(order)

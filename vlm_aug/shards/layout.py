@@ -12,10 +12,13 @@ OUT/manifest.json  README.md  croissant.json  report.html
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 import tarfile
 from typing import Iterator, Optional
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.dataset as pads
 
@@ -46,6 +49,15 @@ class OutputDir:
                               "pass the --output directory of a `vlm-aug run`")
 
     # ---- paths ---------------------------------------------------------------------------
+    def holds_shard_path(self, url: str) -> bool:
+        """Whether `url` lies in this output's shards folder (where a run writes; links resolved)."""
+        fs, path = fsspec.core.url_to_fs(url)
+        if type(fs) is not type(self.fs):
+            return False
+        if isinstance(fs, LocalFileSystem):
+            return os.path.realpath(os.path.dirname(path)) == os.path.realpath(self.shards_dir)
+        return posixpath.dirname(path.rstrip("/")) == self.shards_dir
+
     def file(self, name: str, kind: str) -> str:
         """Path of shard `name`'s file of `kind` (tar, parquet, stats)."""
         return f"{self.shards_dir}/{name}{SUFFIXES[kind]}"

@@ -23,24 +23,51 @@ from vlm_aug.formats import IMAGE_EXTS, META_EXT, OTHER_IMAGE_EXTS
 from vlm_aug.sample import Sample
 
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # what a folder given as input is read for
+
+
+def _expand_one(item: str) -> list[str]:
+    """One path, glob or URL (braces already expanded) -> its shard URLs. A folder stands for the
+    shards in it; a name that exists is taken as it is even when it holds glob characters
+    (`shard[1].tar`)."""
+    if "://" in item and not item.startswith("file://"):
+        fs, path = fsspec.core.url_to_fs(item)
+        protocol = item.split("://", 1)[0]
+        hits = fs.glob(path) if glob.has_magic(path) else ([path] if fs.exists(path) else [])
+        return [f"{protocol}://{h}" for h in hits]
+    local = item[len("file://"):] if item.startswith("file://") else item
+    if posixpath.isdir(local):
+        hits = sorted(os.path.join(local, n) for n in os.listdir(local) if n.endswith(SHARD_SUFFIXES))
+        if not hits:
+            raise FileNotFoundError(f"input {item!r} is a folder with no shards in it ({', '.join(SHARD_SUFFIXES)})")
+    elif posixpath.exists(local):
+        hits = [local]
+    else:
+        hits = sorted(glob.glob(local)) if glob.has_magic(local) else []
+    return [os.path.abspath(h) for h in hits]  # provenance must not depend on the cwd
+
+
 def expand_inputs(patterns: list[str]) -> list[str]:
-    """Paths, globs, brace patterns and fsspec URLs -> sorted, unique shard URLs."""
+    """Paths, folders, globs, brace patterns and fsspec URLs -> sorted, unique shard URLs. Every name a
+    brace pattern spells out must exist: `{000000..000099}.tar` with shards missing is an error that
+    names them, not a run on fewer shards."""
     urls: list[str] = []
     for pattern in patterns:
         found: list[str] = []
-        for item in braceexpand.braceexpand(pattern):
-            if "://" in item and not item.startswith("file://"):
-                fs, path = fsspec.core.url_to_fs(item)
-                protocol = item.split("://", 1)[0]
-                hits = fs.glob(path) if glob.has_magic(path) else ([path] if fs.exists(path) else [])
-                found += [f"{protocol}://{h}" for h in hits]
-            else:
-                local = item[len("file://"):] if item.startswith("file://") else item
-                hits = sorted(glob.glob(local)) if glob.has_magic(local) else (
-                    [local] if posixpath.exists(local) else [])
-                found += [os.path.abspath(h) for h in hits]  # provenance must not depend on the cwd
+        items = list(braceexpand.braceexpand(pattern))
+        missing = []
+        for item in items:
+            hits = _expand_one(item)
+            if not hits:
+                missing.append(item)
+            found += hits
         if not found:
             raise FileNotFoundError(f"input {pattern!r} matches no file; check the path or pattern")
+        if missing and len(items) > 1:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise FileNotFoundError(f"input {pattern!r}: {len(missing)} of the {len(items)} names it spells "
+                                    f"out match no file: {shown}. Fix the range, or use a glob (*) to take "
+                                    "whatever exists")
         urls += found
     return sorted(dict.fromkeys(urls))
 
@@ -68,9 +95,12 @@ def public_name(url: str) -> str:
 
 
 def shard_name(url: str) -> str:
-    """`.../000001.tar` -> `000001` (the output shard keeps the input's name)."""
+    """`.../000001.tar` (or `.tar.gz`, `.tgz`) -> `000001` (the output shard keeps the input's name)."""
     base = url.rstrip("/").rsplit("/", 1)[-1]
-    return base[: -len(".tar")] if base.endswith(".tar") else base
+    for suffix in SHARD_SUFFIXES:
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 def split_member(name: str, known_exts: set[str]) -> tuple[str, str]:
@@ -194,7 +224,8 @@ class ShardReader:
             if current is not None:
                 current["problems"].append("truncated")
         else:
-            self._check_end(raw, tar.offset)
+            if getattr(tar.fileobj, "comptype", "tar") == "tar":  # compressed: gzip itself finds a cut stream
+                self._check_end(raw, tar.offset)
         if current is not None:
             yield self._assemble(current)
 
