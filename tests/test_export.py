@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from output_helpers import run_pipeline
+from output_helpers import REPO, run_pipeline
 from vlm_aug.cli import main
 
 
@@ -84,3 +84,26 @@ def test_export_refuses_non_empty_destination_and_bad_output(out, tmp_path, caps
     assert "not empty" in capsys.readouterr().err and (dest / "keep.txt").read_text() == "mine"
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "new"), "--format", "messages"]) == 2
     assert "not a vlm_aug output directory" in capsys.readouterr().err
+
+
+def test_keys_with_folders_are_exported_one_sample_each(tmp_path, capsys):
+    """webdataset keys may hold folders (`a/k.jpg`): `a/k`, `b/k` and `k` are three samples. The export
+    read only the part after the last '/' and merged neighbours with the same name (3 of 5 exported)."""
+    from helpers import sample_members, write_tar
+
+    keys = ["a/k", "b/k", "k", "x/y/z", "z"]
+    write_tar(tmp_path / "in/000000.tar", [m for key in keys for m in sample_members(key, f"caption of {key}")])
+    out = tmp_path / "out"
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--no-model", "--input", str(tmp_path / "in/*.tar"),
+                 "--output", str(out),
+                 "--no-progress", "--no-report", "--set", "report.semantic=false"]) == 0
+    dest = tmp_path / "messages"
+    assert main(["export", str(out), str(dest), "--format", "llava"]) == 0
+    assert "exported 5 kept sample(s)" in capsys.readouterr().out
+    entries = json.loads((dest / "llava.json").read_text())
+    assert sorted(e["provenance"]["key"] for e in entries) == sorted(keys)
+    assert {e["conversations"][1]["value"] for e in entries} == {f"caption of {key}" for key in keys}
+    # member paths never become paths: every image is one flat file in its shard's folder
+    assert sorted(p.name for p in (dest / "images/000000").iterdir()) == sorted(
+        ["a%2Fk.jpg", "b%2Fk.jpg", "k.jpg", "x%2Fy%2Fz.jpg", "z.jpg"])
+    assert all((dest / e["image"]).is_file() for e in entries)

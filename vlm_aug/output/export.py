@@ -1,6 +1,7 @@
 """Export the kept samples of an output directory for VLM fine-tuning.
 
-- `llava`: `llava.json` (a list of LLaVA conversation records) + `images/SHARD/KEY.EXT`.
+- `llava`: `llava.json` (a list of LLaVA conversation records) + `images/SHARD/KEY.EXT` (KEY flat:
+  `file_stem`).
 - `messages`: `data/SHARD.parquet` with `messages` (chat turns) and `images` (a list of
   images, bytes embedded), the layout Hugging Face VLM fine-tuning (e.g. TRL's SFT) reads;
   `datasets.load_dataset("parquet", data_files=...)` decodes `images` as PIL images.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
@@ -53,12 +55,18 @@ def kept_samples(out: OutputDir, shard: str) -> Iterator[tuple[str, bytes, str, 
         yield ext, sample[ext], sample["txt"].decode("utf-8"), link
 
 
+def file_stem(key: str) -> str:
+    """A sample key as one flat file name: a key's folders (`a/k`) and '%' percent-encoded, so a member
+    path never becomes a path here and two keys never share a file; plain keys stay as they are."""
+    return urllib.parse.quote(key, safe="")
+
+
 def _llava(out: OutputDir, dest: Path, instruction: str) -> int:
     entries = []
     for shard in out.complete_names():
         (dest / "images" / shard).mkdir(parents=True, exist_ok=True)
         for ext, image, caption, link in kept_samples(out, shard):
-            relative = f"images/{shard}/{link['key']}.{ext}"
+            relative = f"images/{shard}/{file_stem(link['key'])}.{ext}"
             (dest / relative).write_bytes(image)
             entries.append({"id": f"{shard}/{link['key']}", "image": relative,
                             "conversations": [{"from": "human", "value": f"<image>\n{instruction}"},
@@ -78,7 +86,7 @@ def _messages(out: OutputDir, dest: Path, instruction: str) -> int:
                                                 {"type": "text", "text": instruction}]}
             assistant = {"role": "assistant", "content": [{"type": "text", "text": caption}]}
             rows.append({"messages": [user, assistant],
-                         "images": [{"bytes": image, "path": f"{link['key']}.{ext}"}], "provenance": link})
+                         "images": [{"bytes": image, "path": f"{file_stem(link['key'])}.{ext}"}], "provenance": link})
         if rows:  # one file per shard keeps memory bounded by the largest shard
             pq.write_table(pa.Table.from_pylist(rows, schema=MESSAGES_SCHEMA), dest / "data" / f"{shard}.parquet")
         total += len(rows)

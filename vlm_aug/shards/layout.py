@@ -178,8 +178,9 @@ class OutputDir:
             for member in tar:
                 if not member.isfile():
                     continue
-                base = member.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
+                folder, _, base = member.name.rpartition("/")  # a key may hold folders (webdataset's rule)
+                stem, _, ext = base.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
                 if current and current["__key__"] != key:
                     yield current
                     current = {}
