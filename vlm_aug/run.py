@@ -42,6 +42,9 @@ def check(config: Config) -> list[str]:
         load_template(config.generation.prompt)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"generation.prompt: {exc}") from None
+    if not config.input.paths:
+        raise ConfigError("no input shards: give --input (shard files, a folder, a glob or {000..009} pattern) "
+                          "or input.paths in the config")
     urls = expand_inputs(config.input.paths)
     names = [shard_name(u) for u in urls]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -53,6 +56,10 @@ def check(config: Config) -> list[str]:
         raise ConfigError(f"input {inside[0]} lies in the output's shards folder ({out.path}/shards), where this "
                           f"run writes its shards: it would be overwritten ({len(inside)} input shard(s) there). "
                           "Choose another --output, or move the inputs")
+    foreign = out.foreign_file()
+    if foreign:
+        raise ConfigError(f"output {out.path} holds files that vlm-aug did not write (e.g. {foreign}); a run writes "
+                          "its manifest, card and shards there: choose a new or empty --output")
     out.check_writable()
     return urls
 

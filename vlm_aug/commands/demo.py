@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import shutil
 from pathlib import Path
 
 from vlm_aug.commands.run import execute_and_report
-from vlm_aug.config import load_config
+from vlm_aug.config import ConfigError, load_config
 from vlm_aug.paths import configs_dir
+from vlm_aug.shards.layout import OutputDir
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _check_demo_folder(root: Path, inputs: Path, out: Path) -> None:
+    """The demo replaces ROOT/input and ROOT/output: only when they are what an earlier demo wrote
+    (scene shards; a vlm-aug output), never a folder of the user's that happens to have those names."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"demo --output {root} is a file: give a folder (it will hold input/ and output/)")
+    if inputs.exists() and any(not re.fullmatch(r"\d{6}\.tar", p.name) for p in inputs.iterdir()):
+        raise ConfigError(f"{inputs} holds files the demo did not write; the demo replaces this folder: "
+                          "choose another --output")
+    foreign = OutputDir(str(out), must_exist=False).foreign_file()
+    if foreign:
+        raise ConfigError(f"{out} holds files vlm-aug did not write (e.g. {foreign}); the demo replaces this folder: "
+                          "choose another --output")
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="generate scene shards and run the full pipeline on them, offline")
     p.add_argument("--output", default="demo_out", help="where to write inputs and outputs (default demo_out)")
-    p.add_argument("--shards", type=int, default=4, help="number of scene shards (default 4)")
-    p.add_argument("--per-shard", type=int, default=64, help="samples per shard (default 64)")
-    p.add_argument("--wrong-fraction", type=float, default=0.2,
+    p.add_argument("--shards", type=_positive, default=4, help="number of scene shards (default 4)")
+    p.add_argument("--per-shard", type=_positive, default=64, help="samples per shard (default 64)")
+    p.add_argument("--wrong-fraction", type=_fraction, default=0.2,
                    help="share of deliberately wrong terse captions (default 0.2)")
     p.add_argument("--seed", type=int, default=2026, help="scene seed (default 2026)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -36,6 +67,7 @@ def cmd_demo(args) -> int:
     if args.no_report:
         overrides.append("output.report=false")
     config = load_config(configs_dir() / "demo.yaml", overrides)  # validate before writing anything
+    _check_demo_folder(root, inputs, out)
     for stale in (inputs, out):
         shutil.rmtree(stale, ignore_errors=True)
     write_scene_shards(inputs, args.shards, args.per_shard, seed=args.seed, wrong_fraction=args.wrong_fraction)

@@ -58,6 +58,10 @@ def _table(rows: list[dict]) -> str:
 def cmd_models(args) -> int:
     from vlm_aug.stages.models import resolve_device
 
+    missing = [d for d in args.models_dir if not Path(d).is_dir()]
+    if missing:
+        print(f"error: --models-dir {missing[0]} is not a folder", file=sys.stderr)
+        return 2
     rows = preset_rows(args.kind, args.models_dir, resolve_device("auto"))
     if args.json:
         for row in rows:

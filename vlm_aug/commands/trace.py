@@ -47,6 +47,12 @@ def cmd_trace(args) -> int:
     from vlm_aug.shards.layout import OutputDir
 
     out = OutputDir(args.output)
+    names = out.complete_names()
+    if args.shard and args.shard not in names:
+        shown = ", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
+        print(f"error: {args.output} has no complete shard {args.shard!r}; its shards: {shown or 'none'}",
+              file=sys.stderr)
+        return 2
     records = trace(out, args.key, args.shard)
     if not records:
         where = f"shard {args.shard}" if args.shard else f"any of the {len(out.complete_names())} complete shard(s)"

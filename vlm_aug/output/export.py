@@ -98,6 +98,8 @@ def export(output: str, dest: str, fmt: str, instruction: str = DEFAULT_INSTRUCT
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out, target = OutputDir(output), Path(dest)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"export destination {dest} is a file: give a new or empty directory")
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"export destination {dest} is not empty: choose a new directory or empty it")
     target.mkdir(parents=True, exist_ok=True)

@@ -48,9 +48,14 @@ def semantic_html(out: str, data: RunData, options: ReportOptions) -> str:
 
 def write_report(out: str, options: ReportOptions = ReportOptions(), path: Optional[str] = None) -> str:
     """Write the page to `path` (default OUT/report.html) atomically; -> the path written."""
-    page, _ = build_report(out, options)
     target = path or f"{out.rstrip('/')}/report.html"
     fs, local = fsspec.core.url_to_fs(target)
+    if fs.isdir(local):  # a folder: the page goes in it
+        target, local = f"{target.rstrip('/')}/report.html", f"{local.rstrip('/')}/report.html"
+    parent = local.rsplit("/", 1)[0] if "/" in local else "."
+    if path and not fs.isdir(parent):  # (OUT itself is checked by build_report)
+        raise FileNotFoundError(f"cannot write the report to {target}: its folder {parent} does not exist")
+    page, _ = build_report(out, options)
     tmp = f"{local}.tmp"
     with fs.open(tmp, "w", encoding="utf-8") as handle:
         handle.write(page)

@@ -24,6 +24,7 @@ import pyarrow.dataset as pads
 
 SUFFIXES = {"tar": ".tar", "parquet": ".parquet", "stats": ".stats.json"}
 TEMP_MARK = ".tmp-"
+LEASE_FILE = ".vlm_aug.lease"  # one run at a time (shards/lease.py)
 MANIFEST, SIZES = "manifest.json", "sizes.json"
 
 
@@ -146,6 +147,23 @@ class OutputDir:
                 self.fs.rm(f"{self.shards_dir}/{base}")
                 removed += 1
         return removed
+
+    def foreign_file(self) -> Optional[str]:
+        """A file showing that this existing, non-empty directory is not a vlm_aug output (None when it
+        is one, even one whose first run was cut short, or is empty or absent). A run must not write its
+        manifest, card and shards over someone else's files."""
+        if not self.fs.isdir(self.root):
+            return None
+        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False))
+        if "manifest.json" in names or LEASE_FILE in names:
+            return None
+        inner = (sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.shards_dir, detail=False))
+                 if "shards" in names and self.fs.isdir(self.shards_dir) else [])
+        if any(n.endswith(SUFFIXES["stats"]) or n == "sizes.json" or TEMP_MARK in n for n in inner):
+            return None
+        others = [f"{self.path.rstrip('/')}/{n}" for n in names if n != "shards"]
+        others += [f"{self.path.rstrip('/')}/shards/{n}" for n in inner]
+        return others[0] if others else None
 
     def check_writable(self) -> None:
         """Fail before any model loads if the output cannot be written."""

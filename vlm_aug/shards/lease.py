@@ -19,9 +19,8 @@ import threading
 import time
 from typing import Optional
 
-from vlm_aug.shards.layout import OutputDir, OutputUnwritable
+from vlm_aug.shards.layout import LEASE_FILE, OutputDir, OutputUnwritable
 
-LEASE_FILE = ".vlm_aug.lease"
 
 
 class OutputBusy(OutputUnwritable):

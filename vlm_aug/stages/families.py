@@ -126,7 +126,10 @@ def load_processor(path: str, model: str, processor_kwargs: dict[str, Any], **lo
     family = family_of(model_type(path))
     _require_modules(family, model)
     adapted = family.adapt_kwargs(processor_kwargs) if family.adapt_kwargs else processor_kwargs
-    processor = AutoProcessor.from_pretrained(path, **load_kwargs, **adapted)
+    try:
+        processor = AutoProcessor.from_pretrained(path, **load_kwargs, **adapted)
+    except (ValueError, OSError) as exc:  # no processor, tokenizer or image processor files in the checkpoint
+        raise ModelUnavailable(f"{model!r}: transformers cannot load its processor from {path} ({exc})") from None
     check_processor_kwargs(processor, processor_kwargs, model)
     if family.bound_keys and not set(family.bound_keys) & set(processor_kwargs):
         log.warning("%s model %r loaded without vlm.processor_kwargs.%s: %s. Use a preset "

@@ -107,6 +107,9 @@ def locate_hf(model: str, revision: Optional[str], allow_pickle: bool = False) -
         return Located(str(path), weights_sha256(path, allow_pickle), "builtin")
     if Path(model).expanduser().is_dir():
         path = Path(model).expanduser().resolve()
+        if not (path / "config.json").is_file():
+            raise ModelUnavailable(f"model directory {model!r} is not a transformers checkpoint (no config.json): "
+                                   "point vlm.model at the folder save_pretrained wrote, or at a hub id")
         return Located(str(path), weights_sha256(path, allow_pickle), "local")
     # "Qwen/Qwen2.5-VL-3B-Instruct" has a dot but is a hub id; "ckpt/model.safetensors" is a path
     if not HUB_ID.match(model) or Path(model).suffix in (".safetensors", *PICKLE_SUFFIXES):
