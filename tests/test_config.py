@@ -37,6 +37,19 @@ def test_config_errors_name_the_field(tmp_path, text, words):
         assert word in str(err.value)
 
 
+def test_the_config_reference_is_current_and_says_what_every_key_does():
+    """docs/config.md is made from the config classes (their comments); regenerate it when they change."""
+    from vlm_aug.config.reference import reference_markdown
+
+    text = reference_markdown()
+    assert (REPO / "docs/config.md").read_text() == text, "run: python -m vlm_aug.config.reference > docs/config.md"
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) > 90 and not [r for r in rows if r.rstrip().endswith("|  |")]  # none without words
+    for key in ("output.overwrite", "output.allow_config_change", "dry_run", "generation.top_p", "torch_threads",
+                "vlm.vllm.max_model_len", "policy.repair.min_sentences", "ray.num_actors"):
+        assert f"| `{key}` |" in text
+
+
 def test_every_shipped_config_is_valid():
     for path in (REPO / "configs").glob("*.yaml"):
         load_config(path)

@@ -24,13 +24,13 @@ class VLLMSettings(Strict):
 
     # CLIP shares the actor's GPU: vLLM takes this fraction of its memory, the rest is CLIP's and torch's
     gpu_memory_utilization: float = Field(0.80, gt=0, le=1)
-    max_num_seqs: Optional[int] = Field(None, ge=1)
+    max_num_seqs: Optional[int] = Field(None, ge=1)  # sequences vLLM batches at once
     max_model_len: Optional[int] = Field(None, ge=16)  # changes output when it cuts a long prompt
-    limit_mm_per_prompt: dict[str, int] = Field(default_factory=lambda: {"image": 1})
+    limit_mm_per_prompt: dict[str, int] = Field(default_factory=lambda: {"image": 1})  # images per request: one
     mm_processor_kwargs: Optional[dict[str, Any]] = None  # None: vlm.processor_kwargs (same image tokens as hf)
-    enable_prefix_caching: Optional[bool] = None
+    enable_prefix_caching: Optional[bool] = None  # reuse the KV cache of a shared prompt prefix
     tensor_parallel_size: Optional[int] = Field(None, ge=1)  # None: the GPUs this worker holds
-    enforce_eager: bool = False
+    enforce_eager: bool = False  # no CUDA graphs: slower, starts sooner (tests, small runs)
     cpu_kvcache_space_gib: int = Field(1, ge=1)  # CPU builds only (VLLM_CPU_KVCACHE_SPACE); vLLM's own default is 4+
     extra: dict[str, Any] = Field(default_factory=dict)  # any other vllm.LLM keyword, passed as is
 
@@ -40,14 +40,14 @@ ENGINES = ("hf", "vllm", "openai")
 
 class VLMConfig(Strict):
     preset: Optional[str] = None  # configs/models/NAME.yaml; fills the fields left out (vlm_aug.config.presets)
-    model: str = "HuggingFaceTB/SmolVLM-256M-Instruct"
-    revision: Optional[str] = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"
-    trust_remote_code: bool = False
-    allow_pickle_weights: bool = False
-    batch_size: int = Field(8, ge=1)
-    processor_kwargs: dict[str, Any] = Field(default_factory=dict)
+    model: str = "HuggingFaceTB/SmolVLM-256M-Instruct"  # a hub id, a local checkpoint folder, or vlm_aug:scene_vlm
+    revision: Optional[str] = None  # hub commit, branch or tag; pin a commit sha for reproducible data
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float16 on MPS, float32 on the CPU
+    device: str = "auto"  # auto: cuda, else mps, else cpu; or cuda:N, cpu
+    trust_remote_code: bool = False  # run a checkpoint's own Python code (docs/security.md); recorded in provenance
+    allow_pickle_weights: bool = False  # load .bin / .pt weights (pickle) when a checkpoint has no safetensors
+    batch_size: int = Field(8, ge=1)  # hf: samples per generate call
+    processor_kwargs: dict[str, Any] = Field(default_factory=dict)  # the processor's image settings (e.g. max_pixels, do_image_splitting): bound image tokens
     # Who generates (docs/engines.md): hf = transformers `generate` in batch_size chunks; vllm = vllm.LLM
     # in the worker; openai = any OpenAI-compatible chat-completions server; auto = vllm on CUDA when
     # it is importable, else hf.
@@ -93,7 +93,7 @@ class VLMConfig(Strict):
 class ExtraCaption(Strict):
     """One more caption of the same image (`generation.captions`), written as KEY.<name>.txt."""
 
-    name: str
+    name: str  # the member name: KEY.<name>.txt
     prompt: str  # a template name (configs/prompts/NAME.yaml) or a YAML file
 
     @field_validator("name")
@@ -106,13 +106,13 @@ class ExtraCaption(Strict):
 
 
 class GenerationConfig(Strict):
-    prompt: str = "dense_v1"
-    max_new_tokens: int = Field(128, ge=1, le=4096)
+    prompt: str = "dense_v1"  # a template name (configs/prompts/NAME.yaml) or a YAML file with id and text ({caption})
+    max_new_tokens: int = Field(128, ge=1, le=4096)  # the rewrite is cut here (the guards then drop an unfinished last sentence)
     max_time_s: Optional[float] = Field(None, gt=0, description="wall-clock cap per generate call")
-    do_sample: bool = False
-    temperature: float = Field(0.7, gt=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    seed: int = 0
+    do_sample: bool = False  # false: greedy; true: sampling with each sample's own seed (from generation.seed and its key)
+    temperature: float = Field(0.7, gt=0)  # sampling only
+    top_p: float = Field(0.9, gt=0, le=1)  # sampling only: nucleus
+    seed: int = 0  # the run's seed; each sample's is derived from it, its shard and its key
     # text guards before scoring (stages/guards.py): strip preambles and sign-offs, cut an unfinished
     # last sentence, refuse loops, refusals and echoes
     guards: bool = True
@@ -136,10 +136,10 @@ class GenerationConfig(Strict):
 
 class CLIPConfig(Strict):
     preset: Optional[str] = None  # configs/models/NAME.yaml (kind: clip)
-    model: str = "ViT-B-32"
-    pretrained: Optional[str] = "laion2b_s34b_b79k"
-    device: str = "auto"
-    batch_size: int = Field(32, ge=1)
+    model: str = "ViT-B-32"  # an open_clip model name, or a local open_clip folder (vlm_aug:scene_clip)
+    pretrained: Optional[str] = "laion2b_s34b_b79k"  # open_clip's pretrained tag; null for a local folder
+    device: str = "auto"  # auto: cuda, else mps, else cpu; or cuda:N, cpu
+    batch_size: int = Field(32, ge=1)  # images or texts per CLIP forward pass
 
 
 class RepairConfig(Strict):
@@ -153,11 +153,11 @@ class RepairConfig(Strict):
 
 
 class PolicyConfig(Strict):
-    name: Literal["rewrite", "fallback", "both", "mix"] = "fallback"
-    min_clip_rewrite: float = Field(0.20, ge=-1, le=1)
-    min_clip_orig: float = Field(0.20, ge=-1, le=1)
-    max_drop: float = Field(0.02, ge=0, le=2)
-    mix_rewrite_fraction: float = Field(0.8, ge=0, le=1)
+    name: Literal["rewrite", "fallback", "both", "mix"] = "fallback"  # what a sample trains on (README.md, Policies)
+    min_clip_rewrite: float = Field(0.20, ge=-1, le=1)  # a rewrite below this CLIP cosine with the image fails (low_clip_rewrite)
+    min_clip_orig: float = Field(0.20, ge=-1, le=1)  # an original below this fails (low_clip_orig); fallback keeps one above it
+    max_drop: float = Field(0.02, ge=0, le=2)  # fallback / mix: a rewrite scoring more than this below the original fails (rewrite_worse)
+    mix_rewrite_fraction: float = Field(0.8, ge=0, le=1)  # mix: share of samples with an acceptable rewrite that train on it (seeded draw)
     # Reject a sample whose original caption scores below min_clip_orig even when its rewrite passes
     # (reason `orig_misaligned`): the rewrite was written from that caption and may repeat its error.
     reject_misaligned_orig: bool = False
@@ -165,22 +165,22 @@ class PolicyConfig(Strict):
 
 
 class LimitsConfig(Strict):
-    max_image_pixels: int = Field(50_000_000, ge=1)
-    max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
-    max_caption_chars: int = Field(1000, ge=1)
+    max_image_pixels: int = Field(50_000_000, ge=1)  # larger declared images are not decoded (image_too_large): decompression bombs
+    max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)  # larger image members are not decoded (image_too_large)
+    max_caption_chars: int = Field(1000, ge=1)  # longer captions are cut before prompting (caption_truncated in provenance)
     # one tar member (image, caption, json); `max_sample_bytes` is its old name, still read
     max_member_bytes: int = Field(128 * 1024 * 1024, ge=1,
                                   validation_alias=AliasChoices("max_member_bytes", "max_sample_bytes"))
 
 
 class InputConfig(Strict):
-    paths: list[str] = Field(default_factory=list)
+    paths: list[str] = Field(default_factory=list)  # shard files, folders, globs, {000..009} patterns, fsspec URLs (s3://, gs://); or --input
     # threads decoding images and preparing model inputs per worker, the calling thread among them
     # (Pillow releases the GIL while it decodes: 2 reach ~1.8x of 1 on 2 cores, docs/performance.md);
     # None: half the worker's cores, 1 to 4 (a Ray actor's: ray.num_cpus_per_actor; a local run's: the CPUs
     # the process may run on)
     decode_workers: Optional[int] = Field(None, ge=1, le=64)
-    caption_key: str = "txt"
+    caption_key: str = "txt"  # the caption member: txt, another extension, or json:FIELD
     # image member extensions, in order of preference; `image_keys` is its old name, still read
     image_exts: list[str] = Field(default_factory=lambda: list(IMAGE_EXTS),
                                   validation_alias=AliasChoices("image_exts", "image_keys"))
@@ -194,14 +194,14 @@ class InputConfig(Strict):
 
 
 class OutputConfig(Strict):
-    path: str = "out"
-    overwrite: bool = False
+    path: str = "out"  # the output folder (local or fsspec URL); or --output
+    overwrite: bool = False  # redo every shard, complete ones too (--overwrite)
     # append to an output made with other settings; each shard keeps its own (docs/output.md)
     allow_config_change: bool = False
     # one image format per output, so every consumer loads it (vlm_aug.shards.images); null keeps
     # each image's bytes under its real extension, which may mix formats
     normalize_image_format: Optional[Literal["jpg", "png"]] = "jpg"
-    report: bool = True
+    report: bool = True  # write OUT/report.html after the run (--no-report: false)
 
 
 class ReportConfig(Strict):
@@ -211,9 +211,9 @@ class ReportConfig(Strict):
     text_embedder: Optional[str] = None  # a sentence-transformers directory; None: the packaged all-MiniLM-L6-v2
     reference: list[str] = Field(default_factory=list)  # reference caption shards (KEY.txt) or .txt files
     semantic_sample: int = Field(5000, ge=10)  # captions per set embedded: a seeded sample of larger outputs
-    semantic_seed: int = 0
-    near_duplicate_cosine: float = Field(0.95, gt=0, le=1)
-    redundant_sentence_cosine: float = Field(0.90, gt=0, le=1)
+    semantic_seed: int = 0  # seed of that sample
+    near_duplicate_cosine: float = Field(0.95, gt=0, le=1)  # captions of different images at or above this are near-duplicates
+    redundant_sentence_cosine: float = Field(0.90, gt=0, le=1)  # two sentences of one caption at or above this: redundant
 
 
 class RayConfig(Strict):
@@ -226,9 +226,9 @@ class RayConfig(Strict):
     num_cpus_per_actor: Optional[float] = Field(None, gt=0)  # None: what the stages declare (1)
     # None: floor(num_cpus_per_actor) - 1, at least 1 (a core for the prefetch thread, as the local executor)
     torch_threads_per_actor: Optional[int] = Field(None, ge=1)
-    max_shards_in_flight_per_actor: int = Field(2, ge=1)
-    max_retries: int = Field(2, ge=0)
-    resource_timeout_s: float = Field(30.0, gt=0)
+    max_shards_in_flight_per_actor: int = Field(2, ge=1)  # shards an actor holds at once (one reads while one runs the models)
+    max_retries: int = Field(2, ge=0)  # a failed shard (actor died, error) is tried again on another actor this many times
+    resource_timeout_s: float = Field(30.0, gt=0)  # how long to wait for the cluster to hold the actor pool before failing
     setup_timeout_s: float = Field(900.0, gt=0)  # model load per actor
     shard_timeout_s: float = Field(3600.0, gt=0)  # one shard on one actor
     dashboard: Optional[bool] = None  # embedded instance only; None: when ray[default] is installed
@@ -248,7 +248,7 @@ class Config(Strict):
     # local executor, whose start-up is seconds shorter (docs/cluster.md, "Which executor")
     executor: Literal["auto", "local", "ray"] = "auto"
     ray: RayConfig = Field(default_factory=RayConfig)
-    torch_threads: Optional[int] = Field(None, ge=1)
+    torch_threads: Optional[int] = Field(None, ge=1)  # local executor: torch threads; None: the usable CPUs but one (a core for decoding)
     # glibc: keep freed blocks up to 32 MB for reuse instead of giving them back to the kernel, in the
     # processes that run the models (vlm_aug/malloc.py; fewer page faults); false: the allocator as it is
     tune_malloc: bool = True
@@ -358,7 +358,7 @@ def _unknown_key(loc: tuple) -> str:
     allowed = sorted(model.model_fields)
     close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key ({hint}allowed here: {', '.join(allowed)})"
+    return f"unknown key ({hint}allowed here: {', '.join(allowed)}; all keys: docs/config.md)"
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
