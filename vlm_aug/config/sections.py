@@ -42,12 +42,14 @@ class VLMConfig(Strict):
     preset: Optional[str] = None  # configs/models/NAME.yaml; fills the fields left out (vlm_aug.config.presets)
     model: str = "HuggingFaceTB/SmolVLM-256M-Instruct"  # a hub id, a local checkpoint folder, or vlm_aug:scene_vlm
     revision: Optional[str] = None  # hub commit, branch or tag; pin a commit sha for reproducible data
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA, float16 on MPS, float32 on the CPU
+    # auto: bfloat16 on CUDA, float16 on MPS, float32 on the CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"  # auto: cuda, else mps, else cpu; or cuda:N, cpu
     trust_remote_code: bool = False  # run a checkpoint's own Python code (docs/security.md); recorded in provenance
     allow_pickle_weights: bool = False  # load .bin / .pt weights (pickle) when a checkpoint has no safetensors
     batch_size: int = Field(8, ge=1)  # hf: samples per generate call
-    processor_kwargs: dict[str, Any] = Field(default_factory=dict)  # the processor's image settings (e.g. max_pixels, do_image_splitting): bound image tokens
+    # the processor's image settings (e.g. max_pixels, do_image_splitting): bound image tokens
+    processor_kwargs: dict[str, Any] = Field(default_factory=dict)
     # Who generates (docs/engines.md): hf = transformers `generate` in batch_size chunks; vllm = vllm.LLM
     # in the worker; openai = any OpenAI-compatible chat-completions server; auto = vllm on CUDA when
     # it is importable, else hf.
@@ -107,9 +109,11 @@ class ExtraCaption(Strict):
 
 class GenerationConfig(Strict):
     prompt: str = "dense_v1"  # a template name (configs/prompts/NAME.yaml) or a YAML file with id and text ({caption})
-    max_new_tokens: int = Field(128, ge=1, le=4096)  # the rewrite is cut here (the guards then drop an unfinished last sentence)
+    # the rewrite is cut here (the guards then drop an unfinished last sentence)
+    max_new_tokens: int = Field(128, ge=1, le=4096)
     max_time_s: Optional[float] = Field(None, gt=0, description="wall-clock cap per generate call")
-    do_sample: bool = False  # false: greedy; true: sampling with each sample's own seed (from generation.seed and its key)
+    # false: greedy; true: sampling with each sample's own seed (from generation.seed and its key)
+    do_sample: bool = False
     temperature: float = Field(0.7, gt=0)  # sampling only
     top_p: float = Field(0.9, gt=0, le=1)  # sampling only: nucleus
     seed: int = 0  # the run's seed; each sample's is derived from it, its shard and its key
@@ -154,10 +158,14 @@ class RepairConfig(Strict):
 
 class PolicyConfig(Strict):
     name: Literal["rewrite", "fallback", "both", "mix"] = "fallback"  # what a sample trains on (README.md, Policies)
-    min_clip_rewrite: float = Field(0.20, ge=-1, le=1)  # a rewrite below this CLIP cosine with the image fails (low_clip_rewrite)
-    min_clip_orig: float = Field(0.20, ge=-1, le=1)  # an original below this fails (low_clip_orig); fallback keeps one above it
-    max_drop: float = Field(0.02, ge=0, le=2)  # fallback / mix: a rewrite scoring more than this below the original fails (rewrite_worse)
-    mix_rewrite_fraction: float = Field(0.8, ge=0, le=1)  # mix: share of samples with an acceptable rewrite that train on it (seeded draw)
+    # a rewrite below this CLIP cosine with the image fails (low_clip_rewrite)
+    min_clip_rewrite: float = Field(0.20, ge=-1, le=1)
+    # an original below this fails (low_clip_orig); fallback keeps one above it
+    min_clip_orig: float = Field(0.20, ge=-1, le=1)
+    # fallback / mix: a rewrite scoring more than this below the original fails (rewrite_worse)
+    max_drop: float = Field(0.02, ge=0, le=2)
+    # mix: share of samples with an acceptable rewrite that train on it (seeded draw)
+    mix_rewrite_fraction: float = Field(0.8, ge=0, le=1)
     # Reject a sample whose original caption scores below min_clip_orig even when its rewrite passes
     # (reason `orig_misaligned`): the rewrite was written from that caption and may repeat its error.
     reject_misaligned_orig: bool = False
@@ -165,16 +173,19 @@ class PolicyConfig(Strict):
 
 
 class LimitsConfig(Strict):
-    max_image_pixels: int = Field(50_000_000, ge=1)  # larger declared images are not decoded (image_too_large): decompression bombs
+    # larger declared images are not decoded (image_too_large): decompression bombs
+    max_image_pixels: int = Field(50_000_000, ge=1)
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)  # larger image members are not decoded (image_too_large)
-    max_caption_chars: int = Field(1000, ge=1)  # longer captions are cut before prompting (caption_truncated in provenance)
+    # longer captions are cut before prompting (caption_truncated in provenance)
+    max_caption_chars: int = Field(1000, ge=1)
     # one tar member (image, caption, json); `max_sample_bytes` is its old name, still read
     max_member_bytes: int = Field(128 * 1024 * 1024, ge=1,
                                   validation_alias=AliasChoices("max_member_bytes", "max_sample_bytes"))
 
 
 class InputConfig(Strict):
-    paths: list[str] = Field(default_factory=list)  # shard files, folders, globs, {000..009} patterns, fsspec URLs (s3://, gs://); or --input
+    # shard files, folders, globs, {000..009} patterns, fsspec URLs (s3://, gs://); or --input
+    paths: list[str] = Field(default_factory=list)
     # threads decoding images and preparing model inputs per worker, the calling thread among them
     # (Pillow releases the GIL while it decodes: 2 reach ~1.8x of 1 on 2 cores, docs/performance.md);
     # None: half the worker's cores, 1 to 4 (a Ray actor's: ray.num_cpus_per_actor; a local run's: the CPUs
@@ -212,8 +223,10 @@ class ReportConfig(Strict):
     reference: list[str] = Field(default_factory=list)  # reference caption shards (KEY.txt) or .txt files
     semantic_sample: int = Field(5000, ge=10)  # captions per set embedded: a seeded sample of larger outputs
     semantic_seed: int = 0  # seed of that sample
-    near_duplicate_cosine: float = Field(0.95, gt=0, le=1)  # captions of different images at or above this are near-duplicates
-    redundant_sentence_cosine: float = Field(0.90, gt=0, le=1)  # two sentences of one caption at or above this: redundant
+    # captions of different images at or above this are near-duplicates
+    near_duplicate_cosine: float = Field(0.95, gt=0, le=1)
+    # two sentences of one caption at or above this: redundant
+    redundant_sentence_cosine: float = Field(0.90, gt=0, le=1)
 
 
 class RayConfig(Strict):
@@ -226,9 +239,12 @@ class RayConfig(Strict):
     num_cpus_per_actor: Optional[float] = Field(None, gt=0)  # None: what the stages declare (1)
     # None: floor(num_cpus_per_actor) - 1, at least 1 (a core for the prefetch thread, as the local executor)
     torch_threads_per_actor: Optional[int] = Field(None, ge=1)
-    max_shards_in_flight_per_actor: int = Field(2, ge=1)  # shards an actor holds at once (one reads while one runs the models)
-    max_retries: int = Field(2, ge=0)  # a failed shard (actor died, error) is tried again on another actor this many times
-    resource_timeout_s: float = Field(30.0, gt=0)  # how long to wait for the cluster to hold the actor pool before failing
+    # shards an actor holds at once (one reads while one runs the models)
+    max_shards_in_flight_per_actor: int = Field(2, ge=1)
+    # a failed shard (actor died, error) is tried again on another actor this many times
+    max_retries: int = Field(2, ge=0)
+    # how long to wait for the cluster to hold the actor pool before failing
+    resource_timeout_s: float = Field(30.0, gt=0)
     setup_timeout_s: float = Field(900.0, gt=0)  # model load per actor
     shard_timeout_s: float = Field(3600.0, gt=0)  # one shard on one actor
     dashboard: Optional[bool] = None  # embedded instance only; None: when ray[default] is installed
@@ -248,7 +264,8 @@ class Config(Strict):
     # local executor, whose start-up is seconds shorter (docs/cluster.md, "Which executor")
     executor: Literal["auto", "local", "ray"] = "auto"
     ray: RayConfig = Field(default_factory=RayConfig)
-    torch_threads: Optional[int] = Field(None, ge=1)  # local executor: torch threads; None: the usable CPUs but one (a core for decoding)
+    # local executor: torch threads; None: the usable CPUs but one (a core for decoding)
+    torch_threads: Optional[int] = Field(None, ge=1)
     # glibc: keep freed blocks up to 32 MB for reuse instead of giving them back to the kernel, in the
     # processes that run the models (vlm_aug/malloc.py; fewer page faults); false: the allocator as it is
     tune_malloc: bool = True
@@ -397,7 +414,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), **direct: An
         except IsADirectoryError:
             raise ConfigError(f"config file {path} is a folder: give a YAML file (e.g. configs/preview.yaml)") from None
         except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not UTF-8 text: give a YAML file (e.g. configs/preview.yaml)") from None
+            raise ConfigError(f"config file {path} is not UTF-8 text: give a YAML file "
+                              "(e.g. configs/preview.yaml)") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
