@@ -74,16 +74,23 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
     """-> (shards to do, shards kept as complete, the fingerprints of this run's possible settings that
     the output's complete shards have: with `vlm.engine: auto`, the workers' pick must be one of them).
     Raises SettingsChanged before any work."""
-    if overwrite:
-        return list(urls), [], ()
     current = resolutions(settings)
     complete = {s["shard"]: s for s in out.all_stats()}
+    if overwrite:  # every input redone; the output's other shards must not keep other settings unseen
+        redone = {shard_name(u) for u in urls}
+        complete = {name: s for name, s in complete.items() if name not in redone}
     others: dict = {}
     for stats in complete.values():
         if stats.get("fingerprint") not in current:
             others[stats.get("fingerprint")] = others.get(stats.get("fingerprint"), 0) + 1
     if others and not allow_change:
-        raise SettingsChanged(refusal(out, others, settings))
+        message = refusal(out, others, settings)
+        if overwrite:
+            message = (f"--overwrite redoes this run's {len(urls)} input shard(s) only; "
+                       f"{sum(others.values())} other shard(s) of the output would keep other settings.\n" + message)
+        raise SettingsChanged(message)
+    if overwrite:
+        return list(urls), [], ()
     held = () if allow_change else tuple(sorted({s.get("fingerprint") for s in complete.values()} & set(current)))
     todo, kept = [], []
     for url in urls:

@@ -19,7 +19,7 @@ from vlm_aug.progress import RunProgress
 from vlm_aug.record import RunContext
 from vlm_aug.resume import fingerprint, plan_shards, resolutions, run_settings
 from vlm_aug.shards.layout import OutputDir
-from vlm_aug.shards.lease import Lease
+from vlm_aug.shards.lease import Lease, OutputBusy
 from vlm_aug.shards.read import expand_inputs, input_identity, shard_name
 from vlm_aug.stages.prompts import load_template
 
@@ -105,7 +105,7 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
     out, run = OutputDir(config.output.path, must_exist=False), RunContext(config.sha256())
     settings = run_settings(config)
     run.settings, run.fingerprint = settings, fingerprint(settings)  # vlm.engine auto: settled by the workers
-    with Lease(out, run.run_id):
+    with Lease(out, run.run_id) as lease:
         todo, skipped, run.held = plan_shards(out, urls, settings, overwrite or config.output.overwrite,
                                               config.output.allow_config_change)
         started = time.time()
@@ -118,9 +118,18 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
         bar = RunProgress(len(todo), enabled=progress)
         try:
             report = make_executor(config, todo).run(todo, processor, bar) if todo else ExecutorReport()
+        except BaseException:
+            try:  # open_clip finds the shards committed before the fault through sizes.json
+                out.write_sizes(out.all_stats())
+            except OSError:
+                pass
+            raise
         finally:
             bar.close()
             processor.close()
+        if not lease.held():  # taken over while this run was silent: the other run writes the manifest
+            raise OutputBusy(f"another run took over the lease of {out.path} while this run was silent; the shards "
+                             "this run committed stand (each names its run), its manifest is not written")
         manifest = write_manifest(config, run, report, skipped, started, resolutions(settings))
         add_semantic(config, manifest, progress)  # after the shards are committed, never in the workers
         write_card(config.output.path, manifest)  # README.md + croissant.json, from the committed shards

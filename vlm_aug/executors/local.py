@@ -41,7 +41,7 @@ class LocalExecutor:
                 stats = processor.process(url, then=urls[i + 1] if i + 1 < len(urls) else None)
                 report.outcomes.append(ShardOutcome(url, stats=stats))
                 progress.shard_done(stats)
-            except (KeyboardInterrupt, SystemExit):
+            except (KeyboardInterrupt, SystemExit, OutputUnwritable):  # (a lost lease: OutputBusy)
                 raise
             except OSError as exc:
                 if exc.errno in FATAL_WRITE_ERRORS:  # every later shard would fail the same way

@@ -70,8 +70,11 @@ class OutputDir:
     def shard_files(self, name: str) -> dict[str, str]:
         return {kind: self.file(name, kind) for kind in SUFFIXES}
 
-    def temp_files(self, name: str, run_id: str) -> dict[str, str]:
-        return {kind: f"{path}{TEMP_MARK}{run_id}" for kind, path in self.shard_files(name).items()}
+    def temp_files(self, name: str, run_id: str, attempt: str = "") -> dict[str, str]:
+        """`NAME.tar.tmp-RUNID.ATTEMPT` and so on: a retry of the shard in the same run (another Ray
+        actor, while the killed one may still be writing) never opens or removes the files of another."""
+        tail = f"{run_id}.{attempt}" if attempt else run_id
+        return {kind: f"{path}{TEMP_MARK}{tail}" for kind, path in self.shard_files(name).items()}
 
     def top(self, filename: str) -> str:
         return f"{self.root}/{filename}"
@@ -103,8 +106,12 @@ class OutputDir:
             return None
 
     def write_json(self, path: str, value, indent: int = 1) -> None:
-        with self.fs.open(path, "w") as handle:
+        """Whole or not at all: written beside, then renamed (a crash or a full disk mid-write left a
+        truncated manifest, which the next run read as none: the history of runs and settings lost)."""
+        tmp = f"{path}{TEMP_MARK}json"
+        with self.fs.open(tmp, "w") as handle:
             json.dump(value, handle, indent=indent, default=str)
+        self.fs.mv(tmp, path)
 
     def shard_stats(self, name: str) -> Optional[dict]:
         return self.read_json(self.file(name, "stats"))
@@ -142,7 +149,9 @@ class OutputDir:
         for base in sorted(self._listing()):
             if TEMP_MARK not in base:
                 continue
-            name, run_id = base.split(".", 1)[0], base.rsplit(TEMP_MARK, 1)[-1]
+            final, tail = base.rsplit(TEMP_MARK, 1)
+            name = next((final[: -len(s)] for s in SUFFIXES.values() if final.endswith(s)), final)
+            run_id = tail.split(".", 1)[0]  # (a dotted shard name is whole: cc.part-000)
             if name in names and run_id != keep_run_id:
                 self.fs.rm(f"{self.shards_dir}/{base}")
                 removed += 1

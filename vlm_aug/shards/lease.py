@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Optional
 
+from fsspec.implementations.local import LocalFileSystem
+
 from vlm_aug.shards.layout import LEASE_FILE, OutputDir, OutputUnwritable
 
 
@@ -41,6 +43,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> Optional[str]:
+    """This process's PID namespace (Linux): a pid means the same process only within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _stamp(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -49,7 +59,8 @@ class Lease:
     def __init__(self, out: OutputDir, run_id: str, stale_s: float = 30.0, heartbeat_s: float = 5.0):
         self.out, self.run_id, self.stale_s, self.heartbeat_s = out, run_id, stale_s, heartbeat_s
         self.path = out.top(LEASE_FILE)
-        self.record = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
+        self.record = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                       "pid_ns": _pid_namespace(), "started": _now()}
         self.stop = threading.Event()
         self.thread: Optional[threading.Thread] = None
 
@@ -66,13 +77,41 @@ class Lease:
             holder = self._holder()
             if holder is not None and not self._stale(holder):
                 raise OutputBusy(self._busy_message(holder))
+            self._retire(holder)
             print(f"vlm-aug: taking over the lease of {self.out.path}: {self._describe(holder)} "
                   "is gone or silent; its partial files will be removed", file=sys.stderr)
-            self.out.fs.rm(self.path)
             if not self._create():
                 raise OutputBusy(self._busy_message(self._holder() or {}))
         self.thread = threading.Thread(target=self._beat, name="vlm-aug-lease", daemon=True)
         self.thread.start()
+
+    def _retire(self, holder: Optional[dict]) -> None:
+        """Move the stale lease out of the way so that of two runs taking it over at once only one
+        goes on. On a local disk by rename (one of two renames of a file wins) and a check that the
+        file moved is the one judged stale, else it is put back (a link never overwrites) and the
+        output is busy; elsewhere by delete."""
+        if not isinstance(self.out.fs, LocalFileSystem):
+            self.out.fs.rm(self.path)
+            return
+        aside = f"{self.path}.stale-{self.run_id}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:  # another run retired it first: whoever creates the new one holds it
+            return
+        moved = self.out.read_json(aside)
+        if holder is not None and moved is not None and moved.get("run_id") != holder.get("run_id"):
+            try:  # a fresh lease taken in the meantime: give it back
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            os.unlink(aside)
+            raise OutputBusy(self._busy_message(moved))
+        os.unlink(aside)
+
+    def held(self) -> bool:
+        """Whether the lease file still names this run (another run takes over a silent one)."""
+        holder = self.out.read_json(self.path)
+        return holder is None or holder.get("run_id") == self.run_id
 
     def _payload(self) -> bytes:
         return json.dumps({**self.record, "heartbeat": _now()}).encode()
@@ -104,7 +143,8 @@ class Lease:
         return None
 
     def _stale(self, holder: dict) -> bool:
-        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+        same_pids = holder.get("host") == socket.gethostname() and holder.get("pid_ns") == self.record["pid_ns"]
+        if same_pids and not _pid_alive(int(holder.get("pid", -1))):  # (a container with the host's name: not)
             return True
         return _now() - float(holder.get("heartbeat", 0)) > self.stale_s
 

@@ -8,11 +8,14 @@ member is ever unpickled; anything wrong with a sample becomes its `reason`.
 from __future__ import annotations
 
 import glob
+import gzip
 import json
+import lzma
 import os
 import posixpath
 import struct
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -34,7 +37,7 @@ def _expand_one(item: str) -> list[str]:
         fs, path = fsspec.core.url_to_fs(item)
         protocol = item.split("://", 1)[0]
         hits = fs.glob(path) if glob.has_magic(path) else ([path] if fs.exists(path) else [])
-        return [f"{protocol}://{h}" for h in hits]
+        return [h if "://" in h else f"{protocol}://{h}" for h in hits]  # (http's paths are whole URLs)
     local = item[len("file://"):] if item.startswith("file://") else item
     if posixpath.isdir(local):
         hits = sorted(os.path.join(local, n) for n in os.listdir(local) if n.endswith(SHARD_SUFFIXES))
@@ -79,8 +82,12 @@ def input_identity(url: str) -> dict:
         info = fs.info(path)
     except OSError:  # unreadable: the reader records why; nothing to compare on a rerun
         return {}
-    found = {"size": info.get("size"), "mtime": info.get("mtime") or info.get("LastModified"),
-             "etag": info.get("ETag") or info.get("etag")}
+    lfs = info.get("lfs") if isinstance(info.get("lfs"), dict) else {}
+    # size alone misses edits (tars pad to 10,240-byte records): mtime (local), LastModified (s3),
+    # Last-Modified (http), ETag; hf:// gives the blob's id and its LFS sha256
+    found = {"size": info.get("size"),
+             "mtime": info.get("mtime") or info.get("LastModified") or info.get("Last-Modified"),
+             "etag": info.get("ETag") or info.get("etag") or info.get("blob_id") or lfs.get("sha256")}
     return {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in found.items() if v is not None}
 
 
@@ -169,6 +176,10 @@ def unsafe_member(name: str) -> bool:
     return name.startswith("/") or ".." in name.split("/") or "\\" in name or "\x00" in name
 
 
+# what the bytes of an archive can be wrong with; any other OSError is the reading's, not the archive's
+ARCHIVE_FAULTS = (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, ValueError)
+
+
 @dataclass
 class ReadReport:
     """What went wrong with the shard as a whole (not a sample)."""
@@ -191,11 +202,14 @@ class ShardReader:
         self.report = ReadReport()
 
     def __iter__(self) -> Iterator[Sample]:
+        """A fault of the archive itself (not a tar, cut short, bad compressed data) is the shard's
+        `read_error` and what was read before it stands; a fault of reading (connection reset, I/O
+        error, the file gone) is raised, so the shard fails and is read again, never committed short."""
         try:
             with fsspec.open(self.url, "rb") as raw:
                 counted = _CountingReader(raw)
                 yield from self._samples(counted)
-        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        except ARCHIVE_FAULTS as exc:
             self.report.error = f"{type(exc).__name__}: {exc}"
 
     def _samples(self, raw) -> Iterator[Sample]:
@@ -219,7 +233,7 @@ class ShardReader:
                     current["problems"].append(f"duplicate_member:{ext}")
                 else:
                     current["members"][ext] = payload
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except ARCHIVE_FAULTS as exc:
             self.report.error = f"truncated: {type(exc).__name__}: {exc}"
             if current is not None:
                 current["problems"].append("truncated")

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
+import uuid
 from collections import Counter
 from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from vlm_aug import SCHEMA_VERSION
 from vlm_aug.formats import CAPTION_EXT, META_EXT, ORIG_CAPTION_EXT
 from vlm_aug.record import PARQUET_SCHEMA, RunContext, build_record, parquet_row, record_json
 from vlm_aug.sample import KEPT, Sample
 from vlm_aug.shards.images import output_image
-from vlm_aug.shards.layout import OutputDir
+from vlm_aug.shards.layout import LEASE_FILE, OutputDir
+from vlm_aug.shards.lease import OutputBusy
 
 
 def _member_info(name: str, size: int) -> tarfile.TarInfo:
@@ -76,12 +80,27 @@ class TarMembers:
         self.offset += end
 
 
+def _durable(fs, path: str) -> None:
+    """fsync a local file or folder (object stores make a write durable when it returns)."""
+    if isinstance(fs, LocalFileSystem):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class ShardWriter:
     def __init__(self, out_root: str, name: str, run: RunContext, normalize_image_format: Optional[str] = None):
         out = OutputDir(out_root, must_exist=False)
         self.fs, self.name, self.run = out.fs, name, run
-        self.final, self.tmp = out.shard_files(name), out.temp_files(name, run.run_id)
+        self.out = out
+        self.final, self.tmp = out.shard_files(name), out.temp_files(name, run.run_id, uuid.uuid4().hex[:8])
         self.fs.makedirs(out.shards_dir, exist_ok=True)  # a killed run's partial files: run.execute removed them
+        if self.fs.exists(self.final["stats"]):
+            # redone (--overwrite, a changed input, a retry): no longer complete from here on, so a crash
+            # between the renames below cannot leave the new tar beside the old parquet and stats
+            self.fs.rm(self.final["stats"])
         self.normalize = normalize_image_format
         self.handle = self.fs.open(self.tmp["tar"], "wb")
         # GNU headers (long names when needed) rather than webdataset's PAX ones, written by TarMembers
@@ -146,8 +165,14 @@ class ShardWriter:
             raise AssertionError(f"shard {self.name}: count invariant broken: {c}")
         with self.fs.open(self.tmp["stats"], "w") as handle:
             json.dump(stats, handle, indent=1)
+        holder = self.out.read_json(self.out.top(LEASE_FILE))
+        if holder is not None and holder.get("run_id") != self.run.run_id:
+            raise OutputBusy(f"run {holder.get('run_id')} took over the lease of {self.out.path} (this run was silent "
+                             f"too long): shard {self.name} is not committed, and this run stops")
         for kind in ("tar", "parquet", "stats"):  # stats last: it marks the shard done
+            _durable(self.fs, self.tmp[kind])  # on disk before the stats say so (a power loss)
             self.fs.mv(self.tmp[kind], self.final[kind])
+        _durable(self.fs, self.final["stats"].rsplit("/", 1)[0])  # the renames themselves
         return stats
 
     def abort(self) -> None:
