@@ -3,7 +3,6 @@ a redo killed between its renames, a connection reset mid-shard, --overwrite on 
 two runs taking over one stale lease, a run whose lease was taken over, a container that shares the
 host's name, temporary files of dotted shard names. Real shards, real runs (dry runs: no model)."""
 
-import functools
 import http.server
 import json
 import os
