@@ -159,7 +159,8 @@ def test_report_command_errors_name_the_input(tmp_path, capsys):
 def test_run_prints_summary_table_with_throughput(report_run, capsys, tiny_vlm_dir, tiny_clip_dir):
     root, rows = report_run
     argv = run_argv(root, "000001.tar", *tiny_args(tiny_vlm_dir, tiny_clip_dir), "--overwrite", "--set",
-                    "policy.name=rewrite", "--set", "policy.min_clip_rewrite=0.99")
+                    "policy.name=rewrite", "--set", "policy.min_clip_rewrite=0.99",
+                    "--allow-config-change")  # shard 000000 keeps its own settings
     assert main(argv) == 0
     out = capsys.readouterr().out
     kept = sum(r["status"] == "kept" for r in rows)
