@@ -55,7 +55,7 @@ def cmd_trace(args) -> int:
         return 2
     records = trace(out, args.key, args.shard)
     if not records:
-        where = f"shard {args.shard}" if args.shard else f"any of the {len(out.complete_names())} complete shard(s)"
+        where = f"shard {args.shard}" if args.shard else f"any of the {len(names)} complete shard(s)"
         print(f"error: no sample with key {args.key!r} in {where} of {args.output}; "
               "keys are the file stems in the tars (KEY.jpg) and the `key` column of shards/*.parquet",
               file=sys.stderr)

@@ -164,11 +164,10 @@ class OutputDir:
         if not self.fs.isdir(self.root):
             return None
         names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False))
-        if "manifest.json" in names or LEASE_FILE in names:
+        if MANIFEST in names or LEASE_FILE in names:
             return None
-        inner = (sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.shards_dir, detail=False))
-                 if "shards" in names and self.fs.isdir(self.shards_dir) else [])
-        if any(n.endswith(SUFFIXES["stats"]) or n == "sizes.json" or TEMP_MARK in n for n in inner):
+        inner = sorted(self._listing())
+        if any(n.endswith(SUFFIXES["stats"]) or n == SIZES or TEMP_MARK in n for n in inner):
             return None
         others = [f"{self.path.rstrip('/')}/{n}" for n in names if n != "shards"]
         others += [f"{self.path.rstrip('/')}/shards/{n}" for n in inner]
