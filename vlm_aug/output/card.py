@@ -9,7 +9,7 @@ import yaml
 
 from vlm_aug.formats import ORIG_CAPTION_EXT
 from vlm_aug.output.croissant import croissant
-from vlm_aug.output.query import configurations, differing_settings, stats
+from vlm_aug.output.query import differing_settings, stats
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.read import public_name
 
@@ -193,10 +193,11 @@ def card_body(manifest: dict, summary: dict, n_shards: int, configs: dict) -> st
 def write_card(out_path: str, manifest: dict) -> dict:
     """Write `README.md` and `croissant.json` into the output directory; returns the card metadata."""
     out = OutputDir(out_path)
-    summary = stats(out, per_shard=False)["overall"]
+    found = stats(out, per_shard=False)
+    summary = found["overall"]
     metadata = card_metadata(manifest, summary["counts"]["kept"])
     front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
-    body = card_body(manifest, summary, len(out.complete_names()), configurations(out))
+    body = card_body(manifest, summary, found["shards"], found["configurations"])
     out.write_text("README.md", f"---\n{front}---\n\n{body}")
     shard_runs = {s["shard"]: s.get("run_id") for s in out.all_stats()}
     description = (f"{summary['counts']['kept']} image-caption pairs whose captions were rewritten by "

@@ -66,13 +66,13 @@ def _summary(table: pa.Table) -> dict:
     return summary
 
 
-def configurations(out: OutputDir) -> dict:
-    """The settings that made the output, counted from its shards' stats: fingerprint -> shards,
-    inputs, kept, and the settings themselves (from the manifest). More than one when runs with
-    other settings appended (`--allow-config-change`)."""
+def configurations(out: OutputDir, all_stats: Optional[list[dict]] = None) -> dict:
+    """The settings that made the output, counted from its shards' stats (`all_stats`, else read):
+    fingerprint -> shards, inputs, kept, and the settings themselves (from the manifest). More than
+    one when runs with other settings appended (`--allow-config-change`)."""
     known = out.manifest().get("configurations") or {}
     found: dict = {}
-    for s in out.all_stats():
+    for s in out.all_stats() if all_stats is None else all_stats:
         fp = s.get("fingerprint") or "unknown"
         entry = found.setdefault(fp, {"shards": 0, "inputs": 0, "kept": 0,
                                       "settings": (known.get(fp) or {}).get("settings")})
@@ -92,12 +92,13 @@ def differing_settings(configs: dict) -> list[str]:
 def stats(out: OutputDir, per_shard: bool = True) -> dict:
     """Counts by status and reason and CLIP score distributions, overall and per shard."""
     columns = ["status", "reason", "outcome", "clip_orig", "clip_rewrite"]
-    table = out.table(columns)
+    names = out.complete_names()  # one listing: the rows, the stats and the count are of the same shards
+    table = out.table(columns, shards=names)
     table = table.append_column("clip_final", _final_score(table))
-    result = {"output": out.path, "shards": len(out.complete_names()), "overall": _summary(table),
-              "configurations": configurations(out)}
+    all_stats = [s for s in (out.shard_stats(n) for n in names) if s is not None]
+    result = {"output": out.path, "shards": len(names), "overall": _summary(table),
+              "configurations": configurations(out, all_stats)}
     guards: dict = {}
-    all_stats = out.all_stats()
     for s in all_stats:  # what the text guards did to kept texts (their problems are reasons)
         for name, n in (s.get("guards") or {}).items():
             guards[name] = guards.get(name, 0) + n
