@@ -155,6 +155,20 @@ def test_duplicate_keys_and_dotted_keys(hostile_run):
     assert "dotted_key_v2.jpg" in names and not any(n.startswith(("..", "/")) for n in names)
 
 
+def test_keys_that_one_output_key_would_stand_for(tmp_path):
+    """'a.b' is written as 'a_b': of an input that also holds 'a_b' the first is kept, and the error
+    of the others names both input keys rather than claiming the input repeats one."""
+    from vlm_aug.shards.read import ShardReader
+
+    write_tar(tmp_path / "s.tar", sample_members("a.b", "dotted") + sample_members("a_b", "plain")
+              + sample_members("c", "between") + sample_members("a_b", "again"))
+    first, second, _, third = ShardReader(str(tmp_path / "s.tar"), "txt", ["jpg"], 1 << 20)
+    assert (first.key, first.source_key, first.active) == ("a_b", "a.b", True)
+    assert (second.key, second.reason) == ("a_b", "duplicate_key")
+    assert second.error_detail == "keys 'a.b' (earlier in the shard) and 'a_b' are both written 'a_b' (dots in keys become '_')"
+    assert (third.reason, third.error_detail) == ("duplicate_key", second.error_detail)
+
+
 def test_stats_counts_match_the_rows_and_the_tar(hostile_run):
     """The writer's counters, checked against what it wrote: parquet rows by status, keys in the tar."""
     root = hostile_run[0]

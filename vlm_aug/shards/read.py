@@ -186,7 +186,7 @@ class ReadReport:
 
     error: Optional[str] = None
     ignored_members: int = 0
-    keys_seen: set = field(default_factory=set)
+    keys_seen: dict = field(default_factory=dict)  # output key -> the input key that took it
 
 
 class ShardReader:
@@ -274,10 +274,15 @@ class ShardReader:
         sample = Sample(key=key, shard=self.url, members=group["names"])
         if key != group["key"]:
             sample.source_key = group["key"]
-        if key in self.report.keys_seen:
-            sample.fail("duplicate_key", f"key {key!r} appears twice in the shard")
+        first = self.report.keys_seen.get(key)
+        if first is not None:
+            if first == group["key"]:
+                sample.fail("duplicate_key", f"key {key!r} appears twice in the shard")
+            else:  # two input keys that one output key would stand for ('a.b' and 'a_b')
+                sample.fail("duplicate_key", f"keys {first!r} (earlier in the shard) and {group['key']!r} are "
+                            f"both written {key!r} (dots in keys become '_')")
             return sample
-        self.report.keys_seen.add(key)
+        self.report.keys_seen[key] = group["key"]
         if group["problems"]:
             sample.fail(group["problems"][0].split(":")[0], ", ".join(group["problems"]))
             return sample
