@@ -125,3 +125,70 @@ def test_keeping_original_formats_warns_of_mixed_extensions(tmp_path, capsys):
     assert main(argv) == 0
     assert "2 extensions (jpg, png)" in capsys.readouterr().err
     assert sorted(n for n in output_members(tmp_path / "out") if not n.endswith((".txt", ".json"))) == ["a.jpg", "b.png"]
+
+
+def turned_jpeg() -> bytes:
+    """40x20 as stored, blue on the left half; EXIF orientation 6: upright it is 20x40, blue on top."""
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 20, 20))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+def wide_png() -> bytes:
+    """16 bits a channel, all at 32,768 (half way): 128 once scaled to 8 bits, 255 when clipped."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 32768, dtype=np.uint16)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("target", ["jpg", "png"])
+def test_training_sees_the_pixels_that_were_scored(tmp_path, target):
+    """Bytes already in the output's format are kept only when a consumer's plain decode
+    (`Image.open(...).convert("RGB")`, as webdataset's "pilrgb" and LLaVA loaders do) gives the pixels
+    the models saw: an EXIF-turned JPEG, a transparent PNG and a 16-bit PNG are re-encoded as seen."""
+    inputs = {"plain": ("jpg", image_bytes()), "turned": ("jpg", turned_jpeg()), "clear": ("png", rgba_png()),
+              "wide": ("png", wide_png()), "opaque": ("png", image_bytes(fmt="PNG"))}
+    members = [m for key, (ext, data) in inputs.items() for m in sample_members(key, f"caption {key}", data, ext=ext)]
+    write_tar(tmp_path / "in/000000.tar", members)
+    argv = ["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/*.tar"), "--output",
+            str(tmp_path / "out"), "--no-progress", "--no-report", "--no-model", "--executor", "local",
+            "--set", f"output.normalize_image_format={target}"]
+    assert main(argv) == 0
+    out = output_members(tmp_path / "out")
+    seen = {key: Image.open(io.BytesIO(out[f"{key}.{target}"])).convert("RGB") for key in inputs}
+    reencoded = {key: json.loads(out[f"{key}.json"])["source"]["image_reencoded_to"] for key in inputs}
+    kept_as_is = {key for key, (ext, data) in inputs.items() if out[f"{key}.{target}"] == data}
+    assert kept_as_is == {"plain" if target == "jpg" else "opaque"}
+    assert {k for k, v in reencoded.items() if v} == set(inputs) - kept_as_is
+    assert seen["turned"].size == (20, 40)
+    top, bottom = seen["turned"].getpixel((10, 5)), seen["turned"].getpixel((10, 35))
+    assert top[2] > 200 > top[0] and bottom[0] > 200 > bottom[2]  # blue on top, as the models saw it
+    assert min(seen["clear"].getpixel((5, 5))) >= 250  # on white, not the hidden blue
+    assert abs(seen["wide"].getpixel((5, 5))[0] - 128) <= 2  # scaled, not clipped to 255
+
+
+def test_a_server_gets_the_pixels_the_other_engines_see():
+    """The openai engine sends the original bytes, unless decoding changed their pixels: then the
+    decoded image as a PNG (a server decodes plainly: no EXIF turn, no transparency on white)."""
+    import base64
+
+    from vlm_aug.shards.decode import decode_with_format
+    from vlm_aug.stages.engines.base import Request
+    from vlm_aug.stages.engines.openai import request_image
+
+    for data, ext, altered in ((image_bytes(), "jpg", False), (turned_jpeg(), "jpg", True), (rgba_png(), "png", True)):
+        image, real, changed = decode_with_format(data, 1 << 24)
+        assert changed is altered
+        url = request_image(Request("p", 0, image=image, image_bytes=data, image_ext=ext, image_altered=changed))
+        mime, payload = url.split(",", 1)
+        sent = base64.b64decode(payload)
+        if altered:
+            assert mime == "data:image/png;base64" and Image.open(io.BytesIO(sent)).convert("RGB").tobytes() == image.tobytes()
+        else:
+            assert sent == data and mime == "data:image/jpeg;base64"

@@ -57,6 +57,7 @@ class Sample:
     image_sha256: Optional[str] = None  # of image_bytes, hashed beside decoding (decode threads)
     image_ext: Optional[str] = None
     image_real_ext: Optional[str] = None  # what the bytes are, read from their header when decoded
+    image_altered: Optional[bool] = None  # decoding changed the pixels (EXIF turn, alpha, 16 bits): shards/decode.altered
     image: Any = None  # decoded PIL image; transient, never written
     prepared: dict = field(default_factory=dict, repr=False)  # stages' model inputs made ahead (prepare); transient
     image_reencoded_to: Optional[str] = None  # output.normalize_image_format re-encoded the image

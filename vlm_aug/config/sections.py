@@ -209,8 +209,9 @@ class OutputConfig(Strict):
     overwrite: bool = False  # redo every shard, complete ones too (--overwrite)
     # append to an output made with other settings; each shard keeps its own (docs/output.md)
     allow_config_change: bool = False
-    # one image format per output, so every consumer loads it (vlm_aug.shards.images); null keeps
-    # each image's bytes under its real extension, which may mix formats
+    # one image format per output, so every consumer loads it (vlm_aug.shards.images): bytes in it are
+    # kept unless the models saw other pixels (EXIF turn, alpha, 16 bits); null keeps each image's
+    # bytes under its real extension, which may mix formats
     normalize_image_format: Optional[Literal["jpg", "png"]] = "jpg"
     report: bool = True  # write OUT/report.html after the run (--no-report: false)
 

@@ -20,8 +20,9 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     return decode_with_format(data, max_pixels)[0]
 
 
-def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, Optional[str]]:
-    """-> (RGB image, the extension that names the bytes' real format, read from their header)."""
+def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, Optional[str], bool]:
+    """-> (RGB image, the extension that names the bytes' real format, read from their header,
+    whether those pixels differ from the plain `convert("RGB")` of the bytes: `altered`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data))
@@ -30,18 +31,40 @@ def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, Optio
             raise ValueError(f"image_too_large: {width}x{height} exceeds limits.max_image_pixels={max_pixels}")
         image.load()
     ext = EXT_OF_FORMAT.get(image.format)
-    if image.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:  # else exif_transpose would only copy
+    is_turned = turned(image)
+    changed = is_turned or _recoloured(image)
+    if is_turned:  # else exif_transpose would only copy
         image = ImageOps.exif_transpose(image)
-    return _to_rgb(image), ext
+    return _to_rgb(image), ext, changed
 
 
 _TURNED = {2, 3, 4, 5, 6, 7, 8}  # EXIF orientations other than "as stored"
+_WIDE = ("I;16", "I;16B", "I;16L", "I")  # more than 8 bits a channel: scaled, where convert() would clip
+_ALPHA = ("RGBA", "LA", "PA")
+
+
+def turned(image: Image.Image) -> bool:
+    return image.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED
+
+
+def altered(image: Image.Image) -> bool:
+    """Whether the RGB pixels the models get (`_to_rgb` after the EXIF turn) can differ from what a
+    consumer's plain `Image.open(...).convert("RGB")` of the same bytes gives, which applies no EXIF
+    orientation, drops transparency instead of putting it on white and clips 16-bit values. Read
+    from the header (an opened image, loaded or not); the writer re-encodes such images
+    (`shards/images.py`), so that training sees what was scored."""
+    return turned(image) or _recoloured(image)
+
+
+def _recoloured(image: Image.Image) -> bool:
+    """Transparency (put on white by `_to_rgb`) or more than 8 bits a channel (scaled)."""
+    return image.mode in _ALPHA or image.mode in _WIDE or (image.mode == "P" and "transparency" in image.info)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in _WIDE:
         image = image.point(lambda v: v / 256).convert("L")  # 16-bit: scale to 8 bits first
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in _ALPHA or (image.mode == "P" and "transparency" in image.info):  # on white
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
@@ -82,13 +105,13 @@ def start_decoding(samples: list[Sample], max_pixels: int, max_image_bytes: int,
             if failure:
                 sample.fail(*failure)
             else:
-                sample.image, sample.image_real_ext = decoded
+                sample.image, sample.image_real_ext, sample.image_altered = decoded
 
     return finish
 
 
 def _decode_one(data: bytes, max_pixels: int):
-    """-> ((image, real ext), None, sha256) or (None, (reason, detail), sha256); never raises. The
+    """-> ((image, real ext, altered), None, sha256) or (None, (reason, detail), sha256); never raises. The
     record's sha256 of the bytes is made here, on the decode thread (hashlib releases the GIL), rather
     than in the writer, which runs one sample at a time."""
     sha256 = hashlib.sha256(data).hexdigest()

@@ -3,7 +3,10 @@
 
 `output.normalize_image_format: jpg` (the default) keeps JPEG bytes as they are (a `.jpeg` is named
 `.jpg`) and re-encodes anything else (PNG, WebP, the first frame of a GIF, BMP, TIFF) as JPEG,
-quality 95, transparency on white; `png` does the same towards PNG (lossless, larger for photos);
+quality 95, transparency on white; `png` does the same towards PNG (lossless, larger for photos).
+Bytes already in the target format are re-encoded too when the pixels the models saw differ from
+what a consumer's plain `convert("RGB")` of them gives (an EXIF orientation, transparency, 16 bits
+a channel: `shards.decode.altered`), so training sees the image that was scored.
 null keeps every image's bytes and names it by its real format, which may mix extensions.
 A re-encode is recorded in the sample's provenance (`source.image_reencoded_to`), beside the
 sha256 of the original bytes (`source.image_sha256`).
@@ -18,24 +21,28 @@ from PIL import Image
 
 from vlm_aug.formats import EXT_OF_FORMAT
 from vlm_aug.sample import Sample
-from vlm_aug.shards.decode import decode_image
+from vlm_aug.shards.decode import altered, decode_image
 
 SAVE_AS = {"jpg": "JPEG", "png": "PNG"}
 
 
-def real_ext(data: bytes, claimed: Optional[str]) -> Optional[str]:
-    """The extension that names what the bytes are (read from their header), else the claimed one."""
+def header_facts(data: bytes, claimed: Optional[str]) -> tuple[Optional[str], bool]:
+    """-> (the extension that names what the bytes are, else the claimed one; whether decoding alters
+    their pixels), read from their header."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return EXT_OF_FORMAT.get(image.format, claimed)
+            return EXT_OF_FORMAT.get(image.format, claimed), altered(image)
     except Exception:  # undecodable bytes never reach the writer as kept; keep the claim
-        return claimed
+        return claimed, False
 
 
 def output_image(sample: Sample, target: Optional[str]) -> tuple[bytes, str]:
     """-> (bytes, extension) of the sample's image member; sets `sample.image_reencoded_to`."""
-    ext = sample.image_real_ext or real_ext(sample.image_bytes, sample.image_ext)  # decoding read it already
-    if target is None or ext == target:
+    if sample.image_real_ext is not None:  # decoding read both already
+        ext, changed = sample.image_real_ext, bool(sample.image_altered)
+    else:
+        ext, changed = header_facts(sample.image_bytes, sample.image_ext)
+    if target is None or (ext == target and not changed):
         return sample.image_bytes, ext
     image = sample.image if sample.image is not None else decode_image(sample.image_bytes, Image.MAX_IMAGE_PIXELS)
     buffer = io.BytesIO()

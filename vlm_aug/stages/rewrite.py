@@ -89,7 +89,8 @@ class RewriteStage:
             seed = sample.generation.seed if candidate == 0 else derive_seed(self.generation.seed, shard, sample.key,
                                                                               f"candidate:{candidate}")
         return Request(rendered_prompt=rendered, seed=seed, image=sample.image,
-                       image_bytes=sample.image_bytes, image_ext=sample.image_ext)
+                       image_bytes=sample.image_bytes, image_ext=sample.image_ext,
+                       image_altered=bool(sample.image_altered))
 
     def _prompt(self, sample: Sample) -> str:
         """The chat-templated prompt text a local engine feeds the model (what a server builds itself)."""

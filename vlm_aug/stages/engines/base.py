@@ -22,6 +22,7 @@ class Request:
     image: Optional[Image.Image] = None  # decoded (hf, vllm)
     image_bytes: bytes = b""  # the original bytes (openai sends them as a data URL)
     image_ext: Optional[str] = None  # the member's extension (the bytes' real format is read from them)
+    image_altered: bool = False  # `image` is not the plain decode of the bytes (EXIF turn, alpha, 16 bits)
 
 
 @dataclass

@@ -11,6 +11,7 @@ rerun redoes it, instead of committing it full of errors. The API key is read fr
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any, Optional
 
 from vlm_aug.config import ConfigError, GenerationConfig, VLMConfig
 from vlm_aug.formats import MIME_OF_EXT
-from vlm_aug.shards.images import real_ext
+from vlm_aug.shards.images import header_facts
 from vlm_aug.stages.engines.base import EngineUnavailable, Request, Result
 from vlm_aug.stages.models import ModelUnavailable
 
@@ -36,9 +37,20 @@ class _Unreachable(Exception):
 
 
 def data_url(data: bytes, ext: Optional[str]) -> str:
-    """The original bytes as a data URL; the MIME type is read from the bytes, not the member name."""
-    mime = MIME_OF_EXT.get(real_ext(data, ext) or "", "application/octet-stream")
+    """The bytes as a data URL; the MIME type is read from the bytes, not the member name."""
+    mime = MIME_OF_EXT.get(header_facts(data, ext)[0] or "", "application/octet-stream")
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def request_image(request: Request) -> str:
+    """The data URL of a request's image: its original bytes, or, where decoding changed their pixels
+    (an EXIF orientation, transparency on white, 16 bits a channel), the decoded image as a PNG, so
+    the server's VLM sees the pixels the hf engine and CLIP see (a server decodes the bytes plainly)."""
+    if request.image_altered and request.image is not None:
+        buffer = io.BytesIO()
+        request.image.save(buffer, format="PNG", compress_level=1)
+        return data_url(buffer.getvalue(), "png")
+    return data_url(request.image_bytes, request.image_ext)
 
 
 class OpenAIEngine:
@@ -123,7 +135,7 @@ class OpenAIEngine:
     # --- requests ------------------------------------------------------------------------------
     def payload(self, request: Request) -> dict:
         g = self.generation
-        content = [{"type": "image_url", "image_url": {"url": data_url(request.image_bytes, request.image_ext)}},
+        content = [{"type": "image_url", "image_url": {"url": request_image(request)}},
                    {"type": "text", "text": request.rendered_prompt}]
         body: dict[str, Any] = {"model": self.model_name, "messages": [{"role": "user", "content": content}],
                                 "max_tokens": g.max_new_tokens, "seed": request.seed,
