@@ -169,6 +169,18 @@ def test_keys_that_one_output_key_would_stand_for(tmp_path):
     assert (third.reason, third.error_detail) == ("duplicate_key", second.error_detail)
 
 
+def test_a_key_without_a_name_is_an_error_not_a_sample_consumers_drop(tmp_path):
+    """Members '.jpg' and 'a/.jpg' have no name before their extension: webdataset and HF datasets
+    drop such samples without a word, so the reader makes them errors with a reason."""
+    from vlm_aug.shards.read import ShardReader
+
+    write_tar(tmp_path / "s.tar", sample_members("p", "one") + sample_members("", "no name")
+              + sample_members("a/", "no name in a folder") + sample_members("q", "two"))
+    got = [(s.key, s.status, s.reason) for s in ShardReader(str(tmp_path / "s.tar"), "txt", ["jpg"], 1 << 20)]
+    assert got == [("p", "pending", None), ("", "error", "empty_key"), ("a/", "error", "empty_key"),
+                   ("q", "pending", None)]
+
+
 def test_stats_counts_match_the_rows_and_the_tar(hostile_run):
     """The writer's counters, checked against what it wrote: parquet rows by status, keys in the tar."""
     root = hostile_run[0]

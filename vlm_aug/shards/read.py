@@ -283,6 +283,10 @@ class ShardReader:
                             f"both written {key!r} (dots in keys become '_')")
             return sample
         self.report.keys_seen[key] = group["key"]
+        if not posixpath.basename(key) and not group["problems"]:  # members '.jpg', 'a/.jpg'
+            sample.fail("empty_key", f"members {', '.join(map(repr, group['names'][:3]))} have no name before "
+                        "their extension: webdataset and Hugging Face datasets drop such a sample")
+            return sample
         if group["problems"]:
             sample.fail(group["problems"][0].split(":")[0], ", ".join(group["problems"]))
             return sample
