@@ -66,6 +66,11 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_vlm_dir, tiny_cl
         kill_mid_run(argv, out, random.Random(seed))
         for tar in (out / "shards").glob("*.tar"):  # anything that looks complete is complete
             assert tar.with_suffix("").with_suffix(".stats.json").exists() or tar.with_suffix(".stats.json").exists()
+        # sizes.json (open_clip reads it) names the shards committed before the kill: all, or all but the
+        # one whose commit the kill followed before its size was written
+        complete = {p.name[: -len(".stats.json")] + ".tar" for p in (out / "shards").glob("*.stats.json")}
+        sized = set(json.loads((out / "shards/sizes.json").read_text())) if complete else set()
+        assert sized <= complete and len(complete - sized) <= 1, (seed, complete, sized)
         assert main(argv) == 0
         assert snapshot(out) == expected, f"seed {seed}"
         assert not list((out / "shards").glob("*.tmp-*"))

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import tarfile
 
 import pytest
@@ -107,3 +108,55 @@ def test_keys_with_folders_are_exported_one_sample_each(tmp_path, capsys):
     assert sorted(p.name for p in (dest / "images/000000").iterdir()) == sorted(
         ["a%2Fk.jpg", "b%2Fk.jpg", "k.jpg", "x%2Fy%2Fz.jpg", "z.jpg"])
     assert all((dest / e["image"]).is_file() for e in entries)
+
+
+def test_long_keys_get_bounded_file_names_and_a_failed_export_leaves_nothing(tmp_path, capsys):
+    """A key of 36 Japanese characters is 324 bytes percent-encoded, over a file system's 255: the
+    export died with 'File name too long' and left a half-written DEST that blocked the retry. Long
+    stems are cut and end in a hash of the key; an export that fails (a damaged shard) leaves no DEST."""
+    from helpers import sample_members, write_tar
+    from vlm_aug.output.export import STEM_MAX, file_stem
+
+    keys = ["日本語のキー" * 6, "k" * 300, "k" * 299, "short"]
+    write_tar(tmp_path / "in/000000.tar", [m for key in keys for m in sample_members(key, f"caption {len(key)}")])
+    out = tmp_path / "out"
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--no-model", "--input", str(tmp_path / "in/*.tar"),
+                 "--output", str(out), "--no-progress", "--no-report", "--set", "report.semantic=false"]) == 0
+    dest = tmp_path / "llava"
+    assert main(["export", str(out), str(dest), "--format", "llava"]) == 0
+    entries = json.loads((dest / "llava.json").read_text())
+    assert sorted(e["provenance"]["key"] for e in entries) == sorted(keys)
+    names = [p.name for p in (dest / "images/000000").iterdir()]
+    assert len(set(names)) == 4 and all(len(n.encode()) <= STEM_MAX + 4 for n in names)
+    assert file_stem("short") == "short" and file_stem("k" * 300) != file_stem("k" * 299)
+    head = file_stem("日本語のキー" * 6)[:-17]
+    assert re.fullmatch(r"(%[0-9A-F]{2}|[^%])+", head)  # never cut inside a %XX
+    # a complete shard whose tar is damaged: a clear error, no traceback, and nothing left to block a retry
+    tar = out / "shards/000000.tar"
+    tar.write_bytes(tar.read_bytes()[:1500])
+    again = tmp_path / "again"
+    assert main(["export", str(out), str(again), "--format", "messages"]) == 2
+    err = capsys.readouterr().err
+    assert "000000.tar cannot be read" in err and "000000.stats.json" in err and "Traceback" not in err
+    assert not again.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".again")]
+    assert main(["export", str(out), str(tmp_path / "llava/llava.json/below"), "--format", "llava"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_export_says_when_the_output_is_not_whole(tmp_path, capsys):
+    """An output without a manifest (its first run stopped) or with a run writing it is exported as
+    far as it is complete, and the export says so."""
+    from helpers import sample_members, write_tar
+    from vlm_aug.shards.layout import LEASE_FILE
+
+    write_tar(tmp_path / "in/000000.tar", sample_members("a", "one") + sample_members("b", "two"))
+    out = tmp_path / "out"
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--no-model", "--input", str(tmp_path / "in/*.tar"),
+                 "--output", str(out), "--no-progress", "--no-report", "--set", "report.semantic=false"]) == 0
+    assert main(["export", str(out), str(tmp_path / "e1"), "--format", "llava"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    (out / "manifest.json").unlink()
+    (out / LEASE_FILE).write_text("{}")
+    assert main(["export", str(out), str(tmp_path / "e2"), "--format", "llava"]) == 0
+    err = capsys.readouterr().err
+    assert "no manifest.json" in err and "a run is writing" in err

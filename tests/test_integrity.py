@@ -6,6 +6,7 @@ host's name, temporary files of dotted shard names. Real shards, real runs (dry 
 import http.server
 import json
 import os
+import shutil
 import socket
 import struct
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_shards
+from helpers import make_shards, sample_members, write_tar
 from vlm_aug.cli import main
 from vlm_aug.record import RunContext
 from vlm_aug.shards.layout import LEASE_FILE, OutputDir
@@ -159,11 +160,28 @@ def test_stale_temporary_files_of_dotted_shard_names_are_removed(tmp_path):
     out = OutputDir(str(tmp_path / "out"), must_exist=False)
     os.makedirs(out.shards_dir)
     names = ["cc.part-000.tar.tmp-RUN1.ab12", "cc.part-000.parquet.tmp-RUN1", "keep.tar.tmp-RUN1.cd34",
-             "cc.part-000.stats.json.tmp-RUN2.ef56"]
+             "cc.part-000.stats.json.tmp-RUN2.ef56", *out.temp_files("cc.part-000", "RUN3", "aa11").values()]
     for name in names:
-        Path(out.shards_dir, name).write_bytes(b"x")
-    assert out.remove_temps({"cc.part-000"}, keep_run_id="RUN2") == 2
+        Path(out.shards_dir, os.path.basename(name)).write_bytes(b"x")
+    assert out.remove_temps({"cc.part-000"}, keep_run_id="RUN2") == 5  # both runs' (older ones' not hidden)
     assert sorted(os.listdir(out.shards_dir)) == ["cc.part-000.stats.json.tmp-RUN2.ef56", "keep.tar.tmp-RUN1.cd34"]
+
+
+def test_a_consumer_reading_the_folder_never_reads_a_shard_being_written(tmp_path):
+    """Temporary files are hidden: Hugging Face `datasets` (which skips hidden files unless a pattern
+    names them) loads the complete shards of an output whose run was killed mid-shard, not the
+    partial tar beside them (`*.tar*`, a pattern that takes .tar.gz too, matched it before)."""
+    datasets = pytest.importorskip("datasets")
+    write_tar(tmp_path / "in/000000.tar", sample_members("a", "one") + sample_members("b", "two"))
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/000000.tar"), "--output",
+                 str(tmp_path / "out"), "--no-progress", "--no-report", "--no-model", "--executor", "local"]) == 0
+    out = OutputDir(str(tmp_path / "out"))
+    partial = out.temp_files("000001", "KILLED", "ab12")["tar"]  # a killed run's partial tar: one whole sample
+    shutil.copy(out.file("000000", "tar"), partial)
+    assert os.path.basename(partial).startswith(".")
+    rows = datasets.load_dataset("webdataset", data_files=str(tmp_path / "out/shards/*.tar*"), split="train",
+                                 cache_dir=str(tmp_path / "cache"))
+    assert sorted(rows["__key__"]) == ["a", "b"]
 
 
 class FlakyFile:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Callable, Optional
 
 from tqdm import tqdm
 
 
 class RunProgress:
-    def __init__(self, total_shards: int, enabled: bool = True):
+    """`on_done(stats)`: told of each committed shard (the run keeps sizes.json current with it)."""
+
+    def __init__(self, total_shards: int, enabled: bool = True, on_done: Optional[Callable[[dict], None]] = None):
         self.bar = tqdm(total=total_shards, unit="shard", disable=not enabled, file=sys.stderr,
                         dynamic_ncols=True, desc="vlm-aug")
         self.start = time.perf_counter()
         self.samples = self.tokens = 0
+        self.on_done = on_done
 
     def shard_done(self, stats: dict) -> None:
         self.samples += stats["counts"]["inputs"]
@@ -21,6 +25,8 @@ class RunProgress:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix(samples_s=f"{self.samples / elapsed:.1f}", tokens_s=f"{self.tokens / elapsed:.0f}")
         self.bar.update(1)
+        if self.on_done is not None:
+            self.on_done(stats)
 
     def shard_failed(self, url: str, error: str) -> None:
         self.bar.write(f"shard failed: {url}: {error}")

@@ -115,7 +115,8 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
             print(f"vlm-aug: removed {stale} partial file(s) left by an interrupted run; those shards are redone",
                   file=sys.stderr)
         processor = ShardProcessor(config, run)
-        bar = RunProgress(len(todo), enabled=progress)
+        sizes = out.live_sizes()  # open_clip finds the shards committed before a kill through sizes.json
+        bar = RunProgress(len(todo), enabled=progress, on_done=sizes.add)
         try:
             report = make_executor(config, todo).run(todo, processor, bar) if todo else ExecutorReport()
         except BaseException:
@@ -201,7 +202,8 @@ def warn_mixed_image_exts(manifest: dict) -> None:
     exts = manifest["totals"]["image_exts"]
     if len(exts) > 1:
         print(f"warning: the output's images have {len(exts)} extensions ({', '.join(exts)}): Hugging Face "
-              "datasets refuses a webdataset whose samples differ in member names. Rerun with --overwrite and "
+              "datasets takes its columns from the first samples and gives None for an image under another name "
+              "(or fails, when the names differ within those first samples). Rerun with --overwrite and "
               "output.normalize_image_format: jpg (the default) or png", file=sys.stderr)
 
 

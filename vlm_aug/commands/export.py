@@ -19,12 +19,15 @@ def register(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from vlm_aug.output.export import export
+    from vlm_aug.output.export import completeness, export
 
     try:
         n = export(args.output, args.dest, args.format, args.instruction)
-    except (FileExistsError, ValueError) as exc:
+        notes = completeness(args.output)
+    except (OSError, ValueError) as exc:  # FileExistsError, a destination below a file, a damaged shard
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"vlm-aug: note: {note}", file=sys.stderr)
     print(f"exported {n} kept sample(s) from {args.output} to {args.dest} ({args.format})")
     return 0

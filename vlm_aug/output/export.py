@@ -7,12 +7,17 @@
   `datasets.load_dataset("parquet", data_files=...)` decodes `images` as PIL images.
 Every exported sample carries `provenance` = {shard, key, image_sha256, run_id}, enough for
 `vlm-aug trace OUT KEY --shard SHARD` to print its full history. Image bytes are copied, never re-encoded.
+The export is written into a hidden folder beside DEST and renamed to DEST when whole, so a failed
+export leaves nothing behind and can be run again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tarfile
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
@@ -21,9 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlm_aug.formats import IMAGE_EXTS
-from vlm_aug.shards.layout import OutputDir
+from vlm_aug.shards.layout import LEASE_FILE, MANIFEST, OutputDir
 
 FORMATS = ("llava", "messages")
+STEM_MAX = 200  # bytes of a file name's stem (most file systems allow 255 for the whole name)
+
+
+class ExportError(ValueError):
+    """An output that cannot be exported as it is; the message names the file and the fix."""
 DEFAULT_INSTRUCTION = "Describe this image in detail."
 # Hugging Face `datasets` reads these features from the parquet metadata: images decode to PIL.
 HF_FEATURES = {
@@ -44,6 +54,14 @@ MESSAGES_SCHEMA = pa.schema([
 
 def kept_samples(out: OutputDir, shard: str) -> Iterator[tuple[str, bytes, str, dict]]:
     """(image ext, image bytes, training caption, provenance link) for each sample in a shard's tar."""
+    try:
+        yield from _kept_samples(out, shard)
+    except (tarfile.TarError, EOFError, UnicodeDecodeError, json.JSONDecodeError, KeyError) as exc:
+        raise ExportError(f"{out.file(shard, 'tar')} cannot be read ({type(exc).__name__}: {exc}): the shard is "
+                          f"damaged; remove {out.file(shard, 'stats')} and rerun the run's command to redo it") from None
+
+
+def _kept_samples(out: OutputDir, shard: str) -> Iterator[tuple[str, bytes, str, dict]]:
     for sample in out.iter_tar_samples(shard):
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None or "txt" not in sample or "json" not in sample:
@@ -57,8 +75,16 @@ def kept_samples(out: OutputDir, shard: str) -> Iterator[tuple[str, bytes, str, 
 
 def file_stem(key: str) -> str:
     """A sample key as one flat file name: a key's folders (`a/k`) and '%' percent-encoded, so a member
-    path never becomes a path here and two keys never share a file; plain keys stay as they are."""
-    return urllib.parse.quote(key, safe="")
+    path never becomes a path here and two keys never share a file; plain keys stay as they are. A
+    stem over STEM_MAX bytes (a long key, or one of many non-ASCII characters, each 9 bytes encoded)
+    is cut at a whole character and ends in '~' and 16 hex digits of the key's sha256."""
+    stem = urllib.parse.quote(key, safe="")
+    if len(stem) <= STEM_MAX:
+        return stem
+    cut = STEM_MAX - 17
+    while "%" in stem[cut - 2: cut]:  # not inside a %XX
+        cut -= 1
+    return f"{stem[:cut]}~{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}"
 
 
 def _llava(out: OutputDir, dest: Path, instruction: str) -> int:
@@ -102,5 +128,35 @@ def export(output: str, dest: str, fmt: str, instruction: str = DEFAULT_INSTRUCT
         raise FileExistsError(f"export destination {dest} is a file: give a new or empty directory")
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"export destination {dest} is not empty: choose a new directory or empty it")
-    target.mkdir(parents=True, exist_ok=True)
-    return (_llava if fmt == "llava" else _messages)(out, target, instruction)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}"  # renamed to DEST when whole
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        n = (_llava if fmt == "llava" else _messages)(out, partial, instruction)
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return n
+
+
+def completeness(output: str) -> list[str]:
+    """What a user should know of an output being exported that is not whole: a run writing it now,
+    no manifest (its first run has not ended, or was stopped), shards its last run failed."""
+    out = OutputDir(output)
+    notes = []
+    if out.fs.exists(out.top(LEASE_FILE)):
+        notes.append(f"a run is writing {output} now (its lease is held): the shards complete at this moment "
+                     "were exported; export again when it has finished")
+    manifest = out.manifest()
+    if not out.fs.exists(out.top(MANIFEST)):
+        notes.append(f"{output} has no manifest.json: the run that writes it has not ended or was stopped; the "
+                     "complete shards were exported; rerun the run's command to finish the rest")
+    failed = [f.get("url") if isinstance(f, dict) else f for f in (manifest.get("shards") or {}).get("failed") or []]
+    if failed:
+        notes.append(f"the last run failed {len(failed)} input shard(s) ({', '.join(map(str, failed[:3]))}"
+                     f"{', ...' if len(failed) > 3 else ''}): not in the output, so not exported; rerun to retry them")
+    return notes

@@ -3,7 +3,8 @@ complete, which files are temporary, and how the manifest, stats and sizes are r
 
 ```
 OUT/shards/NAME.tar  NAME.parquet  NAME.stats.json   one output shard (stats written last)
-OUT/shards/NAME.*.tmp-RUNID                          a shard being written by run RUNID
+OUT/shards/.NAME.*.tmp-RUNID                         a shard being written by run RUNID (hidden: a
+                                                     consumer that reads a folder skips it)
 OUT/shards/sizes.json                                kept samples per tar (open_clip reads it)
 OUT/manifest.json  README.md  croissant.json  report.html
 ```
@@ -14,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import sys
 import tarfile
+import time
 from typing import Iterator, Optional
 
 import fsspec
@@ -71,10 +74,12 @@ class OutputDir:
         return {kind: self.file(name, kind) for kind in SUFFIXES}
 
     def temp_files(self, name: str, run_id: str, attempt: str = "") -> dict[str, str]:
-        """`NAME.tar.tmp-RUNID.ATTEMPT` and so on: a retry of the shard in the same run (another Ray
-        actor, while the killed one may still be writing) never opens or removes the files of another."""
+        """`.NAME.tar.tmp-RUNID.ATTEMPT` and so on: a retry of the shard in the same run (another Ray
+        actor, while the killed one may still be writing) never opens or removes the files of another.
+        Hidden (a leading dot), so that a consumer reading the folder (Hugging Face `datasets` skips
+        hidden files) never reads a shard being written or left by a killed run."""
         tail = f"{run_id}.{attempt}" if attempt else run_id
-        return {kind: f"{path}{TEMP_MARK}{tail}" for kind, path in self.shard_files(name).items()}
+        return {kind: f"{self.shards_dir}/.{name}{suffix}{TEMP_MARK}{tail}" for kind, suffix in SUFFIXES.items()}
 
     def top(self, filename: str) -> str:
         return f"{self.root}/{filename}"
@@ -108,7 +113,8 @@ class OutputDir:
     def write_json(self, path: str, value, indent: int = 1) -> None:
         """Whole or not at all: written beside, then renamed (a crash or a full disk mid-write left a
         truncated manifest, which the next run read as none: the history of runs and settings lost)."""
-        tmp = f"{path}{TEMP_MARK}json"
+        folder, base = path.rsplit("/", 1)
+        tmp = f"{folder}/.{base}{TEMP_MARK}json"  # hidden, as a shard's temporary files
         with self.fs.open(tmp, "w") as handle:
             json.dump(value, handle, indent=indent, default=str)
         self.fs.mv(tmp, path)
@@ -138,18 +144,22 @@ class OutputDir:
         """Kept samples per tar, beside the tars: open_clip's trainer looks for it there."""
         self.write_json(f"{self.shards_dir}/{SIZES}", {f"{s['shard']}.tar": s["counts"]["kept"] for s in all_stats})
 
+    def live_sizes(self) -> "LiveSizes":
+        return LiveSizes(self)
+
     def write_text(self, filename: str, text: str) -> None:
         with self.fs.open(self.top(filename), "w") as handle:
             handle.write(text)
 
     # ---- temporary files ---------------------------------------------------------------------
     def remove_temps(self, names: set[str], keep_run_id: Optional[str] = None) -> int:
-        """Delete `NAME.*.tmp-RUNID` files of the given shards (never complete output); -> how many."""
+        """Delete `.NAME.*.tmp-RUNID` files of the given shards (never complete output); -> how many."""
         removed = 0
         for base in sorted(self._listing()):
             if TEMP_MARK not in base:
                 continue
             final, tail = base.rsplit(TEMP_MARK, 1)
+            final = final[1:] if final.startswith(".") else final  # (runs before 2026-11-30 did not hide them)
             name = next((final[: -len(s)] for s in SUFFIXES.values() if final.endswith(s)), final)
             run_id = tail.split(".", 1)[0]  # (a dotted shard name is whole: cc.part-000)
             if name in names and run_id != keep_run_id:
@@ -214,3 +224,39 @@ class OutputDir:
                 current[ext] = tar.extractfile(member).read()
             if current:
                 yield current
+
+
+class LiveSizes:
+    """sizes.json kept current while a run commits shards, so that a run killed part way (SIGKILL, a
+    preempted node) leaves the shards it committed in it: open_clip's trainer raises KeyError for a
+    shard it lists without a size. The driver calls `add` with each committed shard's stats. The
+    file is rewritten at each commit, unless the last rewrite was under 20 of its own durations ago
+    (a slow store and many fast commits: then at the next commit after that; `flush` writes what
+    is pending). The run's end rewrites it from every shard's stats, which is the whole truth."""
+
+    GAP = 20  # rewrites at most every GAP x (the last rewrite's seconds): a few percent of the driver's time
+
+    def __init__(self, out: OutputDir):
+        self.out = out
+        self.sizes = dict(out.sizes() or {})
+        self.next_at, self.pending, self.warned = 0.0, False, False
+
+    def add(self, stats: dict) -> None:
+        self.sizes[f"{stats['shard']}.tar"] = stats["counts"]["kept"]
+        self.pending = True
+        if time.monotonic() >= self.next_at:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        start = time.monotonic()
+        try:
+            self.out.write_json(f"{self.out.shards_dir}/{SIZES}", dict(sorted(self.sizes.items())))
+        except OSError as exc:  # the shards stand; the run's end writes it again
+            if not self.warned:
+                print(f"vlm-aug: warning: could not update {SIZES} ({exc}); retried at the next shard", file=sys.stderr)
+                self.warned = True
+            return
+        now = time.monotonic()
+        self.next_at, self.pending = now + self.GAP * (now - start), False
