@@ -71,8 +71,15 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_vlm_dir, tiny_cl
         complete = {p.name[: -len(".stats.json")] + ".tar" for p in (out / "shards").glob("*.stats.json")}
         sized = set(json.loads((out / "shards/sizes.json").read_text())) if complete else set()
         assert sized <= complete and len(complete - sized) <= 1, (seed, complete, sized)
+        killed = {json.loads(p.read_text())["run_id"] for p in (out / "shards").glob("*.stats.json")}
+        finished = (out / "manifest.json").exists()  # the kill came after the run's end
         assert main(argv) == 0
         assert snapshot(out) == expected, f"seed {seed}"
+        # the killed run wrote no manifest; its shards name it, and the history has it
+        history = json.loads((out / "manifest.json").read_text())["runs"]
+        stopped = {r["run_id"] for r in history if r.get("ended") == "stopped before writing its manifest"}
+        assert stopped == (set() if finished else killed), history
+        assert len(history) == len(killed) + 1, history  # and the rerun
         assert not list((out / "shards").glob("*.tmp-*"))
 
 

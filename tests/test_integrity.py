@@ -230,3 +230,19 @@ def test_an_oserror_mid_shard_fails_it_instead_of_committing_it_short(tmp_path, 
     fail["at"] = None
     assert dry(url, out) == 0
     assert stats(out)["000000"]["counts"]["inputs"] == 40
+
+
+def test_a_run_stopped_before_its_manifest_is_in_the_history(tmp_path):
+    """A run killed after committing shards writes no manifest; its shards name it. The next run's
+    manifest lists it among the runs, with those shards, instead of leaving shards of an unknown run."""
+    inputs = tmp_path / "in"
+    make_shards(inputs, n_shards=3, per_shard=4)
+    out = tmp_path / "out"
+    assert dry(inputs / "00000[01].tar", out) == 0
+    first = json.loads((out / "manifest.json").read_text())["run_id"]
+    (out / "manifest.json").unlink()  # what a SIGKILL after those commits leaves
+    assert dry(inputs / "*.tar", out) == 0
+    runs = json.loads((out / "manifest.json").read_text())["runs"]
+    assert [r["run_id"] for r in runs][0] == first and len(runs) == 2
+    assert runs[0]["ended"] == "stopped before writing its manifest" and runs[0]["processed"] == ["000000", "000001"]
+    assert runs[1]["processed"] == ["000002"]

@@ -207,11 +207,22 @@ def warn_mixed_image_exts(manifest: dict) -> None:
               "output.normalize_image_format: jpg (the default) or png", file=sys.stderr)
 
 
-def _history(previous: dict, run: RunContext, report: ExecutorReport, skipped: list[str], started: float) -> list:
-    """Every run that wrote into this output, oldest first (a manifest from before the history: its last run)."""
+def _history(previous: dict, run: RunContext, report: ExecutorReport, skipped: list[str], started: float,
+             all_stats: list[dict] = ()) -> list:
+    """Every run that wrote into this output, oldest first (a manifest from before the history: its last run).
+    A run stopped before it wrote its manifest (killed, its lease taken over) is known from the shards
+    it committed, which name it: it is entered with those shards, before this run."""
     runs = list(previous.get("runs") or ([{"run_id": previous["run_id"], "fingerprint": None,
                                            "config_sha256": previous.get("config_sha256")}]
                                          if previous.get("run_id") else []))
+    known = {r.get("run_id") for r in runs} | {run.run_id}
+    stopped: dict[str, list[dict]] = {}
+    for s in all_stats:
+        if s.get("run_id") and s["run_id"] not in known:
+            stopped.setdefault(s["run_id"], []).append(s)
+    for run_id, shards in sorted(stopped.items()):  # run ids begin with their start time
+        runs.append({"run_id": run_id, "fingerprint": shards[0].get("fingerprint"), "config_sha256": None,
+                     "ended": "stopped before writing its manifest", "processed": sorted(s["shard"] for s in shards)})
     runs.append({"run_id": run.run_id, "fingerprint": run.fingerprint, "config_sha256": run.config_sha256,
                  "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
                  "wall_s": round(time.time() - started, 3),
@@ -254,7 +265,7 @@ def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skip
         "versions": _versions(), "hardware": _hardware(), "executor": config.executor,
         "models": run.models or previous.get("models", {}),  # no model loaded: all shards were complete
         "fingerprint": run.fingerprint, "configurations": configurations(previous, run, possible, all_stats),
-        "runs": _history(previous, run, report, skipped, started),
+        "runs": _history(previous, run, report, skipped, started, all_stats),
         "prompt": {"id": template.id, "text": template.text, "sha256": template.sha256},
         "timings": {"wall_s": round(time.time() - started, 3), "startup_s": round(report.startup_s, 3), "stages_s": stage_time},
         "workers": report.workers,
