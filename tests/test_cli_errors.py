@@ -105,3 +105,22 @@ def test_a_model_folder_that_is_not_a_checkpoint(dry_out, tmp_path, capsys):
     assert "is not a transformers checkpoint (no config.json)" in error_of(capsys, args)
     (empty / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
     assert "transformers cannot load its processor" in error_of(capsys, args)
+
+
+def test_a_damaged_parquet_is_named_with_the_way_to_redo_it(tmp_path, capsys):
+    """A complete shard whose parquet was damaged (a disk fault, an edit): stats, trace and a rerun
+    ended in a pyarrow traceback; they name the file and the fix, and the fix works."""
+    make_shards(tmp_path / "in", n_shards=2, per_shard=4)
+    argv = ["run", PREVIEW, "--no-model", "--input", str(tmp_path / "in/*.tar"), "--output", str(tmp_path / "out"),
+            "--no-progress", "--no-report", "--set", "report.semantic=false"]
+    assert main(argv) == 0
+    parquet = tmp_path / "out/shards/000001.parquet"
+    parquet.write_bytes(parquet.read_bytes()[:100])
+    capsys.readouterr()
+    for command in (["stats", str(tmp_path / "out")], ["trace", str(tmp_path / "out"), "s00_0000"], argv):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"{parquet} cannot be read" in err and "remove" in err and "000001.stats.json" in err, command
+    (tmp_path / "out/shards/000001.stats.json").unlink()
+    assert main(argv) == 0
+    assert main(["stats", str(tmp_path / "out")]) == 0

@@ -202,10 +202,31 @@ class OutputDir:
         if not names:
             return pa.table({c: [] for c in columns + ["out_shard"]})
         files = [self.file(n, "parquet") for n in names]
-        dataset = pads.dataset(files, format="parquet", filesystem=self.fs)
-        table = dataset.to_table(columns=columns + ["__filename"], filter=filter_expr)
+        try:
+            dataset = pads.dataset(files, format="parquet", filesystem=self.fs)
+            table = dataset.to_table(columns=columns + ["__filename"], filter=filter_expr)
+        except (pa.ArrowInvalid, OSError) as exc:  # a damaged sidecar (a disk fault, an edit): name it
+            raise self.damaged(names, exc) from None
         out_shard = [f.rsplit("/", 1)[-1][: -len(SUFFIXES["parquet"])] for f in table.column("__filename").to_pylist()]
         return table.drop_columns(["__filename"]).append_column("out_shard", pa.array(out_shard, pa.string()))
+
+    def damaged(self, names: list[str], exc: Exception) -> "OutputError":
+        """The error for a complete shard whose parquet cannot be read: which one, and how to redo it."""
+        import pyarrow.parquet as pq
+
+        for name in names:
+            try:
+                with self.fs.open(self.file(name, "parquet"), "rb") as handle:
+                    pq.read_metadata(handle)
+            except (pa.ArrowInvalid, OSError) as bad:
+                exc = bad
+                break
+        else:
+            name = None
+        where = self.file(name, "parquet") if name else f"a parquet of {self.path}"
+        fix = (f"remove {self.file(name, 'stats')} and rerun the run's command to redo the shard" if name
+               else "rerun the run's command with --overwrite")
+        return OutputError(f"{where} cannot be read ({type(exc).__name__}: {exc}): {fix}")
 
     def iter_tar_samples(self, name: str) -> Iterator[dict]:
         """Samples of one output tar as {"__key__": key, ext: bytes}, streamed in tar order."""
