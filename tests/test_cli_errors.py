@@ -117,7 +117,8 @@ def test_a_damaged_parquet_is_named_with_the_way_to_redo_it(tmp_path, capsys):
     parquet = tmp_path / "out/shards/000001.parquet"
     parquet.write_bytes(parquet.read_bytes()[:100])
     capsys.readouterr()
-    for command in (["stats", str(tmp_path / "out")], ["trace", str(tmp_path / "out"), "s00_0000"], argv):
+    for command in (["stats", str(tmp_path / "out")], ["trace", str(tmp_path / "out"), "s00_0000"],
+                    ["report", str(tmp_path / "out"), "--no-semantic"], argv):
         assert main(command) == 2, command
         err = capsys.readouterr().err
         assert f"{parquet} cannot be read" in err and "remove" in err and "000001.stats.json" in err, command

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlm_aug.report.diversity import CaptionSetStats, RewriteStats, words
@@ -46,6 +47,7 @@ class RunData:
     counts: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)  # "status:reason" -> samples
     shards: list = field(default_factory=list)  # (name, inputs, kept)
+    read_errors: dict = field(default_factory=dict)  # shard -> why its input was not read to its end (stats)
     clip_orig: array = field(default_factory=lambda: array("d"))
     clip_rewrite: array = field(default_factory=lambda: array("d"))
     text_rows: int = 0
@@ -101,14 +103,21 @@ def collect(out: str, options: ReportOptions = ReportOptions()) -> RunData:
     fs = output.fs
     data = RunData(out=out, options=options, manifest=output.manifest() or None)
     for path in files:  # one file open at a time: a run may have thousands of shards
-        with fs.open(path, "rb") as handle:
-            data.total_rows += pq.read_metadata(handle).num_rows
+        try:
+            with fs.open(path, "rb") as handle:
+                data.total_rows += pq.read_metadata(handle).num_rows
+        except (pa.ArrowInvalid, OSError) as exc:  # a damaged sidecar: name it and the way to redo it
+            name = path.rsplit("/", 1)[-1][: -len(".parquet")]
+            raise output.damaged([name], exc) from None
     text_share = min(1.0, options.text_limit / max(data.total_rows, 1))
     picker = _Picker(options)
     for index, path in enumerate(files):
         name = path.rsplit("/", 1)[-1][: -len(".parquet")]
         with fs.open(path, "rb") as handle:
             _scan_file(data, picker, index, name, pq.ParquetFile(handle), text_share)
+        error = (output.shard_stats(name) or {}).get("read_error")
+        if error:  # an input not read to its end: what followed the fault is not in the output
+            data.read_errors[name] = error
     data.cards = _read_cards(output, files, picker.chosen())
     return data
 
@@ -127,6 +136,8 @@ def _scan_file(data: RunData, picker: _Picker, index: int, name: str, handle, te
 
 def _scan_row(data: RunData, picker: _Picker, where: tuple, name: str, r: dict, text_share: float) -> None:
     opts = data.options
+    if r.get("outcome") == "dry_run":  # a dry run's caption_rewrite is the original, copied: no rewrite
+        r["caption_rewrite"] = None
     data.counts[r["status"]] += 1
     if r["status"] == "kept" and r.get("orig_passed") is False:
         data.counts["corrected"] += 1
