@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from output_helpers import run_pipeline
+from output_helpers import REPO, run_pipeline
 from vlm_aug.cli import main
 from vlm_aug.output.query import stats
 from vlm_aug.shards.layout import OutputDir
@@ -104,3 +104,54 @@ def test_stats_fast_on_thousands_of_shards(out, tmp_path):
     print(f"stats over 2000 shards / 16000 rows: {elapsed:.2f} s")
     assert result["overall"]["counts"]["inputs"] == 16000 and len(result["per_shard"]) == 2000
     assert elapsed < 60, elapsed
+
+
+def test_training_caption_scores_of_repaired_samples_are_the_repaired_captions(tmp_path, capsys):
+    """Sentence repair on: the "training caption" figures count `scoring.clip_repaired` for a repaired
+    sample (the caption it trains on), not its original's cosine. The scene world's real models."""
+    from vlm_aug.lab.scenes.shards import write_scene_shards
+
+    write_scene_shards(tmp_path / "in", 1, 24, seed=123, wrong_fraction=0.2)
+    out = tmp_path / "out"
+    assert main(["run", str(REPO / "configs/demo.yaml"), "--input", str(tmp_path / "in/*.tar"), "--output", str(out),
+                 "--no-progress", "--no-report", "--executor", "local", "--set", "report.semantic=false",
+                 "--set", "policy.repair.drop_sentences_below=0.6"]) == 0
+    expected, repaired = [], 0
+    for r in rows(out):
+        if r["status"] != "kept":
+            continue
+        record = json.loads(r["provenance"])
+        if r["outcome"] == "repaired":
+            repaired += 1
+            expected.append(record["scoring"]["clip_repaired"])
+            assert record["scoring"]["clip_repaired"] != r["clip_orig"]
+        else:
+            expected.append(r["clip_rewrite"] if r["outcome"] == "rewrite" else r["clip_orig"])
+    assert repaired >= 1, "the fixture must repair a caption"
+    capsys.readouterr()
+    assert main(["stats", str(out), "--json", "--no-semantic"]) == 0
+    final = json.loads(capsys.readouterr().out)["overall"]["scores"]["clip_final"]
+    assert final["n"] == len(expected) and final["mean"] == pytest.approx(np.mean(expected), abs=1e-6)
+    assert final["quantiles"]["p0"] == pytest.approx(min(expected), abs=1e-6)
+    card_row = next(line for line in (out / "README.md").read_text().splitlines()
+                    if line.startswith("| training caption (kept) |"))
+    assert f"| {final['mean']} |" in card_row
+
+
+def test_trace_of_an_input_key_with_dots_names_the_written_key(tmp_path, capsys):
+    from helpers import image_bytes, sample_members, write_tar
+
+    write_tar(tmp_path / "in" / "000000.tar", sample_members("img.v2", "a red square", image_bytes())
+              + sample_members("plain", "a blue square", image_bytes(color=(0, 0, 200))))
+    out = tmp_path / "out"
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/000000.tar"),
+                 "--output", str(out), "--no-progress", "--no-model", "--no-report",
+                 "--set", "report.semantic=false"]) == 0
+    capsys.readouterr()
+    assert main(["trace", str(out), "img.v2"]) == 1
+    err = capsys.readouterr().err
+    assert "no sample with key 'img.v2'" in err and "dots in keys are written as '_'" in err
+    assert "sample 'img_v2' in shard 000000" in err and f"vlm-aug trace {out} img_v2 --shard 000000" in err
+    assert main(["trace", str(out), "img_v2"]) == 0
+    assert main(["trace", str(out), "other.key"]) == 1
+    assert "dots in keys are written as '_'" in capsys.readouterr().err

@@ -160,3 +160,79 @@ def test_no_embedder_is_a_note_not_a_failure(tmp_path, tiny_vlm_dir, tiny_clip_d
     assert "semantic figures skipped" in capsys.readouterr().err
     assert "not a directory" in json.loads((out / "manifest.json").read_text())["semantic"]["skipped"]
     assert "Not computed" in (out / "report.html").read_text()
+
+
+def _dry_run_with_semantic(inputs: list, out: Path, *extra: str) -> None:
+    """A dry run (no VLM, no CLIP) with the semantic figures on: the original captions are embedded."""
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", *map(str, inputs), "--output", str(out),
+                 "--no-progress", "--no-model", "--no-report", "--set", "report.semantic=true", *extra]) == 0
+
+
+def _caption_tar(path: Path, captions: dict) -> Path:
+    import skimage.data
+
+    members = []
+    for name, caption in captions.items():
+        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        members += [(f"{name}.jpg", buffer.getvalue()), (f"{name}.txt", caption.encode())]
+    return write_tar(path, members)
+
+
+def test_a_redone_shard_is_not_described_by_the_cached_figures(tmp_path):
+    """The same shard name and sample count, other captions: the cache must not answer for the new data."""
+    shard = _caption_tar(tmp_path / "in" / "000000.tar", PHOTOS)
+    out = tmp_path / "out"
+    _dry_run_with_semantic([shard], out)
+    first = json.loads((out / "semantic.json").read_text())["original"]["diversity"]["vendi"]
+    assert first > 2
+    _caption_tar(shard, {name: "a thing" for name in PHOTOS})  # same names, same count, one caption for all
+    _dry_run_with_semantic([shard], out)  # the input changed: the shard is redone
+    figures = json.loads((out / "semantic.json").read_text())
+    assert figures["original"]["diversity"]["vendi"] == pytest.approx(1.0, abs=1e-3)
+    assert json.loads((out / "manifest.json").read_text())["semantic"]["original"]["diversity"]["vendi"] == \
+        pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_same_image_in_two_shards_is_not_a_near_duplicate_of_other_images(tmp_path, capsys):
+    """Two shards holding the same photos (other keys' shards, same bytes): the semantic near-duplicates
+    count other images by the image's sha256, as the report's diversity table does; the card states the
+    redundant share's base (captions of two or more sentences)."""
+    captions = {name: f"{text} It was taken on a sunny afternoon." for name, text in PHOTOS.items()}
+    a = _caption_tar(tmp_path / "in" / "a.tar", captions)
+    b = tmp_path / "in" / "b.tar"
+    b.write_bytes(a.read_bytes())
+    out = tmp_path / "out"
+    _dry_run_with_semantic([a, b], out)
+    figures = json.loads((out / "semantic.json").read_text())
+    assert figures["original"]["n"] == 2 * len(PHOTOS)
+    assert figures["original"]["near_duplicates"]["pairs"] == 0 and figures["original"]["near_duplicates"]["captions"] == 0
+    assert figures["training"]["near_duplicates"]["share"] == 0
+    assert figures["rewrite"]["n"] == 0  # a dry run has no rewrites (caption_rewrite is the original, copied)
+    body = (out / "README.md").read_text()
+    assert "| redundant (of multi-sentence captions) |" in body
+    redundant = figures["original"]["redundancy"]
+    assert redundant["captions_with_sentences"] == 2 * len(PHOTOS)
+    assert f"| {redundant['redundant']} of {2 * len(PHOTOS)} (" in body
+
+
+@pytest.mark.parametrize("kind", ["not_a_tar", "cut_tar", "latin1_txt"])
+def test_an_unreadable_reference_is_an_error_naming_it(tmp_path, capsys, kind):
+    shard = _caption_tar(tmp_path / "in" / "000000.tar", dict(list(PHOTOS.items())[:3]))
+    out = tmp_path / "out"
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(shard), "--output", str(out),
+                 "--no-progress", "--no-model", "--no-report", "--set", "report.semantic=false"]) == 0
+    reference = {"not_a_tar": tmp_path / "ref.tar", "cut_tar": tmp_path / "cut.tar", "latin1_txt": tmp_path / "ref.txt"}[kind]
+    if kind == "not_a_tar":
+        reference.write_bytes(b"hello, not a tar\n" * 40)
+    elif kind == "cut_tar":
+        data = shard.read_bytes()
+        reference.write_bytes(data[: len(data) // 2])
+    else:
+        reference.write_bytes("une légende\n".encode("latin-1"))
+    for command in (["stats", str(out), "--no-per-shard"], ["report", str(out)]):
+        capsys.readouterr()
+        assert main([*command, "--reference", str(reference)]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("error: reference ") and reference.name in err and "Traceback" not in err

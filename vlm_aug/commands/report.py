@@ -65,8 +65,14 @@ def cmd_report(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from vlm_aug.output.semantic import ReferenceUnreadable
+
     register_lab_sections()
     start = time.perf_counter()
-    path = write_report(args.out, options, args.html)
+    try:
+        path = write_report(args.out, options, args.html)
+    except ReferenceUnreadable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from vlm_aug.output.query import SCORES
 
@@ -95,9 +96,15 @@ def cmd_stats(args) -> int:
     from vlm_aug.output.query import differing_settings, stats
     from vlm_aug.shards.layout import OutputDir
 
+    from vlm_aug.output.semantic import ReferenceUnreadable
+
     result = stats(OutputDir(args.output), per_shard=not args.no_per_shard)
     if not args.no_semantic:
-        result["semantic"] = semantic_of(args.output, args.reference)
+        try:
+            result["semantic"] = semantic_of(args.output, args.reference)
+        except ReferenceUnreadable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(result, indent=1))
         return 0

@@ -42,6 +42,20 @@ def format_record(record: dict, prompt: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _input_key_hint(out, key: str, shard: str | None) -> str:
+    """When `key` is an input key written otherwise (dots in a key are written as '_'): the sample's key."""
+    import pyarrow.dataset as pads
+
+    found = out.table(["key"], filter_expr=pads.field("source_key") == key, shards=[shard] if shard else None)
+    written = sorted({(row["key"], row["out_shard"]) for row in found.to_pylist()})
+    if written:
+        return ("; dots in keys are written as '_': input key " + repr(key) + " is " + ", ".join(
+            f"sample {k!r} in shard {s} (vlm-aug trace {out.path} {k} --shard {s})" for k, s in written))
+    if "." in key.rsplit("/", 1)[-1]:
+        return "; dots in keys are written as '_' (an input key a.b is the sample a_b)"
+    return ""
+
+
 def cmd_trace(args) -> int:
     from vlm_aug.output.query import trace
     from vlm_aug.shards.layout import OutputDir
@@ -57,8 +71,8 @@ def cmd_trace(args) -> int:
     if not records:
         where = f"shard {args.shard}" if args.shard else f"any of the {len(names)} complete shard(s)"
         print(f"error: no sample with key {args.key!r} in {where} of {args.output}; "
-              "keys are the file stems in the tars (KEY.jpg) and the `key` column of shards/*.parquet",
-              file=sys.stderr)
+              "keys are the file stems in the tars (KEY.jpg) and the `key` column of shards/*.parquet"
+              + _input_key_hint(out, args.key, args.shard), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(records, indent=1, ensure_ascii=False))

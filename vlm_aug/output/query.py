@@ -28,12 +28,32 @@ def trace(out: OutputDir, key: str, shard: Optional[str] = None) -> list[dict]:
     return found
 
 
-def _final_score(table: pa.Table) -> pa.Array:
-    """The CLIP cosine of the caption a kept sample trains on (null unless kept)."""
+def repaired_scores(out: OutputDir, names: list[str]) -> dict[tuple[str, str], Optional[float]]:
+    """(out_shard, key) -> `scoring.clip_repaired`, the cosine of the repaired caption a sample with
+    outcome `repaired` trains on. Not a parquet column: read from the provenance of those rows only."""
+    if not names:
+        return {}
+    table = out.table(["key", "provenance"], filter_expr=pads.field("outcome") == "repaired", shards=names)
+    return {(row["out_shard"], row["key"]): (json.loads(row["provenance"]).get("scoring") or {}).get("clip_repaired")
+            for row in table.to_pylist()}
+
+
+def _final_score(table: pa.Table, repaired: Optional[dict] = None) -> pa.Array:
+    """The CLIP cosine of the caption a kept sample trains on (null unless kept): the rewrite's, the
+    original's, or for outcome `repaired` the repaired caption's (`repaired`: from `repaired_scores`)."""
     kept = pc.equal(table["status"], "kept")
     uses_rewrite = pc.equal(table["outcome"], "rewrite")
     final = pc.if_else(uses_rewrite, table["clip_rewrite"], table["clip_orig"])
+    is_repaired = pc.fill_null(pc.equal(table["outcome"], "repaired"), False)
+    if pc.any(is_repaired).as_py():
+        rows = table.filter(is_repaired).select(["out_shard", "key"]).to_pylist()
+        values = pa.array([(repaired or {}).get((r["out_shard"], r["key"])) for r in rows], pa.float64())
+        final = pc.replace_with_mask(_whole(final), _whole(is_repaired), values)
     return pc.if_else(kept, final, pa.scalar(None, pa.float64()))
+
+
+def _whole(values):
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _distribution(values: pa.ChunkedArray | pa.Array) -> dict:
@@ -89,13 +109,19 @@ def differing_settings(configs: dict) -> list[str]:
     return [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in known}) > 1]
 
 
-def stats(out: OutputDir, per_shard: bool = True) -> dict:
-    """Counts by status and reason and CLIP score distributions, overall and per shard."""
-    columns = ["status", "reason", "outcome", "clip_orig", "clip_rewrite"]
+def stats(out: OutputDir, per_shard: bool = True, shard_stats: Optional[list[dict]] = None) -> dict:
+    """Counts by status and reason and CLIP score distributions, overall and per shard. `shard_stats`:
+    a list to fill with the stats of the shards counted (for a caller that describes each shard)."""
+    columns = ["key", "status", "reason", "outcome", "clip_orig", "clip_rewrite"]
     names = out.complete_names()  # one listing: the rows, the stats and the count are of the same shards
     table = out.table(columns, shards=names)
-    table = table.append_column("clip_final", _final_score(table))
     all_stats = [s for s in (out.shard_stats(n) for n in names) if s is not None]
+    if shard_stats is not None:
+        shard_stats.extend(all_stats)
+    # sentence repair: only the shards with repaired rows have their provenance read (those rows only)
+    repaired_rows = table.filter(pc.fill_null(pc.equal(table["outcome"], "repaired"), False))
+    with_repairs = sorted(set(repaired_rows["out_shard"].to_pylist()))
+    table = table.append_column("clip_final", _final_score(table, repaired_scores(out, with_repairs)))
     result = {"output": out.path, "shards": len(names), "overall": _summary(table),
               "configurations": configurations(out, all_stats)}
     guards: dict = {}

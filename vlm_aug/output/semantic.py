@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import random
 import sys
 import tarfile
 import time
+import zlib
 from typing import Callable, Optional
 
 import numpy as np
@@ -60,8 +62,12 @@ def diversity(emb: np.ndarray) -> dict:
             "distinct_meanings": round(meanings, 2), "mean_cosine": round(mean_cos, 4)}
 
 
-def near_duplicates(emb: np.ndarray, texts: list[str], ids: list, threshold: float, block: int = 2048) -> dict:
-    """Pairs of different images at cosine >= threshold, and their clusters (union-find)."""
+def near_duplicates(emb: np.ndarray, texts: list[str], ids: list, threshold: float, block: int = 2048,
+                    labels: Optional[list] = None) -> dict:
+    """Pairs of different images (`ids`: an image's identity, the same for the same image under two keys
+    or shards) at cosine >= threshold, and their clusters (union-find); examples name each caption by
+    its `labels` entry (default: its id)."""
+    labels = ids if labels is None else labels
     n = len(emb)
     parent = list(range(n))
 
@@ -88,7 +94,7 @@ def near_duplicates(emb: np.ndarray, texts: list[str], ids: list, threshold: flo
     involved = sum(len(g) for g in groups)
     return {"threshold": threshold, "pairs": pairs, "captions": involved, "share": round(involved / n, 4) if n else None,
             "clusters": len(groups),
-            "examples": [{"size": len(g), "captions": [{"id": ids[i], "text": texts[i]} for i in g[:4]]}
+            "examples": [{"size": len(g), "captions": [{"id": labels[i], "text": texts[i]} for i in g[:4]]}
                          for g in groups[:EXAMPLES]]}
 
 
@@ -142,63 +148,93 @@ def pca_map(sets: dict[str, np.ndarray], seed: int = 0) -> dict:
 
 
 # ---- caption sets of an output, and the reference ------------------------------------------
-def caption_sets(out: OutputDir, sample: int, seed: int) -> tuple[dict[str, tuple[list[str], list]], dict]:
-    """{set: (texts, image ids)} from a seeded sample of at most `sample` rows; and the totals."""
-    table = out.table(["key", "status", "caption", "caption_orig", "caption_rewrite"])
+def caption_sets(out: OutputDir, sample: int, seed: int) -> tuple[dict[str, tuple[list[str], list, list]], dict]:
+    """{set: (texts, image ids, labels)} from a seeded sample of at most `sample` rows; and the totals.
+    An image's id is its sha256 (`source.image_sha256`, as the report's diversity table counts images), so
+    the same image under two keys or in two shards is one image; a row without one (no readable image)
+    stands for itself. A label names the row: `OUT_SHARD/KEY`. A dry run's rows have no rewrite."""
+    table = out.table(["key", "status", "outcome", "caption", "caption_orig", "caption_rewrite", "image_sha256"])
     rows = table.to_pylist()
+    for r in rows:  # a dry run's caption_rewrite is the original, copied: no rewrite
+        if r["outcome"] == "dry_run":
+            r["caption_rewrite"] = None
     totals = {"rows": len(rows), "original": sum(bool(r["caption_orig"]) for r in rows),
               "rewrite": sum(bool(r["caption_rewrite"]) for r in rows),
               "training": sum(r["status"] == "kept" and bool(r["caption"]) for r in rows)}
     if len(rows) > sample:
         rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), sample))]
-    sets: dict[str, tuple[list[str], list]] = {name: ([], []) for name in SETS}
+    sets: dict[str, tuple[list[str], list, list]] = {name: ([], [], []) for name in SETS}
     for r in rows:
-        image = f"{r['out_shard']}/{r['key']}"
+        label = f"{r['out_shard']}/{r['key']}"
+        image = f"sha256:{r['image_sha256']}" if r["image_sha256"] else label
         for name, text in (("original", r["caption_orig"]), ("rewrite", r["caption_rewrite"]),
                            ("training", r["caption"] if r["status"] == "kept" else None)):
             if text:
                 sets[name][0].append(text)
                 sets[name][1].append(image)
+                sets[name][2].append(label)
     return sets, totals
+
+
+class ReferenceUnreadable(ValueError):
+    """A reference file (--reference, report.reference) that cannot be read; the message names it."""
 
 
 def read_reference(patterns: list[str], limit: int, seed: int, caption_ext: str = "txt") -> tuple[list[str], int]:
     """Captions of reference shards (their KEY.txt members; never used as paths) or of .txt files
-    (one caption per line) -> (a seeded sample of at most `limit`, how many there were)."""
+    (one caption per line) -> (a seeded sample of at most `limit`, how many there were). A file that is
+    not a readable tar, or a .txt that is not UTF-8, raises ReferenceUnreadable naming it."""
     import fsspec
 
     from vlm_aug.shards.read import expand_inputs
 
     texts: list[str] = []
     for url in expand_inputs(patterns) if patterns else []:
-        with fsspec.open(url, "rb") as handle:
-            if url.endswith(".txt"):
-                texts += [line.strip() for line in handle.read().decode("utf-8").splitlines() if line.strip()]
-                continue
-            with tarfile.open(fileobj=handle, mode="r|*") as tar:
-                for member in tar:
-                    if member.isfile() and member.name.rsplit("/", 1)[-1].partition(".")[2] == caption_ext:
-                        text = tar.extractfile(member).read().decode("utf-8", errors="replace").strip()
-                        if text:
-                            texts.append(text)
+        try:
+            texts += _reference_captions(fsspec, url, caption_ext)
+        except FileNotFoundError:
+            raise
+        except UnicodeDecodeError as exc:
+            raise ReferenceUnreadable(f"reference {url} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                                      f"offset {exc.start}): a .txt reference holds one UTF-8 caption per "
+                                      "line") from None
+        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
+            raise ReferenceUnreadable(f"reference {url} could not be read ({type(exc).__name__}: {exc}): give "
+                                      "WebDataset shards (KEY.txt members) or .txt files, one caption per "
+                                      "line") from None
     total = len(texts)
     if total > limit:
         texts = [texts[i] for i in sorted(random.Random(seed).sample(range(total), limit))]
     return texts, total
 
 
+def _reference_captions(fsspec, url: str, caption_ext: str) -> list[str]:
+    texts: list[str] = []
+    with fsspec.open(url, "rb") as handle:
+        if url.endswith(".txt"):
+            return [line.strip() for line in handle.read().decode("utf-8").splitlines() if line.strip()]
+        with tarfile.open(fileobj=handle, mode="r|*") as tar:
+            for member in tar:
+                if member.isfile() and member.name.rsplit("/", 1)[-1].partition(".")[2] == caption_ext:
+                    text = tar.extractfile(member).read().decode("utf-8", errors="replace").strip()
+                    if text:
+                        texts.append(text)
+    return texts
+
+
 # ---- all figures of several sets ------------------------------------------------------------
-def set_figures(embedder, sets: dict[str, tuple[list[str], list]], reference: Optional[list[str]], settings: dict,
+def set_figures(embedder, sets: dict[str, tuple], reference: Optional[list[str]], settings: dict,
                 progress: Optional[Callable[[str, int, int], None]] = None) -> dict:
     """The `semantic` object: one entry per caption set (and `reference`), each with n, diversity,
-    near_duplicates, redundancy and, with a reference, alignment."""
+    near_duplicates, redundancy and, with a reference, alignment. `sets`: name -> (texts, image ids)
+    or (texts, image ids, labels) (see `near_duplicates`)."""
     seed = settings.get("seed", 0)
     all_sets = dict(sets)
     if reference:
         all_sets["reference"] = (reference, list(range(len(reference))))
     embedded: dict[str, np.ndarray] = {}
     result: dict = {}
-    for name, (texts, ids) in all_sets.items():
+    for name, (texts, ids, *labels) in all_sets.items():
         if progress:
             progress(name, 0, len(texts))
         emb = embedder.encode(texts) if texts else np.zeros((0, embedder.identity.dim), np.float32)
@@ -211,7 +247,8 @@ def set_figures(embedder, sets: dict[str, tuple[list[str], list]], reference: Op
             at += len(group)
         embedded[name] = emb
         result[name] = {"n": len(texts), "diversity": diversity(emb),
-                        "near_duplicates": near_duplicates(emb, texts, ids, settings["near_duplicate_cosine"]),
+                        "near_duplicates": near_duplicates(emb, texts, ids, settings["near_duplicate_cosine"],
+                                                           labels=labels[0] if labels else None),
                         "redundancy": redundancy(per_caption, texts, settings["redundant_sentence_cosine"])}
         if progress:
             progress(name, len(texts), len(texts))
@@ -224,7 +261,10 @@ def set_figures(embedder, sets: dict[str, tuple[list[str], list]], reference: Op
 
 
 def _cache_key(out: OutputDir, settings: dict, identity: dict, reference: list[str]) -> str:
-    shards = sorted((s["shard"], s.get("fingerprint"), s["counts"]["inputs"]) for s in out.all_stats())
+    """Changes whenever a shard's content can: each shard by name, the run that wrote it, its settings,
+    the identity of the input it read (size, mtime) and its counts; a redone shard has a new run id."""
+    shards = sorted([s["shard"], s.get("run_id"), s.get("fingerprint"), s.get("input"), s.get("counts")]
+                    for s in out.all_stats())
     text = json.dumps([shards, settings, identity, reference], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -245,10 +285,11 @@ def compute(out_path: str, report_cfg, reference: Optional[list[str]] = None, us
     if cached and cached.get("cache_key") == key:
         return cached
     start = time.perf_counter()
+    # the reference first: an unreadable one (ReferenceUnreadable) fails before the embedder loads
+    ref_texts, ref_total = read_reference(reference, settings["sample"], settings["seed"]) if reference else ([], 0)
     embedder = TextEmbedder(report_cfg.text_embedder)
     sets, totals = caption_sets(out, settings["sample"], settings["seed"])
-    ref_texts, ref_total = read_reference(reference, settings["sample"], settings["seed"]) if reference else ([], 0)
-    bar = _progress_bar(sum(len(t) for t, _ in sets.values()) + len(ref_texts)) if progress else None
+    bar = _progress_bar(sum(len(entry[0]) for entry in sets.values()) + len(ref_texts)) if progress else None
     figures = set_figures(embedder, sets, ref_texts or None, settings,
                           (lambda name, done, n: bar.update(done) if done else bar.set_postfix_str(name)) if bar else None)
     if bar:
@@ -281,7 +322,10 @@ def summary(figures: dict) -> dict:
         f = figures[name]
         out[name] = {"n": f["n"], "diversity": f["diversity"],
                      "near_duplicate_share": f["near_duplicates"]["share"],
-                     "redundant_share": f["redundancy"]["share"]}
+                     "redundant_share": f["redundancy"]["share"],
+                     # the share's base: captions of two or more sentences, and how many of them are redundant
+                     "redundant": f["redundancy"]["redundant"],
+                     "multi_sentence": f["redundancy"]["captions_with_sentences"]}
         if "alignment" in f:
             out[name]["alignment"] = {k: f["alignment"][k] for k in ("mauve", "frechet")}
     out["embedder"] = figures.get("embedder")

@@ -34,24 +34,56 @@ def _tile(value: str, label: str, cls: str = "") -> str:
     return f'<div class="tile {cls}"><div class="v">{value}</div><div class="l">{escape(label)}</div></div>'
 
 
+def dry_run_shards(manifest: dict) -> tuple[int, int]:
+    """-> (shards made by a dry run, shards), from the manifest's configurations present (else its config)."""
+    configs = {fp: c for fp, c in (manifest.get("configurations") or {}).items() if c.get("shards")}
+    if not configs:
+        return (1, 1) if (manifest.get("config") or {}).get("dry_run") else (0, 1)
+    dry = sum(c["shards"] for c in configs.values() if (c.get("settings") or {}).get("dry_run"))
+    return dry, sum(c["shards"] for c in configs.values())
+
+
+def read_errors_note(read_errors: dict, shown: int = 10) -> str:
+    """The input shards not read to their end, each with why (each shard's stats: read_error)."""
+    if not read_errors:
+        return ""
+    items = "".join(f"<li><code>{escape(name)}</code>: {escape(str(error)[:200])}</li>"
+                    for name, error in list(read_errors.items())[:shown])
+    more = f"<li>… and {len(read_errors) - shown:,} more (<code>vlm-aug stats</code>)</li>" if len(read_errors) > shown else ""
+    return (f'<div class="note warn" id="read-errors"><strong>{len(read_errors):,} input shard(s) could not be read '
+            "to their end</strong> (not a tar, an empty file, cut short): the samples before the fault are in the "
+            f"output, what followed it is not.<ul>{items}{more}</ul></div>")
+
+
 def summary_section(data: RunData) -> str:
     m = data.manifest or {}
+    dry, shards = dry_run_shards(m)
+    all_dry = bool(m) and dry == shards
     tiles = [_tile(f"{data.total_rows:,}", "samples")]
     tiles += [_tile(f"{data.counts.get(s, 0):,}", s, s) for s in STATUSES]
-    tiles.append(_tile(f"{data.counts.get('corrected', 0):,}", "kept, original judged wrong by CLIP"))
+    if not all_dry:
+        tiles.append(_tile(f"{data.counts.get('corrected', 0):,}", "kept, original judged wrong by CLIP"))
     if data.counts.get("repaired"):
         tiles.append(_tile(f"{data.counts['repaired']:,}", "kept, repaired (sentences dropped)"))
-    tiles += [_tile(_fmt("{:.3f}", _mean(data.clip_orig)), "mean CLIP cosine, original"),
-              _tile(_fmt("{:.3f}", _mean(data.clip_rewrite)), "mean CLIP cosine, rewrite")]
+    if not all_dry:
+        tiles += [_tile(_fmt("{:.3f}", _mean(data.clip_orig)), "mean CLIP cosine, original"),
+                  _tile(_fmt("{:.3f}", _mean(data.clip_rewrite)), "mean CLIP cosine, rewrite")]
     wall = (m.get("timings") or {}).get("wall_s")
     if wall:
         tiles.append(_tile(f"{wall:,.1f} s", "wall time of the last run"))
     models = m.get("models") or {}
     policy = ((m.get("config") or {}).get("policy")) or {}
-    facts = [f"VLM <code>{escape(str((models.get('rewrite') or {}).get('model', '?')))}</code>",
-             f"CLIP <code>{escape(str((models.get('score') or {}).get('model', '?')))}</code>",
-             f"prompt <code>{escape(str((m.get('prompt') or {}).get('id', '?')))}</code>",
-             f"policy <code>{escape(str(policy.get('name', '?')))}</code>"]
+    if all_dry:
+        facts = ["<strong>a dry run</strong>: every readable sample kept with its original caption; no VLM "
+                 "rewrote, no CLIP scored and no policy filtered anything"]
+    else:
+        facts = [f"VLM <code>{escape(str((models.get('rewrite') or {}).get('model', '?')))}</code>",
+                 f"CLIP <code>{escape(str((models.get('score') or {}).get('model', '?')))}</code>",
+                 f"prompt <code>{escape(str((m.get('prompt') or {}).get('id', '?')))}</code>",
+                 f"policy <code>{escape(str(policy.get('name', '?')))}</code>"]
+        if dry:
+            facts.append(f"<strong>{dry:,} of {shards:,} shard(s) made by a dry run</strong> (original captions, "
+                         "no model, no policy)")
     guards = ((m.get("totals") or {}).get("guards")) or {}
     if guards:
         facts.append("text guards " + ", ".join(f"<code>{escape(k)}</code> {n:,}" for k, n in guards.items()))
@@ -62,14 +94,18 @@ def summary_section(data: RunData) -> str:
             for fp, c in configs.items()) + "; see the card)")
     missing = "" if data.manifest else '<p class="note">manifest.json is missing: model and timing facts unknown.</p>'
     return (f'<section id="summary"><h2>Summary</h2><div class="tiles">{"".join(tiles)}</div>'
-            f'<p class="note">{" · ".join(facts)}</p>{missing}</section>')
+            f'<p class="note">{" · ".join(facts)}</p>{read_errors_note(data.read_errors)}{missing}</section>')
 
 
-def plots_section(plots: dict[str, str]) -> str:
+def plots_section(plots: dict[str, str], data: Optional[RunData] = None) -> str:
     titles = {"cosine": "CLIP cosine, originals vs rewrites", "length": "caption length in words, before/after",
               "kept": "kept fraction per shard", "reasons": "reasons"}
     images = "".join(f'<img id="plot-{k}" src="{uri}" alt="{escape(titles[k])}">' for k, uri in plots.items())
-    return f'<section id="plots"><h2>Plots</h2><div class="plots">{images}</div></section>'
+    empty = [name for name, inputs, _ in (data.shards if data else []) if not inputs]
+    note = (f'<p class="note" id="empty-shards">Kept fraction per shard leaves out {len(empty):,} shard(s) with no '
+            "input sample (their input could not be read): " + ", ".join(f"<code>{escape(n)}</code>" for n in empty[:20])
+            + (" …" if len(empty) > 20 else "") + ".</p>") if empty else ""
+    return f'<section id="plots"><h2>Plots</h2><div class="plots">{images}</div>{note}</section>'
 
 
 def diversity_section(data: RunData) -> str:
@@ -133,7 +169,7 @@ def render_page(data: RunData, plots: dict[str, str], low: Optional[float], sema
 made {made}</div></header><main>
 {summary_section(data)}
 {registered_sections(data.out)}
-{plots_section(plots)}
+{plots_section(plots, data)}
 {diversity_section(data)}
 {semantic}
 {gallery_section(data, low)}

@@ -56,12 +56,14 @@ def histogram_pair(before, after, title: str, xlabel: str, labels=("original", "
 
 
 def kept_per_shard(shards: list[tuple[str, int, int]]) -> str:
-    """Kept fraction per shard: bars while readable, a line for many shards."""
+    """Kept fraction per shard: bars while readable, a line for many shards. A shard with no input sample
+    (its input could not be read) has no fraction: it is left out (the page names such shards)."""
     fig, ax = _figure()
+    shards = [s for s in shards if s[1]]
     if not shards:
-        _empty(ax, "no shards")
+        _empty(ax, "no shard with input samples")
     else:
-        fractions = [kept / inputs if inputs else 0.0 for _, inputs, kept in shards]
+        fractions = [kept / inputs for _, inputs, kept in shards]
         positions = range(len(shards))
         if len(shards) <= 40:
             bars = ax.bar(positions, fractions, color=KEPT)
