@@ -137,3 +137,19 @@ def test_mixed_output_croissant_validates_and_reads_every_row(mixed):
     mlc = pytest.importorskip("mlcroissant")
     records = list(mlc.Dataset(str(mixed / "croissant.json")).records("samples"))  # raises on validation errors
     assert len(records) == 12
+
+
+def test_failed_input_shards_are_in_stats_and_the_card(tmp_path, capsys):
+    """An input shard the run failed (here a folder named like a shard: reading it fails) has none of
+    its samples in the output: `stats` and the card say which and why, as the manifest does."""
+    make_shards(tmp_path / "in", n_shards=1, per_shard=4)
+    (tmp_path / "in/000001.tar").mkdir()
+    argv = ["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/*.tar"), "--output",
+            str(tmp_path / "out"), "--no-progress", "--no-report", "--no-model", "--set", "report.semantic=false"]
+    assert main(argv) == 1
+    capsys.readouterr()
+    assert main(["stats", str(tmp_path / "out"), "--no-semantic", "--no-per-shard"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 input shard(s) failed in the last run" in printed and "000001.tar" in printed
+    _, body = card(tmp_path / "out")
+    assert "Failed: 1 input shard(s)" in body and "in/000001.tar" in body

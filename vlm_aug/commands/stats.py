@@ -92,6 +92,18 @@ def read_error_lines(read_errors: dict, shown: int = 10) -> list[str]:
     return lines
 
 
+def failed_input_lines(failed: dict, shown: int = 10) -> list[str]:
+    """The input shards the last run failed, absent from the output, with why."""
+    if not failed:
+        return []
+    lines = [f"  {len(failed)} input shard(s) failed in the last run and are not in the output (rerun the run's "
+             "command to retry them):"]
+    lines += [f"    {url}: {error[:200]}" for url, error in list(failed.items())[:shown]]
+    if len(failed) > shown:
+        lines.append(f"    ... and {len(failed) - shown} more (manifest.json: shards.failed)")
+    return lines
+
+
 def cmd_stats(args) -> int:
     from vlm_aug.output.query import differing_settings, stats
     from vlm_aug.shards.layout import OutputDir
@@ -115,6 +127,7 @@ def cmd_stats(args) -> int:
         lines += [f"    {fp[:12]}: {c['shards']} shard(s), {c['inputs']} inputs, {c['kept']} kept"
                   for fp, c in configs.items()]
     lines += read_error_lines(result["read_errors"])
+    lines += failed_input_lines(result["failed_inputs"])
     lines += format_semantic(result.get("semantic"))
     for name, summary in result.get("per_shard", {}).items():
         lines += [""] + format_summary(f"shard {name}", summary)

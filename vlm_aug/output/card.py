@@ -16,7 +16,7 @@ import yaml
 
 from vlm_aug.formats import ORIG_CAPTION_EXT
 from vlm_aug.output.croissant import croissant
-from vlm_aug.output.query import differing_settings, stats
+from vlm_aug.output.query import differing_settings, failed_inputs, stats
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.read import public_name, shard_name
 
@@ -296,6 +296,15 @@ def _intro(manifest: dict, summary: dict, shards: dict, sources: list[str], read
                            for name, error in list(read_errors.items())[:SHOWN]])]
         if len(read_errors) > SHOWN:
             lines += ["", f"... and {len(read_errors) - SHOWN} more."]
+        lines.append("")
+    failed = failed_inputs(manifest, set(shards["inputs"]))
+    if failed:
+        lines += [f"Failed: {len(failed)} input shard(s) failed in the last run and none of their samples are in "
+                  "this dataset (`manifest.json`, `shards.failed`; rerunning the run's command retries them).", "",
+                  *_table(["input", "error"], [[f"`{public_name(url)}`", _clean(error)]
+                                               for url, error in list(failed.items())[:SHOWN]])]
+        if len(failed) > SHOWN:
+            lines += ["", f"... and {len(failed) - SHOWN} more."]
         lines.append("")
     return lines
 

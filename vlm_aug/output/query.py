@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from vlm_aug.shards.layout import OutputDir
+from vlm_aug.shards.read import shard_name
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 SCORES = ("clip_orig", "clip_rewrite", "clip_final")  # before, after, and what training sees
@@ -109,6 +110,14 @@ def differing_settings(configs: dict) -> list[str]:
     return [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in known}) > 1]
 
 
+def failed_inputs(manifest: dict, complete: set[str]) -> dict[str, str]:
+    """Input URL -> error of the shards the last run failed (the manifest's `shards.failed`) that are not
+    in the output now: their samples are nowhere in it."""
+    failed = (manifest.get("shards") or {}).get("failed") or []
+    return {f["url"]: f.get("error") or "" for f in failed
+            if isinstance(f, dict) and f.get("url") and shard_name(f["url"]) not in complete}
+
+
 def stats(out: OutputDir, per_shard: bool = True, shard_stats: Optional[list[dict]] = None) -> dict:
     """Counts by status and reason and CLIP score distributions, overall and per shard. `shard_stats`:
     a list to fill with the stats of the shards counted (for a caller that describes each shard)."""
@@ -131,6 +140,7 @@ def stats(out: OutputDir, per_shard: bool = True, shard_stats: Optional[list[dic
     result["overall"]["guards"] = dict(sorted(guards.items()))
     # input shards not read to their end (not a tar, empty file, cut short): what followed the fault is not here
     result["read_errors"] = {s["shard"]: s["read_error"] for s in all_stats if s.get("read_error")}
+    result["failed_inputs"] = failed_inputs(out.manifest(), set(names))
     if per_shard:
         order = pc.sort_indices(table, [("out_shard", "ascending")])
         table = table.take(order)
