@@ -105,3 +105,30 @@ def test_unreachable_address_fails_in_seconds(tmp_path, tiny_vlm_dir, tiny_clip_
     assert code == 2 and time.monotonic() - start < 15
     err = capsys.readouterr().err
     assert f"no Ray cluster answers at {dead!r}" in err and "ray start --head" in err
+
+
+def test_an_address_that_is_not_ray_fails_in_seconds(tmp_path, tiny_vlm_dir, tiny_clip_dir, capsys, monkeypatch):
+    """Ray retried for minutes on a port where another service listens (the dashboard's 8265 given by
+    mistake), on `auto` naming a cluster that is gone, and raised a traceback on an address without a
+    port: each is a clear error in seconds, before any model loads."""
+    import http.server
+    import threading
+
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    dead = f"127.0.0.1:{free_port()}"
+    cases = {f"127.0.0.1:{web.server_address[1]}": "answers, but not as Ray", "nonsense": "is not HOST:PORT",
+             "auto": "no Ray cluster answers at 'auto'"}
+    try:
+        for address, said in cases.items():
+            monkeypatch.setenv("RAY_ADDRESS", dead)  # what `auto` finds: a cluster that is gone
+            start = time.monotonic()
+            code = main(["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/*.tar"),
+                         "--output", str(tmp_path / "out"), "--no-progress", *tiny_args(tiny_vlm_dir, tiny_clip_dir),
+                         "--executor", "ray", "--ray-address", address])
+            err = capsys.readouterr().err
+            assert code == 2 and time.monotonic() - start < 15, (address, err[-2000:])
+            assert said in err and "Traceback" not in err, (address, err[-2000:])
+    finally:
+        web.shutdown()

@@ -36,21 +36,59 @@ class PoolPlan:
                 f"{self.torch_threads} torch thread(s))")
 
 
-def _probe(address: str, timeout: float) -> None:
-    """Ray waits minutes on an address where nothing listens; a TCP probe answers in seconds."""
-    if address in ("auto", "local"):
-        return
-    target = address.split("://", 1)[-1]
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        return
+# An HTTP/2 client's first bytes: the connection preface and an empty SETTINGS frame. Ray's GCS (and
+# the Ray Client server of ray:// addresses) are gRPC servers, which answer with a SETTINGS frame.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+H2_SETTINGS = 0x04
+WAY_ON = ("Start one (`ray start --head`), fix --ray-address / RAY_ADDRESS, or leave both unset to run on an "
+          "embedded local instance")
+
+
+def _resolve(address: str) -> str | None:
+    """`auto`: the cluster Ray itself would pick (RAY_ADDRESS, else the last `ray start` on this machine,
+    which may be gone); None when Ray finds none (it says so itself) or cannot tell."""
+    if address != "auto":
+        return address
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        from ray._private.services import canonicalize_bootstrap_address
+        return canonicalize_bootstrap_address("auto")
+    except Exception:  # a private helper: when it moves, Ray's own connect speaks for itself
+        return None
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Ray waits minutes, retrying, on an address where nothing listens or where another service does (the
+    dashboard's 8265, a stale `auto`); this answers in seconds: a TCP connection, then an HTTP/2 greeting
+    that a gRPC server (the GCS, the Ray Client server) answers in kind."""
+    if address == "local":
+        return
+    target = _resolve(address)
+    if target is None:
+        return
+    host, _, port = target.split("://", 1)[-1].rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"ray.address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001 or "
+                             f"auto. {WAY_ON}")
+    said = f"{address!r}" + (f" (auto: {target}, from RAY_ADDRESS or the last `ray start` here)" if address == "auto" else "")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except socket.timeout:
+        head = b""
     except OSError as exc:
-        raise RayUnavailable(
-            f"no Ray cluster answers at {address!r} ({exc}). Start one (`ray start --head`), fix "
-            "--ray-address / RAY_ADDRESS, or leave both unset to run on an embedded local instance"
-        ) from None
+        raise RayUnavailable(f"no Ray cluster answers at {said} ({exc}). {WAY_ON}") from None
+    if len(head) < 9 or head[3] != H2_SETTINGS:
+        raise RayUnavailable(f"{said} answers, but not as Ray: Ray's GCS port (6379 by default) and its Ray Client "
+                             f"port (ray://, 10001) speak gRPC; is it another service's port (the dashboard is "
+                             f"8265)? {WAY_ON}")
 
 
 def quiet_token_auth(cfg: RayConfig) -> None:
@@ -71,7 +109,7 @@ def connect(cfg: RayConfig) -> tuple[bool, bool]:
         return False, False
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        _probe(address, min(cfg.resource_timeout_s, 10.0))
+        _probe(address, min(cfg.resource_timeout_s, 5.0))
         ray.init(address=address, log_to_driver=True)
         return True, False
     # address="local": never attach to some other cluster `ray start` left on this machine
