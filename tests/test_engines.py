@@ -93,6 +93,9 @@ def test_engine_config_errors_name_the_fix():
         load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://h:1/v1", "vlm.api_key_env=sk-abc.123"])
     with pytest.raises(ConfigError, match="not an http"):
         load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=127.0.0.1:8000"])
+    with pytest.raises(ConfigError, match="holds credentials.*vlm.api_key_env") as refused:  # the manifest holds it
+        load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://user:s3cret-pw@h:1/v1"])
+    assert "s3cret-pw" not in str(refused.value)
     with pytest.raises(ConfigError, match="max_new_tokens"):
         load_config(DEMO, ["vlm.engine=vllm", "generation.max_time_s=5"])
     cfg = load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://a:1/v1/, http://b:2/v1"])
@@ -143,10 +146,15 @@ def test_openai_engine_through_ray_matches_hf(scenes, hf_out, vllm_server):
 
 class FlakyProxy:
     """A loopback proxy in front of the real server: answers 429, then 503, for the first chat
-    requests, then forwards; records the Authorization headers it saw."""
+    requests, then forwards; records the Authorization headers it saw. `gone_after`: after that many
+    chat requests forwarded, answers 502 to the rest (its backend gone, as nginx says). `serves`:
+    the model list it answers to GET /models instead of the server's (a server started with another
+    --served-model-name)."""
 
-    def __init__(self, upstream: str, n_429: int, n_503: int):
+    def __init__(self, upstream: str, n_429: int = 0, n_503: int = 0, gone_after: int | None = None,
+                 serves: str | None = None):
         self.upstream, self.plan = upstream.rsplit("/v1", 1)[0], ["429"] * n_429 + ["503"] * n_503
+        self.gone_after, self.serves, self.forwarded = gone_after, serves, 0
         self.auth: list[str] = []
         self.injected = 0
         self.lock = threading.Lock()
@@ -160,10 +168,22 @@ class FlakyProxy:
 
             def _forward(self, method: str):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0)) if method == "POST" else None
+                chat = self.path.endswith("/chat/completions")
                 with proxy.lock:
                     proxy.auth.append(self.headers.get("authorization", ""))
-                    fault = proxy.plan.pop(0) if self.path.endswith("/chat/completions") and proxy.plan else None
+                    fault = proxy.plan.pop(0) if chat and proxy.plan else None
+                    if chat and fault is None and proxy.gone_after is not None:
+                        fault = "502" if proxy.forwarded >= proxy.gone_after else None
+                        proxy.forwarded += fault is None
                     proxy.injected += fault is not None
+                if self.path.endswith("/models") and proxy.serves:
+                    listing = json.dumps({"object": "list", "data": [{"id": proxy.serves, "object": "model"}]}).encode()
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(listing)))
+                    self.end_headers()
+                    self.wfile.write(listing)
+                    return
                 if fault:
                     self.send_response(int(fault))
                     if fault == "429":
@@ -215,6 +235,50 @@ def test_429_and_503_cost_retries_not_samples_and_the_key_is_never_written(scene
     for path in out.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_server_failing_behind_a_proxy_fails_the_shard_not_its_samples(scenes, hf_out, vllm_server, capsys):
+    """The server dies behind a proxy that answers 502 (or a hosted API keeps answering 429): requests
+    that still fail after their retries fail the shard, which a rerun redoes. They were committed as
+    rewrite_error samples, which every later run skipped (24 of 48 samples lost in the audit)."""
+    proxy = FlakyProxy(vllm_server.url, gone_after=40)  # shard 1 (32) whole, shard 2: 8 served, then 502s
+    out = scenes / "out_gone"
+    try:
+        code = run(scenes / "in", out, "vlm.engine=openai", f"vlm.endpoint={proxy.url}", "vlm.max_retries=1",
+                   "vlm.retry_backoff_s=0.05", check=False)
+    finally:
+        proxy.close()
+    err = capsys.readouterr().err
+    assert code != 0 and "did not serve this shard" in err and "HTTP 502" in err, err[-3000:]
+    assert 1 <= len(list((out / "shards").glob("*.stats.json"))) < 4
+    assert all(r["reason"] != "rewrite_error" for r in records(out).values())  # nothing committed with errors
+    run(scenes / "in", out, "vlm.engine=openai", f"vlm.endpoint={vllm_server.url}")  # the server back: a rerun
+    assert_same_as_hf(out, hf_out)
+
+
+def test_every_endpoint_must_serve_the_model_and_one_that_does_not_answer_is_left_out(scenes, vllm_server, capsys):
+    """Only the first endpoint's models were checked: a second one serving another name lost half the
+    samples as rewrite_error with exit 0. A dead endpoint beside a live one is left out with a warning
+    (it cost a backoff on every request that landed on it). A base URL without /v1: an error, not a
+    traceback."""
+    other = FlakyProxy(vllm_server.url, serves="other-model")
+    try:
+        code = run(scenes / "in", scenes / "out_two_names", "vlm.engine=openai",
+                   f"vlm.endpoint={vllm_server.url},{other.url}", check=False)
+    finally:
+        other.close()
+    err = capsys.readouterr().err
+    assert code != 0 and f"the server at {other.url} serves ['other-model']" in err, err[-3000:]
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    run(scenes / "in", scenes / "out_one_dead", "vlm.engine=openai", f"vlm.endpoint={dead},{vllm_server.url}",
+        "vlm.retry_backoff_s=0.05")
+    err = capsys.readouterr().err
+    assert f"vlm.endpoint {dead} did not answer GET /models" in err and "uses the other 1" in err
+    assert len(list((scenes / "out_one_dead/shards").glob("*.stats.json"))) == 4
+    bare = vllm_server.url.rsplit("/v1", 1)[0]
+    code = run(scenes / "in", scenes / "out_no_v1", "vlm.engine=openai", f"vlm.endpoint={bare}", check=False)
+    err = capsys.readouterr().err
+    assert code != 0 and "ending in /v1" in err and "Traceback" not in err, err[-3000:]
 
 
 def test_no_server_is_a_clear_error_and_a_wrong_model_name_lists_the_served_ones(scenes, vllm_server, capsys):

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal, Optional
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,6 +74,11 @@ class VLMConfig(Strict):
             for url in value:
                 if not str(url).startswith(("http://", "https://")):
                     raise ValueError(f"vlm.endpoint {url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+                parts = urlsplit(str(url))
+                if parts.username is not None or parts.password is not None:  # the config is written to the manifest
+                    raise ValueError(f"vlm.endpoint {parts.scheme}://...@{parts.hostname} holds credentials; keys never go "
+                                     "into a config (it is written to the manifest): put the key in an environment "
+                                     "variable and name it in vlm.api_key_env")
             value = [str(url).rstrip("/") for url in value]
         return value
 

@@ -1,11 +1,15 @@
 """`vlm.engine: openai`: any OpenAI-compatible chat-completions server (`vllm serve`, SGLang,
 lmdeploy, TGI, hosted APIs). The image goes as a data URL of its original bytes; the server applies
 the model's own chat template. At most `vlm.max_in_flight` requests per worker, spread across the
-endpoints; connection errors, 408, 429 and 5xx are retried with backoff (Retry-After honoured).
+endpoints; connection errors, timeouts, 408, 429 and 5xx are retried with backoff (Retry-After
+honoured), on the next endpoint first. Every endpoint must serve the model at start-up; one that does
+not answer then is left out, with a warning, when another does.
 
-After the retries a sample fails with `rewrite_error` and the error text. A server that cannot be
-reached, or a window in which no request succeeded, raises EngineUnavailable: the shard fails and a
-rerun redoes it, instead of committing it full of errors. The API key is read from the variable
+A request the server refuses for itself (400, 413, 422: an image or prompt it cannot take) fails its
+sample with `rewrite_error` and the error text. Anything that says the server cannot serve (it does
+not answer, 401/403/404: its key, model or path, 408/429/5xx still after the retries) raises
+EngineUnavailable for the window, naming that cause: the shard fails and a rerun redoes it, instead of
+committing samples with errors that a rerun would skip. The API key is read from the variable
 `vlm.api_key_env` names and is never written anywhere."""
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import itertools
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +34,24 @@ from vlm_aug.stages.models import ModelUnavailable
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+SERVER_STATUS = {401, 403, 404}  # the server's setup (its key, the model name, the path), not the sample
 MAX_WAIT_S = 30.0
+
+
+class _Down:
+    """Set once a request learns that the server cannot serve this window; keeps the first cause."""
+
+    def __init__(self):
+        self.event, self.lock, self.reason = threading.Event(), threading.Lock(), None
+
+    def set(self, reason: str) -> None:
+        with self.lock:
+            if self.reason is None:
+                self.reason = reason
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
 
 
 class _Unreachable(Exception):
@@ -87,33 +109,58 @@ class OpenAIEngine:
         self.client = httpx.Client(timeout=timeout, limits=limits, headers=self._headers())
         self.pool = ThreadPoolExecutor(self.vlm.max_in_flight, thread_name_prefix="vlm_aug-openai")
         served = self._models()
-        if self.model_name not in served:
-            raise ModelUnavailable(
-                f"the server at {self.endpoints[0]} serves {sorted(served)}, not {self.model_name!r}: set "
-                f"vlm.served_model_name to one of them, or start the server with --served-model-name {self.model_name}")
+        for url, names in served.items():  # every endpoint: requests are spread over all of them
+            if self.model_name not in names:
+                raise ModelUnavailable(
+                    f"the server at {url} serves {sorted(names)}, not {self.model_name!r}: set vlm.served_model_name "
+                    f"to one of them, or start the server with --served-model-name {self.model_name}")
+        self.endpoints = [url for url in self.endpoints if url in served]
         self.served_model = self.model_name
         self.server_version = self._server_version()
 
-    def _models(self) -> set[str]:
-        errors = []
-        for url in self.endpoints:
-            for attempt in range(self.vlm.max_retries + 1):
+    def _models(self) -> dict[str, set[str]]:
+        """endpoint -> the model ids it serves (GET /models), for every endpoint that answers. Endpoints are
+        asked in rounds, with a wait between rounds (a server still starting); once one has answered, the
+        others get one more round and are then left out with a warning."""
+        pending, served, errors = list(self.endpoints), {}, {}
+        for attempt in range(self.vlm.max_retries + 1):
+            for url in list(pending):
                 try:
                     reply = self.client.get(f"{url}/models")
                 except Exception as exc:  # connection refused while the server starts: wait, then try again
-                    errors.append(f"{url}: {type(exc).__name__}: {exc}")
-                    self._sleep(attempt)
+                    errors[url] = f"{type(exc).__name__}: {exc}"
                     continue
                 if reply.status_code in RETRY_STATUS:
-                    self._sleep(attempt, reply)
+                    errors[url] = f"HTTP {reply.status_code}"
                     continue
-                if reply.status_code in (401, 403):
-                    raise ModelUnavailable(f"{url}/models answered {reply.status_code}: check the key in the variable "
-                                           f"vlm.api_key_env names ({self.vlm.api_key_env or 'none set'})")
-                reply.raise_for_status()
-                return {m["id"] for m in reply.json().get("data", [])}
-        raise ModelUnavailable(f"vlm.engine openai: no endpoint answered GET /models ({'; '.join(errors[-2:])}). "
-                               "Start the server, or fix vlm.endpoint (the base URL ending in /v1)")
+                served[url] = self._model_ids(url, reply)
+                pending.remove(url)
+            if not pending or (served and attempt >= 1):
+                break
+            if attempt < self.vlm.max_retries:
+                self._sleep(attempt)
+        if not served:
+            said = "; ".join(f"{url}: {error}" for url, error in list(errors.items())[-2:])
+            raise ModelUnavailable(f"vlm.engine openai: no endpoint answered GET /models ({said}). "
+                                   "Start the server, or fix vlm.endpoint (the base URL ending in /v1)")
+        if pending:
+            log.warning("vlm.endpoint: %s did not answer GET /models (%s); this worker uses the other %d",
+                        ", ".join(pending), "; ".join(errors[u] for u in pending), len(served))
+            print(f"vlm-aug: warning: vlm.endpoint {', '.join(pending)} did not answer GET /models "
+                  f"({'; '.join(errors[u] for u in pending)}); this worker uses the other {len(served)}", file=sys.stderr)
+        return served
+
+    def _model_ids(self, url: str, reply) -> set[str]:
+        if reply.status_code in (401, 403):
+            raise ModelUnavailable(f"{url}/models answered {reply.status_code}: check the key in the variable "
+                                   f"vlm.api_key_env names ({self.vlm.api_key_env or 'none set'})")
+        try:
+            if reply.status_code != 200:
+                raise ValueError(f"HTTP {reply.status_code}")
+            return {m["id"] for m in reply.json().get("data", [])}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelUnavailable(f"{url}/models did not answer a list of models ({exc}): is {url} the server's "
+                                   "OpenAI-compatible base URL, ending in /v1 (e.g. http://127.0.0.1:8000/v1)?") from None
 
     def _server_version(self) -> Optional[str]:
         base = self.endpoints[0].rsplit("/v1", 1)[0]
@@ -155,16 +202,17 @@ class OpenAIEngine:
                 pass
         time.sleep(wait)
 
-    def _one(self, request: Request, down: threading.Event) -> Result:
+    def _one(self, request: Request, down: _Down) -> Result:
         import httpx
 
         body = self.payload(request)
-        start = next(self._turn)
-        retries, last = 0, "not sent"
+        start, ends = next(self._turn), len(self.endpoints)
+        retries, last, reply = 0, "", None
         for attempt in range(self.vlm.max_retries + 1):
             if down.is_set():
-                return Result(retries=retries, error=f"EngineUnavailable: {last}")
-            url = self.endpoints[(start + attempt) % len(self.endpoints)]
+                return Result(retries=retries, error="not sent")
+            url = self.endpoints[(start + attempt) % ends]
+            reply = None
             try:
                 reply = self.client.post(f"{url}/chat/completions", json=body)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
@@ -180,28 +228,27 @@ class OpenAIEngine:
                                   new_tokens=usage.get("completion_tokens"),
                                   hit_limit=choice.get("finish_reason") == "length")
                 last = f"{url}: HTTP {reply.status_code}: {reply.text[:300]}"
-                if reply.status_code not in RETRY_STATUS:  # the request itself is wrong: no retry helps
+                if reply.status_code in SERVER_STATUS:  # its key, model or path: every request would fail alike
+                    down.set(last)
                     return Result(retries=retries, error=last)
-                if attempt < self.vlm.max_retries:
-                    retries += 1
-                    self._sleep(attempt, reply)
-                continue
+                if reply.status_code not in RETRY_STATUS:  # the request itself is refused: no retry helps
+                    return Result(retries=retries, error=last)
             if attempt < self.vlm.max_retries:
                 retries += 1
-                self._sleep(attempt)
-        if "HTTP " not in last:  # connection errors or timeouts to the end: the server is down, stop the others
-            down.set()
-            return Result(retries=retries, error=f"EngineUnavailable: {last}")
+                if (attempt + 1) % ends == 0:  # every endpoint tried once since the last wait
+                    self._sleep(attempt // ends, reply)
+        down.set(last)  # still failing after the retries: the server cannot serve now; a rerun redoes the shard
         return Result(retries=retries, error=last)
 
     def generate(self, requests: list[Request]) -> list[Result]:
-        down = threading.Event()
+        down = _Down()
         results = list(self.pool.map(lambda r: self._one(r, down), requests))
         failed = [r for r in results if r.error is not None]
         if down.is_set() or (len(requests) > 1 and len(failed) == len(requests)):
-            reason = failed[-1].error if failed else "unknown"
-            raise EngineUnavailable(f"the server did not serve this shard ({len(failed)} of {len(requests)} "
-                                    f"requests failed after retries; last: {reason})")
+            unsent = sum(r.error == "not sent" for r in failed)
+            cause = down.reason or next((r.error for r in failed if r.error != "not sent"), "unknown")
+            raise EngineUnavailable(f"the server did not serve this shard: {cause} ({len(failed) - unsent} of "
+                                    f"{len(requests)} requests failed, {unsent} not sent after that)")
         return results
 
     def close(self) -> None:
