@@ -97,6 +97,31 @@ def test_demo_arguments_and_folders(tmp_path, capsys):
     assert (mine / "output/keep.txt").read_text() == "keep me"
 
 
+def test_a_second_demo_on_a_folder_in_use_stops_before_removing_anything(tmp_path, capsys):
+    """A second `vlm-aug demo` on the folder of a running one removed its input/ and output/ (the
+    running demo's lease with them) and both went on, mixing their shards. It stops, naming the first."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "d"
+    first = subprocess.Popen([sys.executable, "-m", "vlm_aug", "demo", "--output", str(root), "--shards", "2",
+                              "--per-shard", "16", "--no-progress", "--no-report", "--set", "report.semantic=false"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 120
+    while not (root / "output/.vlm_aug.lease").exists() and first.poll() is None:
+        assert time.monotonic() < deadline, "the first demo never started its run"
+        time.sleep(0.05)
+    error = error_of(capsys, ["demo", "--output", str(root), "--shards", "1", "--per-shard", "4"])
+    log, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, log[-3000:]
+    assert "is in use by run demo-" in error, error
+    assert sorted(p.name for p in (root / "input").iterdir()) == ["000000.tar", "000001.tar"]  # the first's, whole
+    assert len(list((root / "output/shards").glob("*.stats.json"))) == 2
+
+
 def test_a_model_folder_that_is_not_a_checkpoint(dry_out, tmp_path, capsys):
     empty = tmp_path / "model"
     empty.mkdir()

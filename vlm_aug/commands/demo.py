@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 from vlm_aug.commands.run import execute_and_report
 from vlm_aug.config import ConfigError, load_config
 from vlm_aug.paths import configs_dir
 from vlm_aug.shards.layout import OutputDir
+from vlm_aug.shards.lease import Lease, OutputBusy
 
 
 def _positive(text: str) -> int:
@@ -68,12 +70,19 @@ def cmd_demo(args) -> int:
         overrides.append("output.report=false")
     config = load_config(configs_dir() / "demo.yaml", overrides)  # validate before writing anything
     _check_demo_folder(root, inputs, out)
-    for stale in (inputs, out):
-        shutil.rmtree(stale, ignore_errors=True)
-    write_scene_shards(inputs, args.shards, args.per_shard, seed=args.seed, wrong_fraction=args.wrong_fraction)
-    print(f"wrote {args.shards} scene shards x {args.per_shard} samples "
-          f"({args.wrong_fraction:.0%} with a wrong terse caption) to {inputs}")
-    code = execute_and_report(config, overwrite=True, progress=not args.no_progress)
+    root.mkdir(parents=True, exist_ok=True)
+    # the whole folder for the whole demo: a second demo here stops, naming this one, before it removes
+    # anything (it removed input/ and output/ under a running demo); a run writing output/ stops it too
+    with Lease(OutputDir(str(root), must_exist=False), f"demo-{uuid.uuid4().hex[:8]}"):
+        busy = Lease(OutputDir(str(out), must_exist=False), "demo-check").busy()
+        if busy:
+            raise OutputBusy(busy)
+        for stale in (inputs, out):
+            shutil.rmtree(stale, ignore_errors=True)
+        write_scene_shards(inputs, args.shards, args.per_shard, seed=args.seed, wrong_fraction=args.wrong_fraction)
+        print(f"wrote {args.shards} scene shards x {args.per_shard} samples "
+              f"({args.wrong_fraction:.0%} with a wrong terse caption) to {inputs}")
+        code = execute_and_report(config, overwrite=True, progress=not args.no_progress)
     print(f"\nlook at: {out}/report.html (gallery, plots), {out}/shards/ (new shards), "
           f"{out}/manifest.json (the run)\n"
           f"  trace one sample: vlm-aug trace {out} 000000_000000")

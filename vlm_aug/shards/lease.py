@@ -178,6 +178,13 @@ class Lease:
             except OSError as exc:  # a failed heartbeat is retried at the next beat
                 print(f"vlm-aug: warning: lease heartbeat failed: {exc}", file=sys.stderr)
 
+    def busy(self) -> Optional[str]:
+        """Without taking it: the message naming the run that holds the lease now, if one does."""
+        if not self.out.fs.exists(self.path):
+            return None
+        holder = self._holder()
+        return self._busy_message(holder) if holder is not None and not self._stale(holder) else None
+
     def release(self) -> None:
         self.stop.set()
         if self.thread is not None:
