@@ -246,3 +246,25 @@ def test_a_run_stopped_before_its_manifest_is_in_the_history(tmp_path):
     assert [r["run_id"] for r in runs][0] == first and len(runs) == 2
     assert runs[0]["ended"] == "stopped before writing its manifest" and runs[0]["processed"] == ["000000", "000001"]
     assert runs[1]["processed"] == ["000002"]
+
+
+def test_another_datasets_shards_of_the_same_names_are_not_replaced(tmp_path, capsys):
+    """ds_a/*.tar then ds_b/*.tar into one output, same settings: B's 000000 and 000001 replaced A's
+    (exit 0, 'input changed'), leaving a mix of two datasets. Refused, naming both; the same files
+    moved elsewhere (same bytes) are complete; an edit in place is redone as before."""
+    a, b = make_shards(tmp_path / "ds_a", n_shards=3, per_shard=4), tmp_path / "ds_b"
+    make_shards(b, n_shards=2, per_shard=5)
+    out = tmp_path / "out"
+    assert dry(tmp_path / "ds_a/*.tar", out) == 0
+    before = stats(out)
+    assert dry(b / "*.tar", out) == 2
+    err = capsys.readouterr().err
+    assert "made from other input files of the same name" in err and "ds_a/000000.tar -> ds_b/000000.tar" in err
+    assert stats(out) == before  # nothing replaced
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "ds_a", moved, copy_function=shutil.copy2)  # same bytes and mtimes
+    assert dry(moved / "*.tar", out) == 0 and stats(out) == before
+    with open(a[1], "ab") as handle:  # an edit in place: redone
+        handle.write(b"\0" * 10240)
+    assert dry(tmp_path / "ds_a/*.tar", out) == 0
+    assert stats(out)["000001"]["run_id"] != before["000001"]["run_id"]

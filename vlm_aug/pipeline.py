@@ -243,7 +243,8 @@ class ShardProcessor:
                     sample.image, sample.prepared = None, {}
                 timings["write"] += time.perf_counter() - start
             start = time.perf_counter()
-            stats = writer.commit(reader.report.error, reader.report.ignored_members, timings, identity)
+            where = url if "://" in url else os.path.abspath(url)  # a rerun from another folder names it alike
+            stats = writer.commit(reader.report.error, reader.report.ignored_members, timings, identity, where)
             stats["timings_s"]["write"] = round(timings["write"] + time.perf_counter() - start, 4)
             return stats
         except BaseException:

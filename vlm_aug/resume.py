@@ -6,6 +6,7 @@ loads, unless the user says how to go on."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -24,6 +25,10 @@ WAYS_ON = ("Ways on:\n"
 
 class SettingsChanged(ConfigError):
     """The output was made with other settings than this run's."""
+
+
+class InputElsewhere(ConfigError):
+    """Output shards of these names were made from other input files (another dataset?)."""
 
 
 def run_settings(config: Config) -> dict[str, Any]:
@@ -93,11 +98,30 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
         return list(urls), [], ()
     held = () if allow_change else tuple(sorted({s.get("fingerprint") for s in complete.values()} & set(current)))
     todo, kept = [], []
+    elsewhere = []
     for url in urls:
         stats = complete.get(shard_name(url))
+        if stats is not None and stats.get("input") not in (None, input_identity(url)) and \
+                stats.get("input_url") not in (None, url) and not _same_file(stats["input_url"], url):
+            elsewhere.append((stats["input_url"], url))  # another dataset's shard of the same name
+            continue
         if stats is not None and stats.get("input") not in (None, input_identity(url)):
             print(f"vlm-aug: input {public_name(url)} changed since its shard was made "
                   f"({stats['input']} -> {input_identity(url)}): redoing it", file=sys.stderr)
             stats = None
         (kept if stats is not None else todo).append(url)
+    if elsewhere:
+        shown = "".join(f"\n  {public_name(old)} -> {public_name(new)}" for old, new in elsewhere[:5])
+        raise InputElsewhere(
+            f"output {out.path} holds {len(elsewhere)} shard(s) made from other input files of the same name and "
+            f"other bytes (another dataset?):{shown}{'' if len(elsewhere) <= 5 else chr(10) + '  ...'}\nRefusing to "
+            "replace them. Write to another --output; or, to replace the output's shards with these inputs, "
+            "--overwrite (or remove those shards' .stats.json files to redo only them)")
     return todo, kept, held
+
+
+def _same_file(old: str, new: str) -> bool:
+    """Two spellings of one local file (a relative and an absolute path, a link)."""
+    if "://" in old or "://" in new:
+        return False
+    return os.path.realpath(old) == os.path.realpath(new)

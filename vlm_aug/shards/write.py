@@ -148,7 +148,7 @@ class ShardWriter:
             self.score_sums["corrected"] += 1  # kept with a rewrite; CLIP judged the original wrong
 
     def commit(self, read_error: Optional[str], ignored_members: int, timings: dict,
-               input_identity: Optional[dict] = None) -> dict:
+               input_identity: Optional[dict] = None, input_url: Optional[str] = None) -> dict:
         self.tar.close()
         self.handle.close()
         with self.fs.open(self.tmp["parquet"], "wb") as handle:
@@ -156,7 +156,7 @@ class ShardWriter:
         stats = {"schema": SCHEMA_VERSION, "shard": self.name, "counts": dict(self.counts),
                  "reasons": dict(sorted(self.reasons.items())), "read_error": read_error,
                  "ignored_members": ignored_members, "scores": dict(self.score_sums),
-                 "fingerprint": self.run.fingerprint, "input": input_identity,
+                 "fingerprint": self.run.fingerprint, "input": input_identity, "input_url": input_url,
                  "image_exts": dict(sorted(self.image_exts.items())), "run_id": self.run.run_id,
                  "guards": dict(sorted(self.guards.items())),
                  "timings_s": {k: round(v, 4) for k, v in timings.items()}}
