@@ -72,6 +72,11 @@ def test_set_preset_replaces_the_file_model_but_later_sets_still_win():
     assert c.vlm.model == "HuggingFaceTB/SmolVLM-256M-Instruct"  # not cluster.yaml's Qwen 7B
     assert c.vlm.processor_kwargs == {"do_image_splitting": False}  # not cluster.yaml's Qwen pixels
     assert c.vlm.batch_size == 3 and c.vlm.device == "cuda"  # later --set, and a field the preset leaves
+    # a --set before the preset's wins too (it was dropped: the preset cleared it with the file's fields)
+    c = load_config(REPO / "configs/cluster.yaml", ["vlm.batch_size=2", "vlm.model=vlm_aug:scene_vlm",
+                                                   "vlm.preset=smolvlm-256m"])
+    assert (c.vlm.batch_size, c.vlm.model) == (2, "vlm_aug:scene_vlm")
+    assert c.vlm.processor_kwargs == {"do_image_splitting": False}  # the file's field is still the preset's
 
 
 @pytest.mark.parametrize("sets, message", [
@@ -181,11 +186,17 @@ def test_tiny_variant_of_each_open_clip_preset_architecture_scores(preset, tmp_p
     assert sample.scores["clip_sentences"] == pytest.approx(sentences, abs=1e-5)
 
 
+def no_clip_sets(args: list[str]) -> list[str]:
+    """`--set K=V` pairs without the clip ones (the preset names the CLIP; an explicit --set would win)."""
+    pairs = [(flag, kv) for flag, kv in zip(args[::2], args[1::2]) if not kv.startswith("clip.")]
+    return [x for pair in pairs for x in pair]
+
+
 def test_siglip_preset_offline_gives_a_clear_error(hub_cache, tiny_vlm_dir, tmp_path, capsys):
     make_shards(tmp_path / "in", n_shards=1, per_shard=2, broken=False)
     argv = ["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/000000.tar"),
             "--output", str(tmp_path / "out"), "--no-progress", "--no-report",
-            *tiny_args(tiny_vlm_dir, "unused"), "--set", "clip.preset=siglip-b-16"]
+            *no_clip_sets(tiny_args(tiny_vlm_dir, "")), "--set", "clip.preset=siglip-b-16"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "tokenizer 'timm/ViT-B-16-SigLIP'" in err and "huggingface-cli download timm/ViT-B-16-SigLIP" in err

@@ -427,13 +427,17 @@ def load_config(path: str | Path | None, overrides: list[str] = (), **direct: An
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must be a mapping of sections")
+    pairs = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set policy.name=rewrite")
         key, raw = item.split("=", 1)
-        if key.strip() in ("vlm.preset", "clip.preset"):
-            data = clear_preset_fields(data, key.strip().split(".")[0], yaml.safe_load(raw))
-        _set_dotted(data, key.strip(), raw)
+        pairs.append((key.strip(), raw))
+    for key, raw in pairs:  # a preset chosen here replaces what the file set, never another --set (any order)
+        if key in ("vlm.preset", "clip.preset"):
+            data = clear_preset_fields(data, key.split(".")[0], yaml.safe_load(raw))
+    for key, raw in pairs:
+        _set_dotted(data, key, raw)
     for dotted, value in direct.items():
         if value is not None:
             _set_dotted(data, dotted.replace("__", "."), json.dumps(value))
