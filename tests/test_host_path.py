@@ -399,3 +399,26 @@ def test_usable_cpus_follow_the_process_affinity():
             "print(usable_cpus(), os.cpu_count(), default_decode_workers())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "1" and int(out[1]) >= 2 and out[2] == "1"
+
+
+def test_prefetch_thread_stops_when_its_consumer_stops_early():
+    """Ctrl-C or an error in the consumer: the producing thread is told to stop and waited for, so it is
+    not left inside torch or Pillow while the interpreter exits (that aborted the process with 'terminate
+    called without an active exception', exit 134, in one Ctrl-C of four)."""
+    import threading
+
+    from vlm_aug.pipeline import prefetch
+
+    produced = []
+
+    def items():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    before = set(threading.enumerate())
+    batches = prefetch(items(), depth=2)
+    assert next(batches) == 0
+    batches.close()  # what an exception or KeyboardInterrupt in the consumer does to the generator
+    assert not [t for t in threading.enumerate() if t not in before]  # not blocked behind a full queue
+    assert len(produced) <= 5  # it stopped producing, instead of running on (or blocking) behind a full queue
