@@ -268,3 +268,17 @@ def test_another_datasets_shards_of_the_same_names_are_not_replaced(tmp_path, ca
         handle.write(b"\0" * 10240)
     assert dry(tmp_path / "ds_a/*.tar", out) == 0
     assert stats(out)["000001"]["run_id"] != before["000001"]["run_id"]
+
+
+def test_a_refusal_after_a_stopped_first_run_names_what_changed(tmp_path, capsys):
+    """Ctrl-C the first run, change a threshold, rerun: refused, but with '(their settings are not in the
+    manifest)' instead of the differences, as the settings were only in the manifest a run writes at its
+    end. Each shard's stats hold them too."""
+    make_shards(tmp_path / "in", n_shards=2, per_shard=4)
+    out = tmp_path / "out"
+    assert dry(tmp_path / "in/*.tar", out) == 0
+    (out / "manifest.json").unlink()  # what a run stopped before its end leaves
+    capsys.readouterr()
+    assert dry(tmp_path / "in/*.tar", out, "--set", "limits.max_caption_chars=100") == 2
+    err = capsys.readouterr().err
+    assert "limits.max_caption_chars: 1000 -> 100" in err and "not in the manifest" not in err, err

@@ -56,8 +56,10 @@ def _diff(old: dict, new: dict) -> list[str]:
             for k in keys if old.get(k, "(absent)") != new.get(k, "(absent)")]
 
 
-def refusal(out: OutputDir, others: dict[str, int], settings: dict) -> str:
-    known = out.manifest().get("configurations", {})
+def refusal(out: OutputDir, others: dict[str, int], settings: dict, recorded: dict | None = None) -> str:
+    """`recorded`: fingerprint -> settings from the shards' own stats (a run stopped before its manifest)."""
+    known = {fp: {"settings": s} for fp, s in (recorded or {}).items() if s}
+    known.update({fp: c for fp, c in (out.manifest().get("configurations") or {}).items() if c.get("settings")})
     lines = [f"output {out.path} holds shards made with other settings than this run's:"]
     for fp, shards in sorted(others.items(), key=lambda item: str(item[0])):
         if fp is None:
@@ -69,7 +71,7 @@ def refusal(out: OutputDir, others: dict[str, int], settings: dict) -> str:
             new = min(resolutions(settings).values(), key=lambda s: len(_diff(old, s)))
             lines += _diff(old, new)
         else:
-            lines.append("  (their settings are not in the manifest)")
+            lines.append("  (their settings are recorded neither in the manifest nor in their stats)")
     lines += ["Refusing to mix them into one dataset without being told.", WAYS_ON]
     return "\n".join(lines)
 
@@ -89,7 +91,8 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
         if stats.get("fingerprint") not in current:
             others[stats.get("fingerprint")] = others.get(stats.get("fingerprint"), 0) + 1
     if others and not allow_change:
-        message = refusal(out, others, settings)
+        recorded = {s.get("fingerprint"): s.get("settings") for s in complete.values() if s.get("settings")}
+        message = refusal(out, others, settings, recorded)
         if overwrite:
             message = (f"--overwrite redoes this run's {len(urls)} input shard(s) only; "
                        f"{sum(others.values())} other shard(s) of the output would keep other settings.\n" + message)

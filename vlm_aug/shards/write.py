@@ -156,7 +156,8 @@ class ShardWriter:
         stats = {"schema": SCHEMA_VERSION, "shard": self.name, "counts": dict(self.counts),
                  "reasons": dict(sorted(self.reasons.items())), "read_error": read_error,
                  "ignored_members": ignored_members, "scores": dict(self.score_sums),
-                 "fingerprint": self.run.fingerprint, "input": input_identity, "input_url": input_url,
+                 "fingerprint": self.run.fingerprint, "settings": self.run.settings or None,
+                 "input": input_identity, "input_url": input_url,
                  "image_exts": dict(sorted(self.image_exts.items())), "run_id": self.run.run_id,
                  "guards": dict(sorted(self.guards.items())),
                  "timings_s": {k: round(v, 4) for k, v in timings.items()}}
