@@ -124,3 +124,15 @@ def test_pickle_only_weights_refused_unless_opted_in(tmp_path, tiny_vlm_dir, cap
                  "--output", str(tmp_path / "out"), "--set", f"vlm.model={model_dir}", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "pickle-format weights" in err and "allow_pickle_weights" in err
+
+
+def test_set_errors_say_they_came_from_set_and_how_to_write_the_value():
+    from vlm_aug.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as digits:
+        load_config(REPO / "configs/demo.yaml", ["vlm.revision=1234567"])  # a short sha of digits
+    assert "with its --set values" in str(digits.value) and "(from --set vlm.revision)" in str(digits.value)
+    assert "--set 'vlm.revision=\"1234567\"'" in str(digits.value)
+    with pytest.raises(ConfigError, match=r"write a list, e\.g\. --set input\.image_exts=\[png\]"):
+        load_config(REPO / "configs/demo.yaml", ["input.image_exts=png"])
+    assert load_config(REPO / "configs/demo.yaml", ["vlm.revision='1234567'"]).vlm.revision == "1234567"

@@ -385,8 +385,9 @@ def _unknown_key(loc: tuple) -> str:
     return f"unknown key ({hint}allowed here: {', '.join(allowed)}; all keys: docs/config.md)"
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def _format_errors(err: ValidationError, source: str, set_keys: tuple = ()) -> str:
+    """`set_keys`: the keys given with --set, so an error names where the bad value came from."""
+    lines = [f"invalid config {source}" + (" with its --set values" if set_keys else "") + ":"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
@@ -394,7 +395,13 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = _unknown_key(e["loc"])
         elif e["type"] == "literal_error":
             msg = f"got {e.get('input')!r}; {msg}"
-        lines.append(f"  {field}: {msg}")
+        elif e["type"] == "list_type":  # --set input.image_exts=png: YAML reads a word
+            msg += f"; got {e.get('input')!r}: write a list, e.g. --set {field}=[{e.get('input')}]"
+        elif e["type"] == "string_type" and isinstance(e.get("input"), (int, float, bool)):  # 1234567, yes
+            msg += (f"; YAML read {e.get('input')!r} as a {type(e['input']).__name__}: quote it in the value, e.g. "
+                    f"--set '{field}=\"{e.get('input')}\"'")
+        given = next((k for k in set_keys if field == k or field.startswith(k + ".")), None)
+        lines.append(f"  {field}: {msg}" + (f" (from --set {given})" if given else ""))
     return "\n".join(lines)
 
 
@@ -444,4 +451,4 @@ def load_config(path: str | Path | None, overrides: list[str] = (), **direct: An
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(_format_errors(err, source, tuple(k for k, _ in pairs))) from None
