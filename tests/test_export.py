@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import socket
+import time
 import re
 import tarfile
 
@@ -156,7 +159,8 @@ def test_export_says_when_the_output_is_not_whole(tmp_path, capsys):
     assert main(["export", str(out), str(tmp_path / "e1"), "--format", "llava"]) == 0
     assert "note:" not in capsys.readouterr().err
     (out / "manifest.json").unlink()
-    (out / LEASE_FILE).write_text("{}")
+    (out / LEASE_FILE).write_text(json.dumps({"run_id": "r", "host": socket.gethostname(), "pid": os.getpid(),
+                                              "heartbeat": time.time(), "started": time.time()}))  # a live holder
     assert main(["export", str(out), str(tmp_path / "e2"), "--format", "llava"]) == 0
     err = capsys.readouterr().err
     assert "no manifest.json" in err and "a run is writing" in err

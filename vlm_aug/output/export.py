@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlm_aug.formats import IMAGE_EXTS
-from vlm_aug.shards.layout import LEASE_FILE, MANIFEST, OutputDir
+from vlm_aug.shards.layout import MANIFEST, OutputDir
+from vlm_aug.shards.lease import Lease
 
 FORMATS = ("llava", "messages")
 STEM_MAX = 200  # bytes of a file name's stem (most file systems allow 255 for the whole name)
@@ -148,7 +149,7 @@ def completeness(output: str) -> list[str]:
     no manifest (its first run has not ended, or was stopped), shards its last run failed."""
     out = OutputDir(output)
     notes = []
-    if out.fs.exists(out.top(LEASE_FILE)):
+    if Lease(out, "export-check").busy():
         notes.append(f"a run is writing {output} now (its lease is held): the shards complete at this moment "
                      "were exported; export again when it has finished")
     manifest = out.manifest()
