@@ -80,28 +80,26 @@ def format_semantic(semantic) -> list[str]:
     return lines
 
 
+def _listed(items: dict, header: str, more: str, shown: int) -> list[str]:
+    """`header`, then `name: why` for the first `shown` of `items`, then how many more and where."""
+    if not items:
+        return []
+    lines = [f"  {len(items)} {header}:"] + [f"    {name}: {why[:200]}" for name, why in list(items.items())[:shown]]
+    if len(items) > shown:
+        lines.append(f"    ... and {len(items) - shown} more ({more})")
+    return lines
+
+
 def read_error_lines(read_errors: dict, shown: int = 10) -> list[str]:
     """The output's shards whose input could not be read to its end, with why."""
-    if not read_errors:
-        return []
-    lines = [f"  {len(read_errors)} input shard(s) could not be read to their end (what followed the fault "
-             "is not in the output; samples before it are):"]
-    lines += [f"    {name}: {error[:200]}" for name, error in list(read_errors.items())[:shown]]
-    if len(read_errors) > shown:
-        lines.append(f"    ... and {len(read_errors) - shown} more (each shard's stats: read_error)")
-    return lines
+    return _listed(read_errors, "input shard(s) could not be read to their end (what followed the fault is not "
+                   "in the output; samples before it are)", "each shard's stats: read_error", shown)
 
 
 def failed_input_lines(failed: dict, shown: int = 10) -> list[str]:
     """The input shards the last run failed, absent from the output, with why."""
-    if not failed:
-        return []
-    lines = [f"  {len(failed)} input shard(s) failed in the last run and are not in the output (rerun the run's "
-             "command to retry them):"]
-    lines += [f"    {url}: {error[:200]}" for url, error in list(failed.items())[:shown]]
-    if len(failed) > shown:
-        lines.append(f"    ... and {len(failed) - shown} more (manifest.json: shards.failed)")
-    return lines
+    return _listed(failed, "input shard(s) failed in the last run and are not in the output (rerun the run's "
+                   "command to retry them)", "manifest.json: shards.failed", shown)
 
 
 def cmd_stats(args) -> int:
