@@ -112,15 +112,7 @@ def test_alignment_orders_sets_by_closeness_to_the_reference(embedder):
 
 
 def photo_shards(root: Path) -> Path:
-    import skimage.data
-
-    members = []
-    for name, caption in PHOTOS.items():
-        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=90)
-        members += [(f"{name}.jpg", buffer.getvalue()), (f"{name}.txt", caption.encode())]
-    write_tar(root / "in" / "000000.tar", members)
+    _caption_tar(root / "in" / "000000.tar", PHOTOS)
     (root / "reference.txt").write_text("\n".join(VARIED[8:]) + "\n")
     return root
 

@@ -87,11 +87,11 @@ def _summary(table: pa.Table) -> dict:
     return summary
 
 
-def configurations(out: OutputDir, all_stats: Optional[list[dict]] = None) -> dict:
+def configurations(out: OutputDir, all_stats: Optional[list[dict]] = None, manifest: Optional[dict] = None) -> dict:
     """The settings that made the output, counted from its shards' stats (`all_stats`, else read):
     fingerprint -> shards, inputs, kept, and the settings themselves (from the manifest). More than
     one when runs with other settings appended (`--allow-config-change`)."""
-    known = out.manifest().get("configurations") or {}
+    known = (out.manifest() if manifest is None else manifest).get("configurations") or {}
     found: dict = {}
     for s in out.all_stats() if all_stats is None else all_stats:
         fp = s.get("fingerprint") or "unknown"
@@ -131,8 +131,9 @@ def stats(out: OutputDir, per_shard: bool = True, shard_stats: Optional[list[dic
     repaired_rows = table.filter(pc.fill_null(pc.equal(table["outcome"], "repaired"), False))
     with_repairs = sorted(set(repaired_rows["out_shard"].to_pylist()))
     table = table.append_column("clip_final", _final_score(table, repaired_scores(out, with_repairs)))
+    manifest = out.manifest()
     result = {"output": out.path, "shards": len(names), "overall": _summary(table),
-              "configurations": configurations(out, all_stats)}
+              "configurations": configurations(out, all_stats, manifest)}
     guards: dict = {}
     for s in all_stats:  # what the text guards did to kept texts (their problems are reasons)
         for name, n in (s.get("guards") or {}).items():
@@ -140,7 +141,7 @@ def stats(out: OutputDir, per_shard: bool = True, shard_stats: Optional[list[dic
     result["overall"]["guards"] = dict(sorted(guards.items()))
     # input shards not read to their end (not a tar, empty file, cut short): what followed the fault is not here
     result["read_errors"] = {s["shard"]: s["read_error"] for s in all_stats if s.get("read_error")}
-    result["failed_inputs"] = failed_inputs(out.manifest(), set(names))
+    result["failed_inputs"] = failed_inputs(manifest, set(names))
     if per_shard:
         order = pc.sort_indices(table, [("out_shard", "ascending")])
         table = table.take(order)
