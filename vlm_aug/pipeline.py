@@ -178,7 +178,8 @@ class ShardProcessor:
 
     def _open(self, url: str) -> "_OpenShard":
         cfg = self.config
-        return _OpenShard(url, ShardReader(url, cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes),
+        return _OpenShard(url, ShardReader(url, cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes,
+                                          cfg.limits.max_caption_bytes),
                           self.batch_samples())
 
     def _open_next(self, then, ready: bool) -> None:

@@ -13,7 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from vlm_aug.config.errors import ConfigError
 from vlm_aug.config.presets import apply_presets, clear_preset_fields
-from vlm_aug.formats import IMAGE_EXTS
+from vlm_aug.formats import IMAGE_EXTS, MAX_CAPTION_BYTES
 
 
 class Strict(BaseModel):
@@ -184,6 +184,8 @@ class LimitsConfig(Strict):
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)  # larger image members are not decoded (image_too_large)
     # longer captions are cut before prompting (caption_truncated in provenance)
     max_caption_chars: int = Field(1000, ge=1)
+    # a longer original caption is not a caption (a page, a dump): the sample is an error, caption_too_long
+    max_caption_bytes: int = Field(MAX_CAPTION_BYTES, ge=1)
     # one tar member (image, caption, json); `max_sample_bytes` is its old name, still read
     max_member_bytes: int = Field(128 * 1024 * 1024, ge=1,
                                   validation_alias=AliasChoices("max_member_bytes", "max_sample_bytes"))
@@ -201,6 +203,26 @@ class InputConfig(Strict):
     # image member extensions, in order of preference; `image_keys` is its old name, still read
     image_exts: list[str] = Field(default_factory=lambda: list(IMAGE_EXTS),
                                   validation_alias=AliasChoices("image_exts", "image_keys"))
+
+    @field_validator("paths")
+    @classmethod
+    def _no_secrets(cls, value: list[str]) -> list[str]:
+        """An input's URL is written into every sample's provenance, the manifest and the card."""
+        for path in value:
+            if "://" not in path:
+                continue
+            parts = urlsplit(path)
+            shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+            if parts.username is not None or parts.password is not None:
+                raise ValueError(f"input {shown} (user:password@) holds credentials, and an input's URL is written "
+                                 "into the output's provenance, manifest and card: give the credentials through the "
+                                 "environment (AWS_ACCESS_KEY_ID, ...; docs/cluster.md) and the URL without them")
+            if parts.scheme in ("http", "https") and (parts.query or parts.fragment):
+                raise ValueError(f"input {shown}?... has a query string, which often holds a signature or a token "
+                                 "(a pre-signed URL), and an input's URL is written into the output's provenance, "
+                                 "manifest and card and names its shards: serve the shards at URLs without one, or "
+                                 "read them as s3:// or gs:// with credentials in the environment")
+        return value
 
     @field_validator("caption_key")
     @classmethod
@@ -313,6 +335,8 @@ class Config(Strict):
             "generation": True, "clip": {"model", "pretrained"}, "policy": True, "limits": True,
             "input": {"caption_key", "image_exts"}, "output": {"normalize_image_format"}, "dry_run": True})
         vlm = recipe["vlm"]
+        if recipe["limits"]["max_caption_bytes"] == MAX_CAPTION_BYTES:  # absent at its default, so outputs
+            del recipe["limits"]["max_caption_bytes"]  # made before it existed keep their fingerprint
         engine, vllm = vlm.pop("engine"), vlm.pop("vllm")
         if engine != "hf":  # absent for hf, so outputs made before engines existed keep their fingerprint
             vlm["engine"] = engine

@@ -32,7 +32,8 @@ def rewrite_shards(config, inputs: list[str], out_path: Path) -> dict:
     parts: dict = {}  # named parts of generate_s (vllm: vlm_preprocess, its image preprocessing)
     with out_path.open("w", encoding="utf-8") as out:
         for url in inputs:
-            samples = list(ShardReader(url, config.input.caption_key, config.input.image_exts, lim.max_member_bytes))
+            samples = list(ShardReader(url, config.input.caption_key, config.input.image_exts, lim.max_member_bytes,
+                                               lim.max_caption_bytes))
             for begin in range(0, len(samples), window):
                 batch = samples[begin:begin + window]
                 decode_samples(batch, lim.max_image_pixels, lim.max_image_bytes)

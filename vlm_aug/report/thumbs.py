@@ -14,9 +14,9 @@ import tarfile
 from typing import Optional
 
 import fsspec
-from PIL import Image
 
 from vlm_aug.formats import IMAGE_EXTS
+from vlm_aug.shards.decode import open_image
 
 THUMB_SIDE = 192
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
@@ -25,7 +25,7 @@ MAX_PIXELS = 50_000_000
 def thumbnail_uri(data: bytes, side: int = THUMB_SIDE, max_pixels: int = MAX_PIXELS) -> tuple[Optional[str], str]:
     """Image bytes -> (JPEG data URI, "") or (None, why not)."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = open_image(data)
         if image.width * image.height > max_pixels:
             return None, f"image too large to preview ({image.width}x{image.height})"
         image.draft("RGB", (side, side))  # JPEG: decode at reduced scale, much faster

@@ -11,8 +11,15 @@ from typing import Optional
 
 from PIL import ExifTags, Image, ImageOps
 
-from vlm_aug.formats import EXT_OF_FORMAT
+from vlm_aug.formats import EXT_OF_FORMAT, IMAGE_FORMATS
 from vlm_aug.sample import Sample
+
+
+def open_image(data: bytes) -> Image.Image:
+    """`Image.open` of shard bytes, trying only the formats vlm_aug reads (`IMAGE_FORMATS`): left to
+    itself Pillow tries every plugin it has, and it hands EPS bytes to Ghostscript."""
+    Image.init()  # registers WebP, TIFF and MPO, which Pillow's preinit leaves out; once, then a no-op
+    return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -25,7 +32,7 @@ def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, Optio
     whether those pixels differ from the plain `convert("RGB")` of the bytes: `altered`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(io.BytesIO(data))
+        image = open_image(data)
         width, height = image.size
         if width * height > max_pixels:
             raise ValueError(f"image_too_large: {width}x{height} exceeds limits.max_image_pixels={max_pixels}")

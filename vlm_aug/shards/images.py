@@ -21,7 +21,7 @@ from PIL import Image
 
 from vlm_aug.formats import EXT_OF_FORMAT
 from vlm_aug.sample import Sample
-from vlm_aug.shards.decode import altered, decode_image
+from vlm_aug.shards.decode import altered, decode_image, open_image
 
 SAVE_AS = {"jpg": "JPEG", "png": "PNG"}
 
@@ -30,7 +30,7 @@ def header_facts(data: bytes, claimed: Optional[str]) -> tuple[Optional[str], bo
     """-> (the extension that names what the bytes are, else the claimed one; whether decoding alters
     their pixels), read from their header."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(data) as image:
             return EXT_OF_FORMAT.get(image.format, claimed), altered(image)
     except Exception:  # undecodable bytes never reach the writer as kept; keep the claim
         return claimed, False

@@ -7,12 +7,14 @@ member is ever unpickled; anything wrong with a sample becomes its `reason`.
 
 from __future__ import annotations
 
+import bz2
 import glob
 import gzip
 import json
 import lzma
 import os
 import posixpath
+import stat
 import struct
 import tarfile
 import zlib
@@ -22,8 +24,13 @@ from typing import Iterator, Optional
 import braceexpand
 import fsspec
 
-from vlm_aug.formats import IMAGE_EXTS, META_EXT, OTHER_IMAGE_EXTS
+from vlm_aug.formats import IMAGE_EXTS, MAX_CAPTION_BYTES, META_EXT, OTHER_IMAGE_EXTS
 from vlm_aug.sample import Sample
+
+# bytes read after the end-of-archive block to check that only zeros follow (tars pad to 10,240-byte
+# records); past this the rest is left unread rather than read for nothing
+MAX_TAIL_BYTES = 64 * 1024 * 1024
+_TAIL_CHUNK = 1024 * 1024
 
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # what a folder given as input is read for
@@ -168,6 +175,17 @@ class _PlainHeaders(tarfile.TarInfo):
             obj.name = prefix + "/" + obj.name
         return obj
 
+    @classmethod
+    def fromtarfile(cls, tar):
+        """Past the first member `tarfile` takes a header it cannot parse (a flipped byte, a member
+        longer than its header says) for the end of the archive and stops without a word: the fault is
+        kept on the archive (`vlm_aug_fault`) for the reader to report."""
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as exc:
+            tar.vlm_aug_fault = (tar.offset, exc)
+            raise
+
 
 _PLAIN = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
@@ -192,11 +210,13 @@ class ReadReport:
 class ShardReader:
     """Iterate the samples of one tar shard; shard-level faults go to `report`."""
 
-    def __init__(self, url: str, caption_key: str, image_exts: list[str], max_member_bytes: int):
+    def __init__(self, url: str, caption_key: str, image_exts: list[str], max_member_bytes: int,
+                 max_caption_bytes: int = MAX_CAPTION_BYTES):
         self.url = url
         self.caption_key = caption_key
         self.image_exts = [e.lower() for e in image_exts]
         self.max_member_bytes = max_member_bytes
+        self.max_caption_bytes = max_caption_bytes
         caption_ext = caption_key.split(":")[0] if caption_key.startswith("json:") else caption_key
         self.known_exts = set(self.image_exts) | {caption_ext, META_EXT}
         self.report = ReadReport()
@@ -205,16 +225,19 @@ class ShardReader:
         """A fault of the archive itself (not a tar, cut short, bad compressed data) is the shard's
         `read_error` and what was read before it stands; a fault of reading (connection reset, I/O
         error, the file gone) is raised, so the shard fails and is read again, never committed short."""
+        _refuse_special_file(self.url)
         try:
             with fsspec.open(self.url, "rb") as raw:
-                counted = _CountingReader(raw)
+                counted = _CountingReader(_decompressed(raw))
                 yield from self._samples(counted)
         except ARCHIVE_FAULTS as exc:
             self.report.error = f"{type(exc).__name__}: {exc}"
 
     def _samples(self, raw) -> Iterator[Sample]:
         current: Optional[dict] = None
-        tar = tarfile.open(fileobj=raw, mode="r|*", tarinfo=_PlainHeaders)
+        # a stream (fsspec files need not seek); compressed shards are inflated by `_decompressed`, whose
+        # readers check the stream's CRC once `_check_end` reads it to its end (tarfile's own never does)
+        tar = tarfile.open(fileobj=raw, mode="r|", tarinfo=_PlainHeaders)
         try:
             for info in tar:
                 if info.isdir():
@@ -238,15 +261,33 @@ class ShardReader:
             if current is not None:
                 current["problems"].append("truncated")
         else:
-            if getattr(tar.fileobj, "comptype", "tar") == "tar":  # compressed: gzip itself finds a cut stream
-                self._check_end(raw, tar.offset)
+            try:
+                self._check_end(raw, tar)
+            except ARCHIVE_FAULTS as exc:  # the compressed stream's CRC or end
+                self.report.error = f"corrupt: {type(exc).__name__}: {exc}"
         if current is not None:
             yield self._assemble(current)
 
-    def _check_end(self, raw: "_CountingReader", offset: int) -> None:
-        """tarfile stops silently at a header cut short; a complete tar ends in zero blocks."""
-        tail = raw.read()
-        if raw.total - offset < 512 or tail.strip(b"\0"):
+    def _check_end(self, raw: "_CountingReader", tar) -> None:
+        """tarfile stops without a word at a header it cannot parse or one cut short; a complete tar ends
+        in zero blocks, and nothing but zeros follows them. Reads what is left (at most
+        `MAX_TAIL_BYTES`, a chunk at a time), which also makes a compressed stream check its CRC."""
+        fault = getattr(tar, "vlm_aug_fault", None)
+        if fault is not None:
+            offset, exc = fault
+            self.report.error = (f"truncated: a damaged tar header at byte {offset} ({exc}); the shard's "
+                                 "members from there on are not read")
+            return
+        offset, ended, tail = tar.offset, True, 0
+        while tail < MAX_TAIL_BYTES:
+            chunk = raw.read(_TAIL_CHUNK)
+            if not chunk:
+                break
+            tail += len(chunk)
+            if chunk.strip(b"\0"):
+                ended = False
+                break
+        if raw.total - offset < 512 or not ended:
             self.report.error = (f"truncated: the archive ends {raw.total - offset} bytes after the last "
                                  "member without a complete end-of-archive block")
 
@@ -254,11 +295,11 @@ class ShardReader:
         """-> (payload, problem). Unknown extensions (e.g. .pyd/.pickle) are counted, never read."""
         if unsafe_member(info.name):
             return None, "unsafe_member_path"
-        if not info.isfile():
-            return None, "not_a_regular_file"
-        if ext not in self.known_exts:
+        if ext not in self.known_exts:  # a link or device among them is never followed either
             self.report.ignored_members += 1
             return None, None
+        if not info.isfile():
+            return None, "not_a_regular_file"
         if info.size > self.max_member_bytes:
             return None, f"member_too_large:{ext}"
         if info.type in _PLAIN and info.sparse is None and tar.fileobj.tell() == info.offset_data:
@@ -270,6 +311,8 @@ class ShardReader:
         return data, None
 
     def _assemble(self, group: dict) -> Sample:
+        if _undecodable("".join(group["names"])):  # bytes that are not UTF-8 (tarfile's surrogates)
+            return self._bad_names(group)
         key, members = _sanitize_key(group["key"]), group["members"]
         sample = Sample(key=key, shard=self.url, members=group["names"])
         if key != group["key"]:
@@ -303,6 +346,18 @@ class ShardReader:
             self._fail_without_image(sample, group["names"])
         return sample
 
+    def _bad_names(self, group: dict) -> Sample:
+        """A sample with a member name that is not UTF-8: no output, parquet or loader can hold it. Its
+        key and names are recorded with the bytes spelled out (`caf\\xe9`)."""
+        names = [_printable(n) for n in group["names"]]
+        key = _sanitize_key(_printable(group["key"]))
+        sample = Sample(key=key, shard=self.url, members=names)
+        sample.source_key = _printable(group["key"])
+        if self.report.keys_seen.get(key) is None:
+            self.report.keys_seen[key] = sample.source_key
+        sample.fail("bad_member_name", f"member name(s) {', '.join(map(repr, names[:3]))} are not valid UTF-8")
+        return sample
+
     def _fail_without_image(self, sample: Sample, names: list[str]) -> None:
         """An image member of a type not read is `unsupported_image_type`, naming it; none is `missing_image`."""
         images = set(IMAGE_EXTS) | set(OTHER_IMAGE_EXTS)
@@ -320,19 +375,82 @@ class ShardReader:
                 return sample.fail("missing_caption", "no valid UTF-8 json member")
             try:
                 value = json.loads(sample.orig_json).get(field_name)
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 return sample.fail("bad_json", "the json member is not a JSON object")
             raw = value.encode("utf-8") if isinstance(value, str) else None
         else:
             raw = members.get(self.caption_key)
         if raw is None:
             return sample.fail("missing_caption", f"no caption ({self.caption_key})")
+        if len(raw) > self.max_caption_bytes:
+            return sample.fail("caption_too_long", f"{len(raw)} bytes > limits.max_caption_bytes="
+                               f"{self.max_caption_bytes}")
         text = _text(raw)
         if text is None:
             return sample.fail("bad_utf8", "the caption is not valid UTF-8")
         if not text.strip():
             return sample.fail("empty_caption")
         sample.caption_orig = text.strip()
+
+
+def _refuse_special_file(url: str) -> None:
+    """A local input that is a FIFO, a device or a socket would block or never end: the shard fails
+    (and is named) instead."""
+    if "://" in url and not url.startswith("file://"):
+        return
+    try:
+        mode = os.stat(url[len("file://"):] if url.startswith("file://") else url).st_mode
+    except OSError:
+        return  # fsspec.open raises what is wrong, naming the file
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise OSError(f"input {url!r} is not a regular file (a FIFO, a device or a socket): give shard files")
+
+
+class _Prefixed:
+    """`raw` with the bytes already read from its start put back in front."""
+
+    def __init__(self, head: bytes, raw):
+        self.head, self.raw = head, raw
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            data, self.head = self.head + self.raw.read(), b""
+        else:
+            data, self.head = self.head[:size], self.head[size:]
+            if len(data) < size:
+                data += self.raw.read(size - len(data))
+        if not self.head:
+            self.read = self.raw.read  # the rest straight from the file
+        return data
+
+
+# compressed shards by their magic bytes; Python's readers check the stream's CRC at its end
+_COMPRESSED = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")), (b"BZh", lambda f: bz2.BZ2File(f)),
+               (b"\xfd7zXZ\x00", lambda f: lzma.LZMAFile(f)))
+
+
+def _decompressed(raw):
+    head = raw.read(6)
+    stream = _Prefixed(head, raw)
+    for magic, reader in _COMPRESSED:
+        if head.startswith(magic):
+            return reader(stream)
+    return stream
+
+
+def _undecodable(name: str) -> bool:
+    if name.isascii():
+        return False
+    try:
+        name.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _printable(name: str) -> str:
+    """A name read with surrogate escapes, its bytes that are not UTF-8 spelled out as `\\xNN`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class _CountingReader:
@@ -360,7 +478,7 @@ def _valid_json(text: Optional[str]) -> bool:
     try:
         json.loads(text)
         return True
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's limit ([[[[...]]]])
         return False
 
 

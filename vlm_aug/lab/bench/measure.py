@@ -54,7 +54,8 @@ def pipeline(cfg: Config) -> dict:
 def decoded_samples(cfg: Config, inputs: list[Path]) -> list:
     samples = []
     for url in inputs:
-        batch = list(ShardReader(str(url), cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes))
+        batch = list(ShardReader(str(url), cfg.input.caption_key, cfg.input.image_exts, cfg.limits.max_member_bytes,
+                                         cfg.limits.max_caption_bytes))
         decode_samples(batch, cfg.limits.max_image_pixels, cfg.limits.max_image_bytes)
         samples += [s for s in batch if s.active]
     return samples

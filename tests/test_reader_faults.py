@@ -1,0 +1,223 @@
+"""Faults of the archive and of single members that the reader met badly (an audit of hostile shards):
+each becomes the shard's `read_error` or one sample's reason, and nothing after it is lost unsaid."""
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import os
+import signal
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import sample_members, write_tar
+from vlm_aug.cli import main
+from vlm_aug.shards.read import ShardReader
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 48\n%%EndComments\n"
+       b"newpath 0 0 moveto 64 0 lineto 64 48 lineto closepath fill\nshowpage\n%%EOF\n")
+
+
+def read(path: Path, **kw) -> tuple[list, ShardReader]:
+    reader = ShardReader(str(path), "txt", ["jpg"], 1 << 20, **kw)
+    return list(reader), reader
+
+
+def tar_bytes(members, fmt=tarfile.USTAR_FORMAT, **kw) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt, **kw) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def four() -> list:
+    return sum((sample_members(k, f"caption {k}") for k in "abcd"), [])
+
+
+def test_json_nested_past_the_recursion_limit_is_one_samples_bad_json(tmp_path):
+    """json.loads raises RecursionError, not ValueError, on [[[[...]]]] ~1,000 deep: it failed the
+    whole shard, on every rerun."""
+    deep = ("[" * 5000 + "]" * 5000).encode()
+    members = sample_members("ok1", "one") + [("deep.jpg", sample_members("x", "")[0][1]), ("deep.txt", b"deep"),
+                                              ("deep.json", deep)] + sample_members("ok2", "two")
+    samples, reader = read(write_tar(tmp_path / "s.tar", members))
+    assert [(s.key, s.reason) for s in samples] == [("ok1", None), ("deep", "bad_json"), ("ok2", None)]
+    assert reader.report.error is None
+
+
+def test_a_member_name_that_is_not_utf8_is_one_samples_error_and_the_run_writes_it(tmp_path, capsys):
+    """tarfile reads such a name with surrogate escapes, which no parquet or tar writer takes: the
+    whole shard failed. Now the sample is an error (`bad_member_name`) with its bytes spelled out."""
+    members = sample_members("ok1", "a red square") + sample_members("caf\udce9", "latin-1") + sample_members("ok2", "b")
+    data = tar_bytes(members, encoding="utf-8", errors="surrogateescape")
+    assert b"caf\xe9.jpg" in data
+    shard = tmp_path / "in" / "000000.tar"
+    shard.parent.mkdir()
+    shard.write_bytes(data)
+    samples, reader = read(shard)
+    assert [(s.key, s.reason) for s in samples] == [("ok1", None), ("caf\\xe9", "bad_member_name"), ("ok2", None)]
+    assert samples[1].members == ["caf\\xe9.jpg", "caf\\xe9.txt", "caf\\xe9.json"]
+    # through a whole run (no model): the shard commits, its parquet holds the three samples
+    out = tmp_path / "out"
+    code = main(["run", "configs/demo.yaml", "--no-model", "--no-report", "--input", str(shard), "--output", str(out),
+                 "--set", "executor=local"])
+    assert code == 0, capsys.readouterr().err
+    rows = pq.read_table(out / "shards" / "000000.parquet").to_pylist()
+    assert [(r["key"], r["status"], r["reason"]) for r in rows] == [
+        ("ok1", "kept", None), ("caf\\xe9", "error", "bad_member_name"), ("ok2", "kept", None)]
+
+
+def test_image_bytes_of_a_format_not_read_never_reach_other_decoders(tmp_path, monkeypatch):
+    """Pillow left to itself tries every plugin: EPS bytes in a .jpg member were handed to Ghostscript
+    (`gs`). Only the image formats vlm_aug reads are tried now; the sample is a decode_error."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    ran = tmp_path / "gs_ran"
+    (fake / "gs").write_text(f"#!/bin/sh\necho \"$@\" >> {ran}\nexit 1\n")
+    (fake / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    from vlm_aug.shards.decode import decode_samples
+    from vlm_aug.shards.images import header_facts
+
+    samples, _ = read(write_tar(tmp_path / "s.tar", sample_members("eps", "a black square", EPS)))
+    decode_samples(samples, 50_000_000, 1 << 20)
+    assert (samples[0].status, samples[0].reason) == ("error", "decode_error")
+    assert header_facts(EPS, "jpg") == ("jpg", False)
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("where", ["b.jpg", "d.jpg"])
+def test_a_damaged_header_is_a_read_error_wherever_it_is(tmp_path, where):
+    """tarfile takes a header it cannot parse for the end of the archive. Near the end of a shard the
+    rest was already in its buffer, so the end check saw nothing: sample d vanished without a word."""
+    data = bytearray(tar_bytes(four()))
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+        offset = tar.getmember(where).offset
+    data[offset] ^= 0x01  # one bit of the name: the checksum no longer matches
+    path = tmp_path / "d.tar"
+    path.write_bytes(bytes(data))
+    samples, reader = read(path)
+    assert reader.report.error.startswith(f"truncated: a damaged tar header at byte {offset}")
+    assert [s.key for s in samples] == list("abcd"[: "abcd".index(where[0])])
+
+
+def test_a_member_longer_than_its_header_says_is_a_read_error(tmp_path):
+    """b.txt declares 5 bytes and holds 700: tarfile reads the rest as the next header, takes it for the
+    end of the archive, and sample c was dropped without a read error."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in sample_members("a", "a red square") + sample_members("b", "")[:1]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        body = b"a blue circle " * 50
+        info = tarfile.TarInfo("b.txt")
+        info.size = 5
+        tar.fileobj.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+        tar.fileobj.write(body + b"\0" * (-len(body) % 512))
+        tar.offset += 512 + len(body) + (-len(body) % 512)
+        for name, data in sample_members("c", "a green square"):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path = tmp_path / "s.tar"
+    path.write_bytes(buffer.getvalue())
+    samples, reader = read(path)
+    assert [s.key for s in samples] == ["a", "b"]
+    assert reader.report.error is not None and reader.report.error.startswith("truncated: a damaged tar header")
+
+
+def test_bytes_after_the_end_are_checked_a_chunk_at_a_time(tmp_path):
+    """Zero padding past the end of the archive is fine (tars pad to records); anything else after it
+    is a read error; the tail was read in one piece (1.5 GB of padding: 4 GB of memory)."""
+    data = tar_bytes(four())
+    padded = tmp_path / "padded.tar"
+    padded.write_bytes(data + b"\0" * (3 * 1024 * 1024))
+    samples, reader = read(padded)
+    assert (len(samples), reader.report.error) == (4, None)
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(data + b"\0" * (2 * 1024 * 1024) + b"junk")
+    samples, reader = read(junk)
+    assert len(samples) == 4 and reader.report.error.startswith("truncated")
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+def test_compressed_shards_are_read_and_their_checksum_checked(tmp_path, compress):
+    """A flipped byte in a stored gzip block passed: tarfile never reads the stream's CRC."""
+    data = tar_bytes(four())
+    good = tmp_path / "good.tar.gz"
+    good.write_bytes(compress(data))
+    samples, reader = read(good)
+    assert ([s.caption_orig for s in samples], reader.report.error) == ([f"caption {k}" for k in "abcd"], None)
+    if compress is gzip.compress:
+        stored = bytearray(gzip.compress(data, compresslevel=0))
+        i = stored.find(b"caption b")
+        stored[i + 8] = ord("x")
+        bad = tmp_path / "bad.tar.gz"
+        bad.write_bytes(bytes(stored))
+        samples, reader = read(bad)
+        assert reader.report.error is not None and "CRC" in reader.report.error
+
+
+def test_a_caption_past_max_caption_bytes_is_an_error(tmp_path):
+    """A 10 MB caption was kept as the training caption, and the semantic figures ran out of memory."""
+    members = sample_members("big", "word " * 20_000) + sample_members("ok", "a red square")
+    samples, _ = read(write_tar(tmp_path / "s.tar", members))
+    assert [(s.key, s.reason) for s in samples] == [("big", "caption_too_long"), ("ok", None)]
+    assert samples[0].error_detail == "100000 bytes > limits.max_caption_bytes=65536"
+    samples, _ = read(tmp_path / "s.tar", max_caption_bytes=200_000)
+    assert [s.reason for s in samples] == [None, None]
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    """A FIFO named like a shard blocked the run forever."""
+    fifo = tmp_path / "000000.tar"
+    os.mkfifo(fifo)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the reader waited on the FIFO"))
+    signal.alarm(20)
+    try:
+        with pytest.raises(OSError, match="not a regular file"):
+            read(fifo)
+    finally:
+        signal.alarm(0)
+
+
+def test_a_link_among_the_ignored_members_leaves_the_sample_alone(tmp_path):
+    """A symlink `x.pyd` beside a good sample's members is never read or followed, as any ignored
+    member: it is counted, and the sample is not failed for it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in sample_members("a", "a red square"):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("a.pyd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        image = tarfile.TarInfo("b.jpg")
+        image.type, image.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(image)
+    path = tmp_path / "s.tar"
+    path.write_bytes(buffer.getvalue())
+    samples, reader = read(path)
+    assert [(s.key, s.reason) for s in samples] == [("a", None), ("b", "not_a_regular_file")]
+    assert reader.report.ignored_members == 1
+    assert json.loads(samples[0].orig_json) == {"key": "a"}
+
+
+@pytest.mark.parametrize("url,says", [("http://user:SECRET@127.0.0.1:9/000000.tar", "holds credentials"),
+                                      ("https://host.invalid/000000.tar?X-Amz-Signature=SECRET", "query string")])
+def test_an_input_url_with_a_secret_is_refused_without_echoing_it(tmp_path, capsys, url, says):
+    """An input's URL goes into every sample's provenance, the manifest and the card, and a query string
+    named the output shards (`000000.tar?X-Amz-Signature=....tar`)."""
+    code = main(["run", "configs/demo.yaml", "--no-model", "--input", url, "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "SECRET" not in err
+    assert not (tmp_path / "out").exists()
