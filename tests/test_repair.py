@@ -17,7 +17,7 @@ from vlm_aug.record import RunContext, build_record
 from vlm_aug.sample import Sample
 from vlm_aug.stages.decide import DecideStage
 from vlm_aug.stages.score import ScoreStage
-from vlm_aug.text import split_sentences
+from vlm_aug.text import join_sentences, split_sentences
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,3 +105,38 @@ def test_pipeline_counts_repairs_and_the_report_strikes_dropped_sentences(tmp_pa
     page = (out / "report.html").read_text()
     assert '<option value="repaired">' in page and 'title="dropped by sentence repair"' in page
     assert "of the kept" in capsys.readouterr().out
+
+
+def test_a_repaired_text_under_min_clip_rewrite_says_so(scored_with_planted_errors):
+    """The reason named `low_clip_rewrite`, a score that had passed, when it was the repaired text,
+    scored as a whole, that fell under the threshold."""
+    samples, _ = scored_with_planted_errors
+    repaired = [s for s in samples if s.repair.text]
+    threshold = sorted(s.scores["clip_repaired"] for s in repaired)[len(repaired) // 2]
+    fresh = []
+    for s in repaired:
+        copy = Sample(key=s.key, shard=s.shard, caption_orig=s.caption_orig, caption_rewrite=s.caption_rewrite)
+        copy.scores, copy.repair = dict(s.scores), s.repair
+        fresh.append(copy)
+    DecideStage(PolicyConfig(name="fallback", min_clip_orig=-1, min_clip_rewrite=threshold,
+                             repair=RepairConfig(drop_sentences_below=0.5))).process_batch(fresh)
+    under = [s for s in fresh if s.scores["clip_repaired"] < threshold]
+    assert under and {(s.decision.outcome, s.reason) for s in under} == {("original", "low_clip_repaired")}
+    assert all(s.decision.outcome == "repaired" for s in fresh if s.scores["clip_repaired"] >= threshold)
+
+
+@pytest.mark.parametrize("text, sentences", [
+    ("There are shapes, e.g. circles and squares. A red one.", ["There are shapes, e.g. circles and squares.", "A red one."]),
+    ("Mr. Smith drew it. A book by J. R. R. Tolkien lies here.", ["Mr. Smith drew it.", "A book by J. R. R. Tolkien lies here."]),
+    ("A U.S. flag is not visible. A dog sits.", ["A U.S. flag is not visible.", "A dog sits."]),
+    ("1. A red circle. 2. A blue square.", ["1. A red circle.", "2. A blue square."]),
+    ("A yellow circle vs. A yellow square. A red one.", ["A yellow circle vs. A yellow square.", "A red one."]),
+    ("图中有一个红色的圆。图中有一个蓝色的方块。A small square.", ["图中有一个红色的圆。", "图中有一个蓝色的方块。", "A small square."]),
+    ('A circle… It says "hello." A yellow circle!', ["A circle…", 'It says "hello."', "A yellow circle!"]),
+    ("The rod is 3.5 m long. It is 2.0 m wide? Yes.", ["The rod is 3.5 m long.", "It is 2.0 m wide?", "Yes."]),
+])
+def test_sentences_are_split_where_they_end(text, sentences):
+    """Each split sentence is scored and may be dropped: `e.g.`, initials, item numbers and `vs.` split
+    sentences in two (repair kept half of one), and CJK text, `…` and `."` were never split."""
+    assert split_sentences(text) == sentences
+    assert join_sentences(sentences) == text

@@ -46,8 +46,8 @@ class DecideStage:
         new = self._candidate_score(sample)
         if not sample.caption_rewrite or new is None:
             return "empty_rewrite"
-        if new < self.policy.min_clip_rewrite:
-            return "low_clip_rewrite"
+        if new < self.policy.min_clip_rewrite:  # the repaired text's score when sentences were dropped
+            return "low_clip_repaired" if sample.repair.text else "low_clip_rewrite"
         return None
 
     @staticmethod

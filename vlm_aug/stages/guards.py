@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vlm_aug.text import split_sentences
+from vlm_aug.text import join_sentences, split_sentences
 
 PREAMBLE = re.compile(
     r"^\s*(?:(?:sure|certainly|of course|absolutely|okay|ok|alright|yes|great)\b[!,.]*\s*)?"
@@ -86,7 +86,7 @@ def guard(text: str, original: str, rendered_prompt: str, hit_limit: bool) -> Gu
             out.stripped.append(out.text)
             out.text, out.problem = "", "truncated_rewrite"
             return out
-        kept = " ".join(complete)
+        kept = join_sentences(complete)
         out.stripped.append(out.text[len(kept):].strip() if out.text.startswith(kept) else sentences[-1])
         out.text = kept
     if not out.text:

@@ -9,7 +9,7 @@ from vlm_aug.config import CLIPConfig, RepairConfig
 from vlm_aug.sample import Repair, Sample
 from vlm_aug.stages.base import Resources
 from vlm_aug.stages.models import locate_clip, resolve_device
-from vlm_aug.text import split_sentences
+from vlm_aug.text import join_sentences, split_sentences
 
 
 class ScoreStage:
@@ -144,7 +144,7 @@ class ScoreStage:
             if len(keep) < self.repair.min_sentences:
                 sample.repair.problem = "low_clip_sentences"
                 continue
-            sample.repair.text = " ".join(keep)
+            sample.repair.text = join_sentences(keep)
             todo.append(i)
         if todo:
             text_emb = self.encode_texts([active[i].repair.text for i in todo])
