@@ -104,6 +104,14 @@ def test_pipeline_counts_repairs_and_the_report_strikes_dropped_sentences(tmp_pa
     assert "Sentence repair:" in (out / "README.md").read_text()
     page = (out / "report.html").read_text()
     assert '<option value="repaired">' in page and 'title="dropped by sentence repair"' in page
+    # a repaired card shows, and sorts by, the score of its training caption (clip_repaired), not the
+    # whole rewrite's, which may be under min_clip_rewrite on a kept card
+    import re
+
+    shown = re.findall(r'data-reason="repaired" data-views="[^"]*" data-key="([^"]+)" data-clip-rewrite="([^"]*)"', page)
+    by_key = {r["key"]: r for r in repaired}
+    assert shown and all(value == f'{by_key[key]["scoring"]["clip_repaired"]:.6f}' for key, value in shown)
+    assert "&rarr; repaired <b>" in page
     assert "of the kept" in capsys.readouterr().out
 
 

@@ -58,8 +58,22 @@ def _thumb(card: dict) -> str:
     return f'<div class="placeholder">{escape(card.get("thumb_note") or "no image")}</div>'
 
 
+def _repaired_score(card: dict) -> Optional[float]:
+    """A repaired sample's training caption is the rewrite without its dropped sentences, scored as a
+    whole (`scoring.clip_repaired`): its score, not the whole rewrite's; None for any other sample."""
+    if card.get("outcome") != "repaired":
+        return None
+    value = ((card.get("provenance") or {}).get("scoring") or {}).get("clip_repaired")
+    return value if isinstance(value, (int, float)) else None
+
+
+def _new_score(card: dict) -> Optional[float]:
+    repaired = _repaired_score(card)
+    return repaired if repaired is not None else card.get("clip_rewrite")
+
+
 def _data_attrs(card: dict) -> str:
-    orig, new = card.get("clip_orig"), card.get("clip_rewrite")
+    orig, new = card.get("clip_orig"), _new_score(card)
     gain = new - orig if orig is not None and new is not None else None
     reason = card.get("reason") or ("repaired" if card.get("outcome") == "repaired" else "")
     attrs = {"status": card["status"], "reason": reason,
@@ -83,8 +97,8 @@ def _struck(card: dict) -> frozenset:
 
 
 def render_card(card: dict, low: Optional[float]) -> str:
-    orig, new = card.get("clip_orig"), card.get("clip_rewrite")
-    gain = new - orig if orig is not None and new is not None else None
+    orig, new, repaired = card.get("clip_orig"), card.get("clip_rewrite"), _repaired_score(card)
+    gain = _new_score(card) - orig if orig is not None and _new_score(card) is not None else None
     outcome = card.get("outcome") or ""
     reason = f'<span class="reason">{escape(card["reason"])}</span>' if card.get("reason") else ""
     final = escape(card["caption"]) if card.get("caption") else '<span class="none">(not kept)</span>'
@@ -100,7 +114,8 @@ def render_card(card: dict, low: Optional[float]) -> str:
 <dt>rewrite</dt><dd class="rewrite">{highlight_added(card.get('caption_orig'), card.get('caption_rewrite'))}</dd>
 <dt>training</dt><dd class="final">{final} <span class="outcome">{escape(outcome)}</span></dd>
 </dl>
-<div class="scores">CLIP <b>{_num(orig)}</b> &rarr; <b>{_num(new)}</b>
+<div class="scores">CLIP <b>{_num(orig)}</b> &rarr; <b>{_num(new)}</b>{
+    f' &rarr; repaired <b>{_num(repaired)}</b>' if repaired is not None else ''}
 <span class="gain {gain_cls}">{_num(gain, signed=True)}</span></div>
 {sentence_list(card.get('caption_rewrite'), card.get('clip_sentences') or [], card_threshold(card, low),
                _struck(card))}
