@@ -113,6 +113,9 @@ def test_pipeline_counts_repairs_and_the_report_strikes_dropped_sentences(tmp_pa
     assert shown and all(value == f'{by_key[key]["scoring"]["clip_repaired"]:.6f}' for key, value in shown)
     assert "&rarr; repaired <b>" in page
     assert "of the kept" in capsys.readouterr().out
+    assert main(["stats", str(out)]) == 0
+    assert (f"sentence repair: {len(repaired)} kept without their failing sentences, "
+            f"{manifest['totals']['sentences_dropped']} sentences dropped") in capsys.readouterr().out
 
 
 def test_a_repaired_text_under_min_clip_rewrite_says_so(scored_with_planted_errors):

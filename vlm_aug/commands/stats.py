@@ -30,6 +30,10 @@ def format_summary(title: str, summary: dict) -> list[str]:
     c = summary["counts"]
     lines = [f"{title}: inputs {c['inputs']}  kept {c['kept']}  rejected {c['rejected']}  error {c['error']}"]
     lines += [f"  {reason:<32} {n}" for reason, n in summary["reasons"].items()]
+    if summary.get("repair"):
+        r = summary["repair"]
+        lines.append(f"  sentence repair: {r['repaired']} kept without their failing sentences, "
+                     f"{r['sentences_dropped']} sentences dropped")
     if summary.get("guards"):
         lines.append("  text guards (rewrites changed, then scored): " +
                      ", ".join(f"{k} {n}" for k, n in summary["guards"].items()))

@@ -139,6 +139,9 @@ def stats(out: OutputDir, per_shard: bool = True, shard_stats: Optional[list[dic
         for name, n in (s.get("guards") or {}).items():
             guards[name] = guards.get(name, 0) + n
     result["overall"]["guards"] = dict(sorted(guards.items()))
+    repairs = {k: sum((s.get("scores") or {}).get(k, 0) for s in all_stats) for k in ("repaired", "sentences_dropped")}
+    if repairs["repaired"] or repairs["sentences_dropped"]:  # policy.repair: kept without their failing sentences
+        result["overall"]["repair"] = repairs
     # input shards not read to their end (not a tar, empty file, cut short): what followed the fault is not here
     result["read_errors"] = {s["shard"]: s["read_error"] for s in all_stats if s.get("read_error")}
     result["failed_inputs"] = failed_inputs(manifest, set(names))
