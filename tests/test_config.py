@@ -133,6 +133,6 @@ def test_set_errors_say_they_came_from_set_and_how_to_write_the_value():
         load_config(REPO / "configs/demo.yaml", ["vlm.revision=1234567"])  # a short sha of digits
     assert "with its --set values" in str(digits.value) and "(from --set vlm.revision)" in str(digits.value)
     assert "--set 'vlm.revision=\"1234567\"'" in str(digits.value)
-    with pytest.raises(ConfigError, match=r"write a list, e\.g\. --set input\.image_exts=\[png\]"):
+    with pytest.raises(ConfigError, match=r"write a list, e\.g\. --set 'input\.image_exts=\[png\]'"):
         load_config(REPO / "configs/demo.yaml", ["input.image_exts=png"])
     assert load_config(REPO / "configs/demo.yaml", ["vlm.revision='1234567'"]).vlm.revision == "1234567"

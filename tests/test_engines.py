@@ -89,7 +89,7 @@ def assert_same_as_hf(out: Path, hf_out: Path) -> dict[str, dict]:
 def test_engine_config_errors_name_the_fix():
     with pytest.raises(ConfigError, match="vlm.endpoint"):
         load_config(DEMO, ["vlm.engine=openai"])
-    with pytest.raises(ConfigError, match="NAME of an environment variable"):
+    with pytest.raises(ConfigError, match="NAME of an environment variable|must name an environment variable"):
         load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://h:1/v1", "vlm.api_key_env=sk-abc.123"])
     with pytest.raises(ConfigError, match="not an http"):
         load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=127.0.0.1:8000"])

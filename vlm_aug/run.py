@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import shlex
 import sys
 import time
 from collections import Counter
@@ -194,7 +195,7 @@ def add_semantic(config: Config, manifest: dict, progress: bool = True) -> None:
     except Exception as exc:  # noqa: BLE001 - say it and how to retry
         manifest["semantic"] = {"skipped": f"{type(exc).__name__}: {exc}"}
         print(f"vlm-aug: semantic figures failed ({type(exc).__name__}: {exc}); retry with "
-              f"`vlm-aug stats {config.output.path} --json`", file=sys.stderr)
+              f"`vlm-aug stats {shlex.quote(str(config.output.path))} --json`", file=sys.stderr)
     OutputDir(config.output.path).write_manifest(manifest)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import shutil
 import uuid
 from pathlib import Path
@@ -85,5 +86,5 @@ def cmd_demo(args) -> int:
         code = execute_and_report(config, overwrite=True, progress=not args.no_progress)
     print(f"\nlook at: {out}/report.html (gallery, plots), {out}/shards/ (new shards), "
           f"{out}/manifest.json (the run)\n"
-          f"  trace one sample: vlm-aug trace {out} 000000_000000")
+          f"  trace one sample: vlm-aug trace {shlex.quote(str(out))} 000000_000000")
     return code

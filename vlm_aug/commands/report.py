@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 
@@ -50,8 +51,8 @@ def write_run_report(out: str, options=None) -> str | None:
     try:
         path = write_report(out, options or ReportOptions())
     except Exception as exc:  # noqa: BLE001 - the shards are already committed; say how to retry
-        print(f"warning: report not written ({type(exc).__name__}: {exc}); retry with `vlm-aug report {out}`",
-              file=sys.stderr)
+        print(f"warning: report not written ({type(exc).__name__}: {exc}); retry with "
+              f"`vlm-aug report {shlex.quote(str(out))}`", file=sys.stderr)
         return None
     print(f"  report   {path} ({time.perf_counter() - start:.1f} s)")
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 SECTIONS = ("source", "generation", "scoring", "decision", "pipeline")
@@ -50,7 +51,8 @@ def _input_key_hint(out, key: str, shard: str | None) -> str:
     written = sorted({(row["key"], row["out_shard"]) for row in found.to_pylist()})
     if written:
         return ("; dots in keys are written as '_': input key " + repr(key) + " is " + ", ".join(
-            f"sample {k!r} in shard {s} (vlm-aug trace {out.path} {k} --shard {s})" for k, s in written))
+            f"sample {k!r} in shard {s} (vlm-aug trace {shlex.quote(str(out.path))} {shlex.quote(k)} --shard "
+            f"{shlex.quote(s)})" for k, s in written))
     if "." in key.rsplit("/", 1)[-1]:
         return "; dots in keys are written as '_' (an input key a.b is the sample a_b)"
     return ""

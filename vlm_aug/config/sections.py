@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal, Optional
 from urllib.parse import urlsplit
@@ -85,9 +87,9 @@ class VLMConfig(Strict):
     @field_validator("api_key_env")
     @classmethod
     def _key_name(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not value.replace("_", "").isalnum():
-            raise ValueError("vlm.api_key_env is the NAME of an environment variable (e.g. OPENAI_API_KEY), "
-                             "not the key itself: keys never go into a config")
+        if value is not None and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):  # never echoed: it may be the key
+            raise ValueError("vlm.api_key_env must name an environment variable (e.g. OPENAI_API_KEY), not hold "
+                             "the key itself: keys never go into a config")
         return value
 
     @model_validator(mode="after")
@@ -420,7 +422,10 @@ def _format_errors(err: ValidationError, source: str, set_keys: tuple = ()) -> s
         elif e["type"] == "literal_error":
             msg = f"got {e.get('input')!r}; {msg}"
         elif e["type"] == "list_type":  # --set input.image_exts=png: YAML reads a word
-            msg += f"; got {e.get('input')!r}: write a list, e.g. --set {field}=[{e.get('input')}]"
+            example = shlex.quote(f"{field}=[{e.get('input')}]")
+            msg += f"; got {e.get('input')!r}: write a list, e.g. --set {example}"
+        elif field == "vlm.api_key_env":  # a key given by mistake: never echoed
+            pass
         elif e["type"] == "string_type" and isinstance(e.get("input"), (int, float, bool)):  # 1234567, yes
             msg += (f"; YAML read {e.get('input')!r} as a {type(e['input']).__name__}: quote it in the value, e.g. "
                     f"--set '{field}=\"{e.get('input')}\"'")

@@ -9,6 +9,7 @@ configurations is shown with each one's value; a dry run (`dry_run: true`) is sa
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Optional
 
@@ -114,8 +115,25 @@ def _groups(settings: dict[str, dict], key: str) -> dict[str, list[str]]:
     return groups
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _code(text) -> str:
+    """`text` (an input name, a shard name, a key, a setting) as one markdown code span that holds it whatever
+    it contains: control characters (a newline) shown as escapes (`\\n`), and a fence longer than any run of
+    backticks in it, so a name cannot end the span early (no raw HTML or markdown gets out of it). A `|` is
+    escaped by `_table` in table cells (outside a table it adds no column)."""
+    text = _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), str(text))
+    if not text:
+        return "` `"
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""  # the reader strips one space each side
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _fps(fps: list[str]) -> str:
-    return ", ".join(f"`{fp[:12]}`" for fp in fps)
+    return ", ".join(_code(fp[:12]) for fp in fps)
 
 
 def _show(value_json: str) -> str:
@@ -125,26 +143,36 @@ def _show(value_json: str) -> str:
 
 
 def _differs(groups: dict[str, list[str]]) -> str:
-    return "differs between configurations: " + "; ".join(f"`{_show(value)}` ({_fps(fps)})"
+    return "differs between configurations: " + "; ".join(f"{_code(_show(value))} ({_fps(fps)})"
                                                           for value, fps in groups.items())
 
 
 def _value_cell(settings: dict[str, dict], key: str, default) -> str:
     """One value in backticks, or each configuration's when they differ (`default` when none has `key`)."""
     if all(key not in s for s in settings.values()):
-        return f"`{_show(json.dumps(default, default=str))}`"
+        return _code(_show(json.dumps(default, default=str)))
     groups = _groups(settings, key)
-    return f"`{_show(next(iter(groups)))}`" if len(groups) == 1 else _differs(groups)
+    return _code(_show(next(iter(groups)))) if len(groups) == 1 else _differs(groups)
+
+
+def _cell(value) -> str:
+    """One table cell: on one line (`_code` and `_clean` keep names and messages on one), with each `|`
+    escaped (GFM reads `\\|` in a cell as a bar, even in a code span; backslashes before it are doubled,
+    so the bar stays escaped)."""
+    text = "-" if value is None else " ".join(str(value).splitlines())
+    return re.sub(r"(\\*)\|", lambda m: m.group(1) * 2 + "\\|", text)
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join("-" if v is None else str(v) for v in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
 
 
 def _clean(text, limit: int = 200) -> str:
-    """A message for one markdown table cell: one line, no backticks or bars, at most `limit` characters."""
-    return " ".join(str(text).replace("`", "'").replace("|", "/").split())[:limit]
+    """A message for one markdown table cell: one line, no backticks, bars or HTML (`<`, `>` and `&` as
+    entities), at most `limit` characters."""
+    text = " ".join(str(text).replace("`", "'").replace("|", "/").split())[:limit]
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _capital(text: str) -> str:
@@ -179,7 +207,7 @@ def _models(manifest: dict, real: dict[str, dict], dry: dict[str, dict]) -> list
             same = described.get("model") == name
             revision = described.get("revision") if same else s.get(f"{prefix}.revision")
             extra = described.get(detail) if same else s.get(detail_key)
-            row = (label, f"`{public_name(str(name))}`", "-" if revision is None else f"`{revision}`", extra)
+            row = (label, _code(public_name(str(name))), "-" if revision is None else _code(revision), extra)
             rows.setdefault(row, []).append(fp)
     header = ["stage", "model", "revision", "dtype / pretrained"]
     if len(rows) > len(MODEL_STAGES):  # a stage used other models (or revisions) in other configurations
@@ -231,9 +259,9 @@ def _setting_items(settings: dict[str, dict], prefix: str, skip: tuple = ()) -> 
         groups = _groups(settings, key)
         name = key[len(prefix):]
         if len(groups) == 1:
-            same.append(f"`{name}={next(iter(settings.values())).get(key)}`")
+            same.append(_code(f"{name}={next(iter(settings.values())).get(key)}"))
         else:
-            differing.append(f"- `{name}` {_differs(groups)}")
+            differing.append(f"- {_code(name)} {_differs(groups)}")
     return same, (["", *differing, ""] if differing else [])  # a list of its own in markdown
 
 
@@ -249,10 +277,10 @@ def _policy_section(real: dict[str, dict], dry: dict[str, dict]) -> list[str]:
     same, differing = _setting_items(real, "policy.", ("policy.name",))
     if len(names) == 1:
         name = json.loads(next(iter(names)))
-        lines = [f"Policy `{name}` with {', '.join(same)}.", *differing, _capital(POLICY_NOTES.get(name, ""))]
+        lines = [f"Policy {_code(name)} with {', '.join(same)}.", *differing, _capital(POLICY_NOTES.get(name, ""))]
     else:
         lines = [f"The policy {_differs(names)}; all with {', '.join(same) or 'no shared parameter'}.", *differing]
-        lines += [f"`{json.loads(n)}`: {POLICY_NOTES.get(json.loads(n), '')}" for n in names]
+        lines += [f"{_code(json.loads(n))}: {POLICY_NOTES.get(json.loads(n), '')}" for n in names]
     strict = [fp for fp, s in real.items() if s.get("policy.reject_misaligned_orig")]
     if strict:
         which = "" if len(strict) == len(real) else f" (configuration(s) {_fps(strict)})"
@@ -271,19 +299,19 @@ def _intro(manifest: dict, summary: dict, shards: dict, sources: list[str], read
     order = [r.get("run_id") for r in manifest.get("runs") or []]
     runs = Counter(sorted(shards["runs"].values(), key=lambda r: (order.index(r) if r in order else -1, str(r))))
     lines = ["# vlm_aug recaptioned dataset", "",
-             f"Written by vlm-aug {manifest.get('versions', {}).get('vlm-aug')} (last run `{manifest.get('run_id')}`, "
-             f"config sha256 `{manifest.get('config_sha256')}`). Full details: `manifest.json`; per-sample "
-             "history: `vlm-aug trace . KEY`; Croissant metadata: `croissant.json`."]
+             f"Written by vlm-aug {manifest.get('versions', {}).get('vlm-aug')} (last run "
+             f"{_code(manifest.get('run_id'))}, config sha256 {_code(manifest.get('config_sha256'))}). "
+             "Full details: `manifest.json`; per-sample history: `vlm-aug trace . KEY`; Croissant metadata: `croissant.json`."]
     if len(runs) > 1:
         lines += ["", f"The shards were written by {len(runs)} runs: " + ", ".join(
-            f"`{run}` ({n} shard(s))" for run, n in runs.items()) + " (`manifest.json`, `runs`: every run)."]
-    listed = ", ".join(f"`{name}`" for name in sources[:SHOWN])
+            f"{_code(run)} ({n} shard(s))" for run, n in runs.items()) + " (`manifest.json`, `runs`: every run)."]
+    listed = ", ".join(_code(name) for name in sources[:SHOWN])
     if len(sources) > SHOWN:
         listed += f" and {len(sources) - SHOWN} more (front matter: `source_datasets`)"
     unknown = sorted(n for n, url in shards["inputs"].items() if url is None)
     if unknown:
         listed += (f"; {len(unknown)} shard(s) of an earlier run whose input is not recorded ("
-                   + ", ".join(f"`{n}`" for n in unknown[:SHOWN]) + ")")
+                   + ", ".join(_code(n) for n in unknown[:SHOWN]) + ")")
     caption = _value_cell(settings, "input.caption_key", manifest.get("config", {}).get("input", {}).get("caption_key"))
     lines += ["", "## Seed data", "", f"Input shards: {listed or '-'}",
               f"({len(shards['inputs'])} shard(s), {c['inputs']} input samples, caption from {caption}).", ""]
@@ -292,7 +320,7 @@ def _intro(manifest: dict, summary: dict, shards: dict, sources: list[str], read
                   "empty file, cut short): the samples before the fault are in this dataset, what followed it is "
                   "not (each shard's stats: `read_error`; `vlm-aug stats .`).", "",
                   *_table(["output shard", "input", "read error"],
-                          [[f"`{name}`", f"`{public_name(shards['inputs'].get(name) or name)}`", _clean(error)]
+                          [[_code(name), _code(public_name(shards['inputs'].get(name) or name)), _clean(error)]
                            for name, error in list(read_errors.items())[:SHOWN]])]
         if len(read_errors) > SHOWN:
             lines += ["", f"... and {len(read_errors) - SHOWN} more."]
@@ -301,7 +329,7 @@ def _intro(manifest: dict, summary: dict, shards: dict, sources: list[str], read
     if failed:
         lines += [f"Failed: {len(failed)} input shard(s) failed in the last run and none of their samples are in "
                   "this dataset (`manifest.json`, `shards.failed`; rerunning the run's command retries them).", "",
-                  *_table(["input", "error"], [[f"`{public_name(url)}`", _clean(error)]
+                  *_table(["input", "error"], [[_code(public_name(url)), _clean(error)]
                                                for url, error in list(failed.items())[:SHOWN]])]
         if len(failed) > SHOWN:
             lines += ["", f"... and {len(failed) - SHOWN} more."]
@@ -319,9 +347,11 @@ def _prompt(manifest: dict, real: dict[str, dict]) -> list[str]:
         lines += [f"The configurations used different prompt templates: the template's sha256 {_differs(templates)}. "
                   "The text below is the last run's (`manifest.json` holds only it); each record names its own "
                   "(`generation.prompt_sha256`).", ""]
-    return [*lines, f"Template `{prompt.get('id')}` (sha256 `{prompt.get('sha256')}`), verbatim; "
+    text = prompt.get("text", "")
+    fence = "`" * max(4, max((len(run) for run in re.findall("`+", text)), default=0) + 1)  # longer than any in it
+    return [*lines, f"Template {_code(prompt.get('id'))} (sha256 {_code(prompt.get('sha256'))}), verbatim; "
             "`{caption}` is replaced by the original caption:", "",
-            "````text", prompt.get("text", ""), "````", ""]
+            f"{fence}text", text, fence, ""]
 
 
 def _layout() -> list[str]:
@@ -339,11 +369,12 @@ def _configurations(configs: dict) -> list[str]:
         return ["All shards were made with one configuration (its settings fingerprint is in each shard's "
                 "stats and in `manifest.json`).", ""]
     keys = differing_settings(configs)
-    rows = [[f"`{fp[:12]}`", c["shards"], c["inputs"], c["kept"],
-             *[f"`{json.dumps((c.get('settings') or {}).get(k, '?'))}`" for k in keys]] for fp, c in configs.items()]
+    rows = [[_code(fp[:12]), c["shards"], c["inputs"], c["kept"],
+             *[_code(json.dumps((c.get('settings') or {}).get(k, '?'))) for k in keys]] for fp, c in configs.items()]
     return ["This dataset mixes configurations (runs appended with `--allow-config-change`); each shard's "
             "stats name its own (`fingerprint`), and `manifest.json` lists each one's settings under "
-            "`configurations`.", "", *_table(["settings", "shards", "inputs", "kept", *keys], rows), ""]
+            "`configurations`.", "",
+            *_table(["settings", "shards", "inputs", "kept", *[_code(k) for k in keys]], rows), ""]
 
 
 def _semantic(semantic: dict | None) -> list[str]:
@@ -390,7 +421,8 @@ def _repairs_and_guards(totals: dict) -> list[str]:
                      "and their cosines are in `decision.repair`; their score below is the repaired caption's, "
                      "`scoring.clip_repaired`).")
     if totals.get("guards"):
-        lines.append("Text guards (before scoring): " + ", ".join(f"`{k}` {n}" for k, n in totals["guards"].items())
+        lines.append("Text guards (before scoring): "
+                     + ", ".join(f"{_code(k)} {n}" for k, n in totals["guards"].items())
                      + " (`generation.guards`, `generation.stripped`).")
     return [*lines, ""] if lines else []
 

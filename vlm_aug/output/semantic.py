@@ -136,15 +136,19 @@ def alignment(emb: np.ndarray, reference: np.ndarray, seed: int = 0) -> dict:
 
 
 def pca_map(sets: dict[str, np.ndarray], seed: int = 0) -> dict:
-    """2-D principal-component coordinates of up to MAP_POINTS captions per set, on common axes."""
+    """2-D principal-component coordinates of up to MAP_POINTS captions per set, on common axes; no map
+    (`{}`) for fewer than 2 captions in all. Always two columns: with fewer components than 2 (2 points
+    have one, or all points alike), the missing axis is 0."""
     rng = np.random.default_rng(seed)
     picked = {name: emb[rng.permutation(len(emb))[:MAP_POINTS]] for name, emb in sets.items() if len(emb)}
-    if not picked:
+    if sum(len(emb) for emb in picked.values()) < 2:  # one point (the only sample): nothing to map
         return {}
     stacked = np.concatenate(list(picked.values()))
     centre = stacked.mean(0)
     _, _, vt = np.linalg.svd(stacked - centre, full_matrices=False)
-    return {name: np.round((emb - centre) @ vt[:2].T, 4).tolist() for name, emb in picked.items()}
+    axes = np.zeros((2, stacked.shape[1]), stacked.dtype)
+    axes[:min(2, len(vt))] = vt[:2]  # svd gives min(points, dimensions) components
+    return {name: np.round((emb - centre) @ axes.T, 4).tolist() for name, emb in picked.items()}
 
 
 # ---- caption sets of an output, and the reference ------------------------------------------

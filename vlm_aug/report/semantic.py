@@ -29,12 +29,26 @@ def _num(value, fmt: str) -> str:
     return "–" if value is None else fmt.format(value)
 
 
-def map_plot(points: dict) -> str:
+def _xy(points) -> list[tuple[float, float]]:
+    """The (x, y) pairs of one set's map; a point of fewer coordinates (a cache written when one caption gave
+    a 1-D map) has y 0, anything else is left out."""
+    pairs = []
+    for point in points if isinstance(points, list) else []:
+        if isinstance(point, (list, tuple)) and point and all(isinstance(v, (int, float)) for v in point):
+            pairs.append((float(point[0]), float(point[1]) if len(point) > 1 else 0.0))
+    return pairs
+
+
+def map_plot(points: dict) -> str | None:
+    """The embedding map as a data URI; None when there is no point to draw."""
+    sets = {name: _xy(xy) for name, xy in (points or {}).items()}
+    sets = {name: xy for name, xy in sets.items() if xy}
+    if not sets:
+        return None
     fig, ax = _figure(5.6, 4.0)
-    for name, xy in points.items():
-        if xy:
-            xs, ys = zip(*xy)
-            ax.scatter(xs, ys, s=6, alpha=0.55, color=COLOURS.get(name, "#444"), label=f"{name} ({len(xy)})")
+    for name, xy in sets.items():
+        xs, ys = zip(*xy)
+        ax.scatter(xs, ys, s=6, alpha=0.55, color=COLOURS.get(name, "#444"), label=f"{name} ({len(xy)})")
     ax.set_title("caption embeddings, first two principal components")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -60,7 +74,8 @@ def semantic_section(figures: Optional[dict], skipped: Optional[str] = None) -> 
     emb = figures.get("embedder") or {}
     s = figures.get("settings") or {}
     totals = figures.get("totals") or {}
-    img = f'<img id="plot-semantic-map" src="{map_plot(figures["map"])}" alt="embedding map">' if figures.get("map") else ""
+    uri = map_plot(figures["map"]) if isinstance(figures.get("map"), dict) else None
+    img = f'<img id="plot-semantic-map" src="{uri}" alt="embedding map">' if uri else ""
     return f"""<section id="semantic"><h2>Semantic figures</h2><div class="cols">
 <table class="div" id="semantic-table"><tr><th></th>{head}</tr>{rows}</table><div class="plots">{img}</div></div>
 <h3>Near-duplicate clusters (cosine ≥ {s.get('near_duplicate_cosine')}, different images)</h3>

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,7 @@ def _unavailable(model: str, what: str) -> ModelUnavailable:
     return ModelUnavailable(
         f"{what} {model!r} is not in the local Hugging Face cache and the hub cannot be reached "
         "(offline or HF_HUB_OFFLINE=1). Either run once with network access to cache it "
-        f"(e.g. `huggingface-cli download {model}`), or point the config at a local directory "
+        f"(e.g. `huggingface-cli download {shlex.quote(model)}`), or point the config at a local directory "
         "that holds the model (vlm.model: /path/to/model)."
     )
 
@@ -166,7 +167,7 @@ def _require_cached_tokenizer(model: str) -> None:
     raise ModelUnavailable(
         f"CLIP model {model!r} tokenizes with the Hugging Face tokenizer {repo!r}, which is not in the local "
         "cache, and the hub cannot be reached (offline or HF_HUB_OFFLINE=1). Run once with network access "
-        f"(e.g. `huggingface-cli download {repo}`), or choose an open_clip model with the built-in "
+        f"(e.g. `huggingface-cli download {shlex.quote(repo)}`), or choose an open_clip model with the built-in "
         "tokenizer (clip.preset: vit-b-32-laion2b)."
     )
 

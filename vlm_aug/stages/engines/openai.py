@@ -9,17 +9,22 @@ A request the server refuses for itself (400, 413, 422: an image or prompt it ca
 sample with `rewrite_error` and the error text. Anything that says the server cannot serve (it does
 not answer, 401/403/404: its key, model or path, 408/429/5xx still after the retries) raises
 EngineUnavailable for the window, naming that cause: the shard fails and a rerun redoes it, instead of
-committing samples with errors that a rerun would skip. The API key is read from the variable
-`vlm.api_key_env` names and is never written anywhere."""
+committing samples with errors that a rerun would skip. A 200 reply that is not a chat completion (no
+`choices`, not JSON, a `content` that is not a string) is retried like a 5xx, then fails the shard
+likewise. The API key is read from the variable `vlm.api_key_env` names and is never written anywhere:
+every text taken from a reply or an exception has it replaced by `***` before it is stored, printed or
+raised (a server may echo the Authorization header in its error)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import itertools
+import json
 import logging
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -36,6 +41,12 @@ log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 SERVER_STATUS = {401, 403, 404}  # the server's setup (its key, the model name, the path), not the sample
 MAX_WAIT_S = 30.0
+KEY_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")  # what vlm.api_key_env may hold: a variable's name, never a key
+EXCERPT = 300  # characters of a reply quoted in an error
+
+
+class NotACompletion(ValueError):
+    """A 200 reply that is not an OpenAI chat completion."""
 
 
 class _Down:
@@ -89,17 +100,43 @@ class OpenAIEngine:
         self.served_model: Optional[str] = None
         self.server_version: Optional[str] = None
         self._turn = itertools.count()
+        self._key: Optional[str] = None  # the API key, once read: redacted from every text taken from a reply
 
     # --- setup ---------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
         name = self.vlm.api_key_env
         if not name:
             return {}
+        if not KEY_NAME.fullmatch(name):  # a key put there by mistake: never echo it
+            raise ConfigError("vlm.api_key_env must name an environment variable (e.g. OPENAI_API_KEY), not hold "
+                              "the key itself: keys never go into a config")
         key = os.environ.get(name)
         if not key:
             raise ConfigError(f"vlm.api_key_env names {name}, which is not set in this worker's environment: "
                               f"export {name}=... (on a Ray cluster, on every worker)")
+        self._key = key
         return {"Authorization": f"Bearer {key}"}
+
+    def _redact(self, text: object) -> str:
+        """`text` (from a reply or an exception) without the API key: a server may echo the Authorization
+        header. Also its JSON-escaped and URL-encoded forms; called before any cut, so no part survives."""
+        text = str(text)
+        key = self._key
+        if key:
+            from urllib.parse import quote
+
+            for form in {key, json.dumps(key)[1:-1], quote(key, safe="")}:
+                text = text.replace(form, "***")
+        return text
+
+    def _excerpt(self, reply) -> str:
+        """The start of a reply's body, on one line, without the key."""
+        try:
+            body = reply.text
+        except Exception:  # noqa: BLE001 - an undecodable body: its bytes, as text
+            body = reply.content.decode("utf-8", "replace")
+        body = " ".join(self._redact(body).split())
+        return body[:EXCERPT] + ("..." if len(body) > EXCERPT else "")
 
     def setup(self) -> None:
         import httpx
@@ -112,8 +149,9 @@ class OpenAIEngine:
         for url, names in served.items():  # every endpoint: requests are spread over all of them
             if self.model_name not in names:
                 raise ModelUnavailable(
-                    f"the server at {url} serves {sorted(names)}, not {self.model_name!r}: set vlm.served_model_name "
-                    f"to one of them, or start the server with --served-model-name {self.model_name}")
+                    f"the server at {url} serves {self._redact(sorted(names))}, not {self.model_name!r}: set "
+                    f"vlm.served_model_name to one of them, or start the server with --served-model-name "
+                    f"{self.model_name}")
         self.endpoints = [url for url in self.endpoints if url in served]
         self.served_model = self.model_name
         self.server_version = self._server_version()
@@ -128,7 +166,7 @@ class OpenAIEngine:
                 try:
                     reply = self.client.get(f"{url}/models")
                 except Exception as exc:  # connection refused while the server starts: wait, then try again
-                    errors[url] = f"{type(exc).__name__}: {exc}"
+                    errors[url] = f"{type(exc).__name__}: {self._redact(exc)}"
                     continue
                 if reply.status_code in RETRY_STATUS:
                     errors[url] = f"HTTP {reply.status_code}"
@@ -159,15 +197,16 @@ class OpenAIEngine:
                 raise ValueError(f"HTTP {reply.status_code}")
             return {m["id"] for m in reply.json().get("data", [])}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelUnavailable(f"{url}/models did not answer a list of models ({exc}): is {url} the server's "
-                                   "OpenAI-compatible base URL, ending in /v1 (e.g. http://127.0.0.1:8000/v1)?") from None
+            raise ModelUnavailable(f"{url}/models did not answer a list of models ({self._redact(exc)}): is {url} the "
+                                   "server's OpenAI-compatible base URL, ending in /v1 (e.g. http://127.0.0.1:8000/v1)?"
+                                   ) from None
 
     def _server_version(self) -> Optional[str]:
         base = self.endpoints[0].rsplit("/v1", 1)[0]
         try:
             reply = self.client.get(f"{base}/version", timeout=5)
             if reply.status_code == 200 and "version" in reply.json():
-                return f"vllm {reply.json()['version']}"  # vllm serve answers /version; others may not
+                return self._redact(f"vllm {reply.json()['version']}")  # vllm serve answers /version; others may not
         except Exception:
             pass
         return None
@@ -216,22 +255,22 @@ class OpenAIEngine:
             try:
                 reply = self.client.post(f"{url}/chat/completions", json=body)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                last = f"{url}: {type(exc).__name__}: {exc}"
+                last = f"{url}: {type(exc).__name__}: {self._redact(exc)}"
             except httpx.TimeoutException as exc:
                 last = f"{url}: timeout after {self.vlm.request_timeout_s} s ({type(exc).__name__})"
             else:
                 if reply.status_code == 200:
-                    data = reply.json()
-                    choice = data["choices"][0]
-                    usage = data.get("usage") or {}
-                    return Result(text=choice["message"].get("content") or "", retries=retries,
-                                  new_tokens=usage.get("completion_tokens"),
-                                  hit_limit=choice.get("finish_reason") == "length")
-                last = f"{url}: HTTP {reply.status_code}: {reply.text[:300]}"
+                    try:
+                        return self._completion(reply, retries)
+                    except NotACompletion as exc:  # a gateway's page, an error object: the server misbehaves
+                        last = (f"{url}/chat/completions answered 200 with a reply that is not an OpenAI chat "
+                                f"completion ({exc}): {self._excerpt(reply)!r}")
+                else:
+                    last = f"{url}: HTTP {reply.status_code}: {self._excerpt(reply)}"
                 if reply.status_code in SERVER_STATUS:  # its key, model or path: every request would fail alike
                     down.set(last)
                     return Result(retries=retries, error=last)
-                if reply.status_code not in RETRY_STATUS:  # the request itself is refused: no retry helps
+                if reply.status_code not in RETRY_STATUS | {200}:  # the request itself is refused: no retry helps
                     return Result(retries=retries, error=last)
             if attempt < self.vlm.max_retries:
                 retries += 1
@@ -239,6 +278,28 @@ class OpenAIEngine:
                     self._sleep(attempt // ends, reply)
         down.set(last)  # still failing after the retries: the server cannot serve now; a rerun redoes the shard
         return Result(retries=retries, error=last)
+
+    @staticmethod
+    def _completion(reply, retries: int) -> Result:
+        """The Result of a 200 reply; NotACompletion when it is not an OpenAI chat completion."""
+        try:
+            data = reply.json()
+        except ValueError:
+            raise NotACompletion("not JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
+            raise NotACompletion("no choices")
+        choice = data["choices"][0]
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise NotACompletion("no choices[0].message")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise NotACompletion(f"choices[0].message.content is a {type(content).__name__}, not a string")
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        tokens = usage.get("completion_tokens")
+        return Result(text=content or "", retries=retries,
+                      new_tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+                      hit_limit=choice.get("finish_reason") == "length")
 
     def generate(self, requests: list[Request]) -> list[Result]:
         down = _Down()
