@@ -138,8 +138,9 @@ def test_real_photos_run_stats_report_and_card(tmp_path, tiny_vlm_dir, tiny_clip
         assert 0 <= result[name]["alignment"]["mauve"] <= 1 and result[name]["alignment"]["frechet"] >= 0
     # hand-written originals sit closer to hand-written reference captions than the tiny random VLM's noise
     assert result["original"]["alignment"]["frechet"] < result["rewrite"]["alignment"]["frechet"]
+    # the cache holds the run's own figures (no reference): another reference is not written over them
     cached = json.loads((out / "semantic.json").read_text())
-    assert cached["reference_files"] == ["reference.txt"] and str(tmp_path) not in json.dumps(cached)
+    assert cached["reference_files"] == [] and "reference" not in cached and str(tmp_path) not in json.dumps(cached)
 
 
 def test_no_embedder_is_a_note_not_a_failure(tmp_path, tiny_vlm_dir, tiny_clip_dir, capsys):
@@ -228,3 +229,40 @@ def test_an_unreadable_reference_is_an_error_naming_it(tmp_path, capsys, kind):
         assert main([*command, "--reference", str(reference)]) == 2, command
         err = capsys.readouterr().err
         assert err.startswith("error: reference ") and reference.name in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("lines", [["a single reference caption"], [], ["", "   "]])
+def test_a_reference_of_fewer_than_two_captions_is_an_error_not_a_hang(tmp_path, lines):
+    """One caption: its covariance is all NaN and scipy's sqrtm never returned (stats, report and the
+    run's end hung until killed, deaf to SIGTERM); none: the alignment was left out without a word.
+    In a process of its own, with a time limit: a hang in C code is not interrupted by a signal."""
+    import subprocess
+    import sys
+
+    shard = _caption_tar(tmp_path / "in" / "000000.tar", dict(list(PHOTOS.items())[:3]))
+    out = tmp_path / "out"
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(shard), "--output", str(out),
+                 "--no-progress", "--no-model", "--no-report", "--set", "report.semantic=false"]) == 0
+    reference = tmp_path / "ref.txt"
+    reference.write_text("\n".join(lines))
+    done = subprocess.run([sys.executable, "-m", "vlm_aug.cli", "stats", str(out), "--no-per-shard", "--reference",
+                           str(reference)], capture_output=True, text=True, timeout=180)
+    n = len([line for line in lines if line.strip()])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: reference ref.txt holds {n} caption(s): the alignment figures need at least 2")
+
+
+def test_a_changed_reference_file_is_not_answered_from_the_cache(tmp_path, capsys):
+    """The cache key held the reference's name only: a file rewritten in place gave the old figures."""
+    shard = _caption_tar(tmp_path / "in" / "000000.tar", PHOTOS)
+    reference = tmp_path / "ref.txt"
+    reference.write_text("\n".join(VARIED) + "\n")
+    out = tmp_path / "out"
+    _dry_run_with_semantic([shard], out, "--set", f"report.reference=[{reference}]")
+    first = json.loads((out / "semantic.json").read_text())["reference"]
+    assert first["n"] == len(VARIED) and first["diversity"]["vendi"] > 2
+    reference.write_text("a thing\n" * 12)  # the same name, other captions
+    capsys.readouterr()
+    assert main(["stats", str(out), "--json", "--no-per-shard"]) == 0
+    again = json.loads(capsys.readouterr().out)["semantic"]["reference"]
+    assert again["n"] == 12 and again["diversity"]["vendi"] == pytest.approx(1.0, abs=1e-3)

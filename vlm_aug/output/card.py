@@ -259,7 +259,8 @@ def _setting_items(settings: dict[str, dict], prefix: str, skip: tuple = ()) -> 
         groups = _groups(settings, key)
         name = key[len(prefix):]
         if len(groups) == 1:
-            same.append(_code(f"{name}={next(iter(settings.values())).get(key)}"))
+            value = json.dumps(next(iter(settings.values())).get(key), default=str)
+            same.append(_code(f"{name}={_show(value)}"))
         else:
             differing.append(f"- {_code(name)} {_differs(groups)}")
     return same, (["", *differing, ""] if differing else [])  # a list of its own in markdown

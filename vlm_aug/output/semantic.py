@@ -256,7 +256,7 @@ def set_figures(embedder, sets: dict[str, tuple], reference: Optional[list[str]]
                         "redundancy": redundancy(per_caption, texts, settings["redundant_sentence_cosine"])}
         if progress:
             progress(name, len(texts), len(texts))
-    if reference:
+    if reference and len(reference) >= 2:
         for name in sets:
             if len(embedded[name]) >= 2:
                 result[name]["alignment"] = alignment(embedded[name], embedded["reference"], seed)
@@ -266,10 +266,14 @@ def set_figures(embedder, sets: dict[str, tuple], reference: Optional[list[str]]
 
 def _cache_key(out: OutputDir, settings: dict, identity: dict, reference: list[str]) -> str:
     """Changes whenever a shard's content can: each shard by name, the run that wrote it, its settings,
-    the identity of the input it read (size, mtime) and its counts; a redone shard has a new run id."""
+    the identity of the input it read (size, mtime) and its counts; a redone shard has a new run id.
+    And whenever a reference file's can: each one's identity (size, mtime or ETag), not its name alone."""
+    from vlm_aug.shards.read import expand_inputs, input_identity
+
     shards = sorted([s["shard"], s.get("run_id"), s.get("fingerprint"), s.get("input"), s.get("counts")]
                     for s in out.all_stats())
-    text = json.dumps([shards, settings, identity, reference], sort_keys=True, default=str)
+    references = [[url, input_identity(url)] for url in expand_inputs(reference)] if reference else []
+    text = json.dumps([shards, settings, identity, reference, references], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -279,6 +283,9 @@ def compute(out_path: str, report_cfg, reference: Optional[list[str]] = None, us
     from vlm_aug.output.embed import TextEmbedder, locate
 
     out = OutputDir(out_path)
+    # the run's own reference is cached in OUT/semantic.json; another one (stats --reference) is not
+    # written over it, since the manifest and card describe the run's
+    persist = reference is None or list(reference) == list(report_cfg.reference)
     reference = list(reference if reference is not None else report_cfg.reference)
     settings = {"sample": report_cfg.semantic_sample, "seed": report_cfg.semantic_seed,
                 "near_duplicate_cosine": report_cfg.near_duplicate_cosine,
@@ -291,6 +298,10 @@ def compute(out_path: str, report_cfg, reference: Optional[list[str]] = None, us
     start = time.perf_counter()
     # the reference first: an unreadable one (ReferenceUnreadable) fails before the embedder loads
     ref_texts, ref_total = read_reference(reference, settings["sample"], settings["seed"]) if reference else ([], 0)
+    if reference and ref_total < 2:  # MAUVE and the Fréchet distance need a distribution (one point: sqrtm hangs)
+        raise ReferenceUnreadable(f"reference {', '.join(p.rsplit('/', 1)[-1] for p in reference)} holds "
+                                  f"{ref_total} caption(s): the alignment figures need at least 2 (a .txt "
+                                  "reference holds one caption per line; shards, KEY.txt members)")
     embedder = TextEmbedder(report_cfg.text_embedder)
     sets, totals = caption_sets(out, settings["sample"], settings["seed"])
     bar = _progress_bar(sum(len(entry[0]) for entry in sets.values()) + len(ref_texts)) if progress else None
@@ -307,7 +318,8 @@ def compute(out_path: str, report_cfg, reference: Optional[list[str]] = None, us
                    "frechet": "lower = closer to the reference (0 = same)",
                    "near_duplicates.share": "lower", "redundancy.share": "lower"},
     })
-    out.write_json(out.top(SEMANTIC_FILE), figures)
+    if persist:
+        out.write_json(out.top(SEMANTIC_FILE), figures)
     return figures
 
 
