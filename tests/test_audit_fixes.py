@@ -268,19 +268,3 @@ def test_a_key_given_as_api_key_env_is_refused_without_echoing_it(tmp_path, capf
     for path in (tmp_path / "out").rglob("*") if (tmp_path / "out").exists() else []:
         if path.is_file():
             assert value.encode() not in path.read_bytes(), path
-
-
-# --- 6. suggested commands are quoted for a shell ---------------------------------------------------
-
-def test_the_trace_hint_quotes_the_output_path(tmp_path, capsys):
-    """`vlm-aug trace OUT a.key` names the written key with a command to run: OUT is quoted for a shell."""
-    write_tar(tmp_path / "in" / "000000.tar", sample_members("img.v2", "a red square", image_bytes()))
-    out = tmp_path / HOSTILE_OUT
-    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/000000.tar"),
-                 "--output", str(out), "--no-progress", "--no-model", "--no-report",
-                 "--set", "report.semantic=false"]) == 0
-    capsys.readouterr()
-    assert main(["trace", str(out), "img.v2"]) == 1
-    err = capsys.readouterr().err
-    assert f"(vlm-aug trace {shlex.quote(str(out))} img_v2 --shard 000000)" in err, err
-    assert shlex.split(f"vlm-aug trace {shlex.quote(str(out))} img_v2")[2] == str(out)

@@ -138,12 +138,16 @@ def test_training_caption_scores_of_repaired_samples_are_the_repaired_captions(t
     assert f"| {final['mean']} |" in card_row
 
 
-def test_trace_of_an_input_key_with_dots_names_the_written_key(tmp_path, capsys):
+@pytest.mark.parametrize("name", ["out", "out sp $(id)"])
+def test_trace_of_an_input_key_with_dots_names_the_written_key(tmp_path, capsys, name):
+    """The hint is a command to paste: the output folder is quoted for a shell (`out sp $(id)`)."""
+    import shlex
+
     from helpers import image_bytes, sample_members, write_tar
 
     write_tar(tmp_path / "in" / "000000.tar", sample_members("img.v2", "a red square", image_bytes())
               + sample_members("plain", "a blue square", image_bytes(color=(0, 0, 200))))
-    out = tmp_path / "out"
+    out = tmp_path / name
     assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/000000.tar"),
                  "--output", str(out), "--no-progress", "--no-model", "--no-report",
                  "--set", "report.semantic=false"]) == 0
@@ -151,7 +155,8 @@ def test_trace_of_an_input_key_with_dots_names_the_written_key(tmp_path, capsys)
     assert main(["trace", str(out), "img.v2"]) == 1
     err = capsys.readouterr().err
     assert "no sample with key 'img.v2'" in err and "dots in keys are written as '_'" in err
-    assert "sample 'img_v2' in shard 000000" in err and f"vlm-aug trace {out} img_v2 --shard 000000" in err
+    assert "sample 'img_v2' in shard 000000" in err and f"vlm-aug trace {shlex.quote(str(out))} img_v2 --shard 000000" in err
+    assert shlex.split(f"vlm-aug trace {shlex.quote(str(out))} img_v2")[2] == str(out)
     assert main(["trace", str(out), "img_v2"]) == 0
     assert main(["trace", str(out), "other.key"]) == 1
     assert "dots in keys are written as '_'" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def test_allow_config_change_appends_and_every_reader_says_so(first_run, tiny_vl
     assert sorted(c["shards"] for c in configs.values()) == [1, 2]
     assert configs[fingerprints["000002"]]["settings"]["generation.max_new_tokens"] == 4
     card = (out / "README.md").read_text()
-    assert "| settings | shards | inputs | kept | generation.max_new_tokens |" in card
+    assert "| settings | shards | inputs | kept | `generation.max_new_tokens` |" in card
     capsys.readouterr()
     assert main(["stats", str(out), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["configurations"]) == 2
