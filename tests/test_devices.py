@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlm_aug.stages.models import resolve_device, resolve_dtype
+from vlm_aug.stages.models import ModelUnavailable, resolve_device, resolve_dtype
 
 
 @pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
@@ -12,7 +12,12 @@ def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     assert resolve_device("auto") == expected
-    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("cpu") == "cpu"
+    if cuda:  # an explicit device is taken as given where there is CUDA, and refused by name where there is none
+        assert resolve_device("cuda:1") == "cuda:1"
+    else:
+        with pytest.raises(ModelUnavailable, match="device 'cuda:1': there is no CUDA device here"):
+            resolve_device("cuda:1")
 
 
 @pytest.mark.parametrize("device, dtype", [("cuda", torch.bfloat16), ("cuda:1", torch.bfloat16),

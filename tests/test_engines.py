@@ -91,6 +91,8 @@ def test_engine_config_errors_name_the_fix():
         load_config(DEMO, ["vlm.engine=openai"])
     with pytest.raises(ConfigError, match="NAME of an environment variable|must name an environment variable"):
         load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=http://h:1/v1", "vlm.api_key_env=sk-abc.123"])
+    with pytest.raises(ConfigError, match="takes 0 to 2"):  # vLLM refused it only after loading the model
+        load_config(DEMO, ["vlm.engine=vllm", "generation.do_sample=true", "generation.temperature=3"])
     with pytest.raises(ConfigError, match="not an http"):
         load_config(DEMO, ["vlm.engine=openai", "vlm.endpoint=127.0.0.1:8000"])
     with pytest.raises(ConfigError, match="holds credentials.*vlm.api_key_env") as refused:  # the manifest holds it
@@ -379,3 +381,49 @@ def test_vllm_preprocesses_images_one_after_another_on_the_calling_thread(vllm_p
     assert r["render_on_calling_thread"] >= 0.8, r["rounds"]
     # the renderer is the model's processor: about its cost, not some other work
     assert 0.5 <= r["vllm_render_ms"] / r["hf_processor_ms"] <= 3, r["rounds"]
+
+
+def test_a_context_too_short_for_the_rewrite_is_an_error_not_a_shorter_caption(vllm_python, tmp_path):
+    """vlm.vllm.max_model_len cuts the output, not the prompt: a rewrite stopped by the context at a
+    sentence's end ('A large red circle at the bottom center.', its second sentence gone) was kept with
+    nothing flagged. Such a result is now the sample's rewrite_error, naming the setting."""
+    write_scene_shards(tmp_path / "in", 1, 16, seed=5)
+    hf = rewrites_in(sys.executable, tmp_path, tmp_path, "hf")
+    cut = rewrites_in(vllm_python, tmp_path, tmp_path, "cut", "vlm.engine=vllm", "vlm.vllm.max_model_len=48",
+                      "vlm.vllm.enforce_eager=true")
+    assert [r["key"] for r in cut] == [r["key"] for r in hf]
+    errors = [r for r in cut if r["status"] == "error"]
+    assert errors and all(r["reason"] == "rewrite_error" and r["rewrite"] is None for r in errors)
+    # what is kept is whole: the same rewrite hf makes without a context limit
+    assert all(a["rewrite"] == b["rewrite"] for a, b in zip(cut, hf) if a["status"] != "error")
+
+
+def test_the_engine_environment_refuses_what_it_cannot_do_before_loading(vllm_python, tmp_path):
+    """In .venv-vllm (no open_clip on a CPU machine) `vlm-aug run` ended in a traceback after vLLM's
+    load; a misspelt vlm.vllm.mm_processor_kwargs key was dropped by vLLM with a warning and recorded as
+    applied; a vlm.vllm.extra key vLLM does not take was a raw TypeError; `vlm-aug models` crashed."""
+    write_scene_shards(tmp_path / "in", 1, 4, seed=5)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([vllm_python, "-m", "vlm_aug.cli", "run", DEMO, "--input", str(tmp_path / "in" / "*.tar"),
+                           "--output", str(tmp_path / "out"), "--set", "vlm.engine=vllm", "--executor", "local",
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and "error: CLIP scoring needs open_clip" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+    for setting, says in (("vlm.vllm.mm_processor_kwargs={max_pixel: 1000}",
+                           "vlm.vllm.mm_processor_kwargs ['max_pixel'] are not used by Idefics3Processor"),
+                          ("vlm.vllm.extra={bogus_kw: 1}", "vLLM refused its settings")):
+        done = subprocess.run([vllm_python, "-m", "vlm_aug.lab.rewrites", "--config", DEMO, "--out",
+                               str(tmp_path / "r.jsonl"), str(tmp_path / "in" / "*.tar"), "--set", "vlm.engine=vllm",
+                               "--set", setting], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode != 0 and says in done.stderr, done.stderr[-2000:]
+    done = subprocess.run([vllm_python, "-m", "vlm_aug.cli", "models"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0 and "this environment has no open_clip" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the machine has CUDA")
+def test_a_cuda_device_without_cuda_is_a_clear_error(scenes, tmp_path, capsys):
+    """`vlm.device: cuda` here was a traceback from deep in torch ('Found no NVIDIA driver')."""
+    assert run(scenes / "in", tmp_path / "out", "vlm.device=cuda", check=False) == 2
+    err = capsys.readouterr().err
+    assert "device 'cuda': there is no CUDA device here" in err and "Traceback" not in err

@@ -86,5 +86,12 @@ def engines_here() -> dict[str, str]:
     found = available_engines()
     venv = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
     if venv.exists() and "not installed" in found["vllm"]:
-        found["vllm"] = f"in the engine environment {venv.parents[1].name} (run from it: {venv})"
+        found["vllm"] = (f"in the engine environment {venv.parents[1].name}, which holds no CLIP (open_clip) on a "
+                         f"CPU machine: serve the model from it (`{venv.parent / 'vllm'} serve MODEL`) and run here "
+                         "with vlm.engine: openai (docs/engines.md)")
+    import importlib.util
+
+    if importlib.util.find_spec("open_clip") is None:  # .venv-vllm itself: vLLM, but no CLIP to score with
+        found["vllm"] += ("; this environment has no open_clip, so `vlm-aug run` cannot score here: serve the model "
+                          "from it (`vllm serve`) and run from the main environment with vlm.engine: openai")
     return found

@@ -130,7 +130,10 @@ def _vlm_location(preset: Preset, search_dirs: list[str]) -> Optional[str]:
 
 
 def _clip_location(preset: Preset) -> Optional[str]:
-    import open_clip
+    try:
+        import open_clip
+    except ImportError:  # .venv-vllm on a CPU machine holds vLLM alone: no CLIP runs there
+        return None
 
     model, tag = preset.fields["model"], preset.fields.get("pretrained")
     repo = ((open_clip.get_pretrained_cfg(model, tag) if tag else {}) or {}).get("hf_hub", "").rstrip("/")

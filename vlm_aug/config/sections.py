@@ -28,7 +28,8 @@ class VLLMSettings(Strict):
     # CLIP shares the actor's GPU: vLLM takes this fraction of its memory, the rest is CLIP's and torch's
     gpu_memory_utilization: float = Field(0.80, gt=0, le=1)
     max_num_seqs: Optional[int] = Field(None, ge=1)  # sequences vLLM batches at once
-    max_model_len: Optional[int] = Field(None, ge=16)  # changes output when it cuts a long prompt
+    # prompt + generated tokens; a rewrite the context cuts is that sample's rewrite_error (vLLM cuts the output)
+    max_model_len: Optional[int] = Field(None, ge=16)
     limit_mm_per_prompt: dict[str, int] = Field(default_factory=lambda: {"image": 1})  # images per request: one
     mm_processor_kwargs: Optional[dict[str, Any]] = None  # None: vlm.processor_kwargs (same image tokens as hf)
     enable_prefix_caching: Optional[bool] = None  # reuse the KV cache of a shared prompt prefix
@@ -314,6 +315,9 @@ class Config(Strict):
                              "cannot honour: bound the work with generation.max_new_tokens"
                              + (" and vlm.request_timeout_s" if self.vlm.engine == "openai" else "")
                              + ", or set generation.max_time_s: null")
+        if self.vlm.engine in ("vllm", "openai") and self.generation.do_sample and self.generation.temperature > 2:
+            raise ValueError(f"generation.temperature {self.generation.temperature}: vlm.engine {self.vlm.engine} "
+                             "takes 0 to 2 (vLLM and the OpenAI API refuse more, after the model has loaded)")
         return self
 
     @model_validator(mode="after")

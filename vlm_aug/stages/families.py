@@ -109,13 +109,13 @@ def accepted_processor_kwargs(processor) -> set[str]:
     return (names | LOAD_OPTIONS) - {"image_processor", "tokenizer", "video_processor"}
 
 
-def check_processor_kwargs(processor, kwargs: dict[str, Any], model: str) -> None:
-    """Unknown keys are dropped silently by `from_pretrained`; here they are an error."""
+def check_processor_kwargs(processor, kwargs: dict[str, Any], model: str, key: str = "vlm.processor_kwargs") -> None:
+    """Unknown keys are dropped silently by `from_pretrained` (and by vLLM); here they are an error."""
     unknown = sorted(set(kwargs) - accepted_processor_kwargs(processor))
     if unknown:
         allowed = ", ".join(sorted(accepted_processor_kwargs(processor)))
         raise ConfigError(
-            f"vlm.processor_kwargs {unknown} are not used by {type(processor).__name__} of {model!r} and "
+            f"{key} {unknown} are not used by {type(processor).__name__} of {model!r} and "
             f"would be ignored; check the spelling. Accepted: {allowed}")
 
 

@@ -38,6 +38,10 @@ def resolve_device(device: str) -> str:
     import torch
 
     if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():  # else a traceback from deep in torch
+            raise ModelUnavailable(f"device {device!r}: there is no CUDA device here (torch {torch.__version__}, "
+                                   f"CUDA build: {torch.version.cuda or 'no'}): set vlm.device / clip.device to "
+                                   "auto or cpu, or run on a machine with a GPU")
         return device
     if torch.cuda.is_available():
         return "cuda"

@@ -52,8 +52,10 @@ class VLLMEngine:
     def setup(self) -> None:
         if vllm_version() is None:
             raise ModelUnavailable("vlm.engine: vllm needs vLLM in this environment: on a CUDA machine "
-                                   "`pip install vllm`; on a CPU machine `bash scripts/setup.sh --vllm` and run "
-                                   "from .venv-vllm (docs/engines.md)")
+                                   "`pip install vllm`. On a CPU machine vLLM's build cannot share an environment "
+                                   "with open_clip (CLIP scoring): start `vllm serve` from .venv-vllm "
+                                   "(`bash scripts/setup.sh --vllm`) and run with vlm.engine: openai "
+                                   "(docs/engines.md, 'The engine environment')")
         located = locate_hf(self.vlm.model, self.vlm.revision, self.vlm.allow_pickle_weights)
         self.device = resolve_device(self.vlm.device)
         self.dtype = resolve_dtype(self.vlm.dtype, self.device)
@@ -62,16 +64,28 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.vlm.vllm.cpu_kvcache_space_gib))
         from vllm import LLM
 
-        from vlm_aug.stages.families import load_processor
+        from vlm_aug.stages.families import check_processor_kwargs, load_processor
 
         revision = self.vlm.revision if located.source == "hub" else None
         # the processor builds the chat prompt exactly as the hf engine does
         self.processor = load_processor(located.path, self.vlm.model, self.vlm.processor_kwargs,
                                         trust_remote_code=self.vlm.trust_remote_code, revision=revision)
         kwargs = self.llm_kwargs(located.path)
+        if self.vlm.vllm.mm_processor_kwargs:  # vLLM's processor drops an unknown key with a warning only
+            check_processor_kwargs(self.processor, self.vlm.vllm.mm_processor_kwargs, self.vlm.model,
+                                   "vlm.vllm.mm_processor_kwargs")
         if revision:
             kwargs["revision"] = revision
-        self.llm = LLM(**kwargs)
+        try:
+            self.llm = LLM(**kwargs)
+        except TypeError as exc:  # an engine argument vLLM does not take (vlm.vllm.extra)
+            raise ModelUnavailable(f"vLLM refused its settings ({exc}): check vlm.vllm.extra "
+                                   f"{sorted(self.vlm.vllm.extra)} against vLLM {vllm_version()}'s EngineArgs") from None
+        except Exception as exc:  # noqa: BLE001 - a model vLLM cannot serve, memory it cannot have: name it
+            raise ModelUnavailable(f"vLLM {vllm_version()} could not load {self.vlm.model!r} "
+                                   f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}): "
+                                   "vLLM serves the architectures in its supported-models list; vlm.engine: hf "
+                                   "runs any transformers VLM") from None
         self.revision = located.revision
         self.settings = {k: v for k, v in kwargs.items() if k not in ("model", "revision")}
 
@@ -115,9 +129,17 @@ class VLLMEngine:
             outputs = self.llm.wait_for_completion(use_tqdm=False)  # in the order queued (by request id)
         else:
             outputs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False)
-        results = []
+        results, limit = [], self.generation.max_new_tokens
         for output in outputs:
             completion = output.outputs[0]
-            results.append(Result(text=completion.text, new_tokens=len(completion.token_ids),
-                                  hit_limit=completion.finish_reason == "length"))
+            new = len(completion.token_ids)
+            if completion.finish_reason == "length" and new < limit:  # cut by the context, not max_new_tokens
+                prompt = len(output.prompt_token_ids or [])
+                results.append(Result(text=None, new_tokens=new, error=(
+                    f"the rewrite was cut at {new} tokens by the model's context: the prompt ({prompt} tokens) "
+                    f"and generation.max_new_tokens ({limit}) exceed "
+                    + (f"vlm.vllm.max_model_len ({self.vlm.vllm.max_model_len}): raise it" if self.vlm.vllm.max_model_len
+                       else "the model's context length: shorten the prompt") + " or lower max_new_tokens")))
+                continue
+            results.append(Result(text=completion.text, new_tokens=new, hit_limit=completion.finish_reason == "length"))
         return results
