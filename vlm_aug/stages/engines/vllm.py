@@ -84,8 +84,9 @@ class VLLMEngine:
         except Exception as exc:  # noqa: BLE001 - a model vLLM cannot serve, memory it cannot have: name it
             raise ModelUnavailable(f"vLLM {vllm_version()} could not load {self.vlm.model!r} "
                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}): "
-                                   "vLLM serves the architectures in its supported-models list; vlm.engine: hf "
-                                   "runs any transformers VLM") from None
+                                   "either vLLM does not serve this architecture (vlm.engine: hf runs any transformers "
+                                   "VLM), or it cannot meet the settings (memory: vlm.vllm.gpu_memory_utilization, "
+                                   "max_model_len, cpu_kvcache_space_gib)") from None
         self.revision = located.revision
         self.settings = {k: v for k, v in kwargs.items() if k not in ("model", "revision")}
 
