@@ -3,7 +3,8 @@
 Retrieval treats identical captions as one text: an image is right when its caption's text is in
 the top k, a text when any image with that caption is. With unique captions and no tied scores
 this is exactly open_clip_train's own `get_clip_metrics` (the tests check it against the
-trainer's log); open_clip_train breaks ties by position, we count them as misses.
+trainer's log); open_clip_train breaks ties by position, we count them as misses. Zero-shot
+counts a tie for the top score as a miss too.
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, caption_index: torch
 
 
 def zero_shot(model, tokenizer, img: torch.Tensor, labels, templates: list[str]) -> Optional[dict]:
-    """Top-1 accuracy over the distinct labels, each class text an average over `templates`."""
+    """Top-1 accuracy over the distinct labels, each class text an average over `templates`. A sample
+    is right only when its class scores strictly above every other class: a tie for the top counts as
+    a miss (as in `retrieval_metrics`), so a collapsed model scores 0, not its first class's share."""
     index = [i for i, label in enumerate(labels) if label is not None]
     classes = sorted({labels[i] for i in index})
     if len(classes) < 2:
@@ -130,9 +133,13 @@ def zero_shot(model, tokenizer, img: torch.Tensor, labels, templates: list[str])
     for name in classes:
         emb = embed_texts(model, tokenizer, [t.format(name) for t in templates]).mean(0)
         heads.append(emb / emb.norm())
-    pred = (img[index] @ torch.stack(heads).T).argmax(1)
+    scores = img[index] @ torch.stack(heads).T  # (samples, classes)
     truth = torch.tensor([classes.index(labels[i]) for i in index])
-    return {"zero_shot_top1": round((pred == truth).float().mean().item(), 6),
+    own = scores.gather(1, truth[:, None])
+    others = torch.ones_like(scores, dtype=torch.bool)
+    others[torch.arange(len(index)), truth] = False
+    right = ~((scores >= own) & others).any(1)  # no other class scores at least the true one
+    return {"zero_shot_top1": round(right.float().mean().item(), 6),
             "zero_shot_classes": len(classes), "zero_shot_samples": len(index)}
 
 

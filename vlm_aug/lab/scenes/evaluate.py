@@ -73,8 +73,9 @@ def vlm_accuracy(vlm_dir, n: int = 300, seed: int = 987654, wrong_fraction: floa
         "objects_colour_shape_accuracy": round(hits["colour_shape"] / n, 4),
         "exact_accuracy": round(hits["exact"] / n, 4),
         "unparsed_rate": round(hits["unparsed"] / n, 4),
-        "wrong_terse_colour_shape_accuracy": round(
-            hits["wrong_colour_shape"] / max(1, hits["wrong_total"]), 4),
+        # None, not 0, when the sample holds no wrong caption: there is nothing to score
+        "wrong_terse_colour_shape_accuracy": round(hits["wrong_colour_shape"] / hits["wrong_total"], 4)
+        if hits["wrong_total"] else None,
         "examples": [{"terse": s.terse, "truth": s.dense, "generated": t}
                      for s, t in list(zip(samples, texts))[:3]],
     }
@@ -121,25 +122,28 @@ def clip_metrics(clip_dir, n: int = 300, seed: int = 987654) -> dict:
 
 
 def eval_models(vlm_dir=None, clip_dir=None, n: int = 300, seed: int = 987654) -> dict:
-    """Evaluate whichever of the two scene models is given; print and return the metrics."""
+    """Evaluate whichever of the two scene models is given; return the metrics (printing is the caller's)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     report = {}
     if vlm_dir:
         report["vlm"] = vlm_accuracy(vlm_dir, n=n, seed=seed)
     if clip_dir:
         report["clip"] = clip_metrics(clip_dir, n=n, seed=seed)
-    print(json.dumps(report, indent=1))
     return report
 
 
 def main(argv=None) -> int:
+    from vlm_aug.commands.eval_scenes import positive_int
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description="Evaluate the scene VLM and CLIP on fresh scenes.")
     parser.add_argument("--vlm", type=Path)
     parser.add_argument("--clip", type=Path)
-    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--n", type=positive_int, default=300)
     parser.add_argument("--seed", type=int, default=987654)
     args = parser.parse_args(argv)
-    eval_models(args.vlm, args.clip, n=args.n, seed=args.seed)
+    print(json.dumps(eval_models(args.vlm, args.clip, n=args.n, seed=args.seed), indent=1))
     return 0
 
 

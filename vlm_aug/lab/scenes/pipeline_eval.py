@@ -25,9 +25,18 @@ def precision_recall(rows: list[dict]) -> dict:
     tp = sum(t and f for t, f in zip(truth, flagged))
     fp = sum(f and not t for t, f in zip(truth, flagged))
     fn = sum(t and not f for t, f in zip(truth, flagged))
-    return {"samples": len(rows), "wrong": sum(truth), "caught": sum(flagged),
+    return {"samples": len(rows), "wrong": sum(truth), "caught": sum(flagged), "caught_wrong": tp,
             "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
             "errors": sum(r["status"] == "error" for r in rows)}
+
+
+def shard_layout(samples: int, max_shards: int = 4) -> tuple[int, int]:
+    """(shards, samples per shard) holding exactly `samples`: the most equal shards, up to `max_shards`,
+    that divide it (300 -> 4 x 75, 10 -> 2 x 5, 7 -> 1 x 7)."""
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    shards = max(k for k in range(1, max_shards + 1) if samples % k == 0)
+    return shards, samples // shards
 
 
 def pipeline_catch_rate(n_shards: int = 4, per_shard: int = 75, seed: int = 424242,
@@ -37,12 +46,14 @@ def pipeline_catch_rate(n_shards: int = 4, per_shard: int = 75, seed: int = 4242
     from vlm_aug.run import execute
 
     root = Path(workdir or tempfile.mkdtemp(prefix="vlm_aug_scene_eval_"))
-    write_scene_shards(root / "input", n_shards, per_shard, seed=seed, wrong_fraction=wrong_fraction)
-    config = load_config(configs_dir() / "demo.yaml", [f"input.paths=['{root}/input/*.tar']",
+    # exactly the shards written now, in and out: a reused workdir may hold more from an earlier, larger run
+    inputs = write_scene_shards(root / "input", n_shards, per_shard, seed=seed, wrong_fraction=wrong_fraction)
+    config = load_config(configs_dir() / "demo.yaml", [f"input.paths={[str(p) for p in inputs]}",
                                                         f"output.path={root}/output", "output.report=false",
                                                         "executor=local"])
     execute(config, overwrite=True, progress=False)
     rows = []
-    for path in sorted((root / "output/shards").glob("*.parquet")):
-        rows += pq.read_table(path, columns=["status", "provenance"]).to_pylist()
-    return {**precision_recall(rows), "policy": config.policy.model_dump(), "seed": seed}
+    for path in inputs:
+        parquet = root / "output/shards" / f"{path.stem}.parquet"
+        rows += pq.read_table(parquet, columns=["status", "provenance"]).to_pylist()
+    return {**precision_recall(rows), "policy": config.policy.model_dump(), "seed": seed, "workdir": str(root)}
