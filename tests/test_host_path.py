@@ -334,10 +334,11 @@ def test_next_shard_prepared_ahead_with_the_models_changes_nothing(tmp_path):
 
 
 def test_decode_threads_default_to_half_of_the_workers_own_cores(tmp_path):
-    """`input.decode_workers` unset: half the worker's cores, 1 to 4. A Ray actor counts the CPUs Ray
-    reserved for it, not the node's: an actor of 1 CPU on a 64-core node took 4 decode threads before,
-    beside its neighbours' (the sizing read os.cpu_count()). The actor here is the real ShardWorker
-    class, run without Ray on a real shard (dry run), its threads counted where they run."""
+    """`input.decode_workers` unset: half the worker's cores, 1 to 4; all of them, 1 to 4, in a dry run
+    (no model needs a core). A Ray actor counts the CPUs Ray reserved for it, not the node's: an actor of
+    1 CPU on a 64-core node took 4 decode threads before, beside its neighbours' (the sizing read
+    os.cpu_count()). The actor here is the real ShardWorker class, run without Ray on a real shard (dry
+    run), its threads counted where they run; with a model, its processor is sized without loading it."""
     import torch
 
     from vlm_aug.executors.ray_actor import ShardWorker
@@ -376,8 +377,14 @@ def test_decode_threads_default_to_half_of_the_workers_own_cores(tmp_path):
         finally:
             w.processor.close()
         assert stats["counts"]["inputs"] == 12
-    assert seen == {1: (1, 1, 1, 0), 2: (1, 1, 1, 0), 3: (1, 1, 1, 0), 4: (2, 2, 2, 1), 8: (4, 4, 4, 1),
+    assert seen == {1: (1, 1, 1, 0), 2: (2, 2, 2, 1), 3: (3, 3, 3, 1), 4: (4, 4, 4, 1), 8: (4, 4, 4, 1),
                     64: (4, 4, 4, 1), 0.5: (1, 1, 1, 0)}
+    from vlm_aug.pipeline import ShardProcessor
+
+    modelled = load_config(None, [f"input.paths=['{shard}']", f"output.path={tmp_path / 'out'}"])
+    halves = {cpus: ShardProcessor(modelled, RunContext(modelled.sha256()), cores=cpus).decode_workers
+              for cpus in (1, 2, 3, 4, 8, 64, 0.5)}
+    assert halves == {1: 1, 2: 1, 3: 1, 4: 2, 8: 4, 64: 4, 0.5: 1}
     w = worker(64, "input.decode_workers=3")  # the user's setting wins
     try:
         assert w.processor.decode_workers == 3

@@ -116,7 +116,7 @@ class ShardProcessor:
         """`cores`: the CPUs reserved for this worker (a Ray actor's), which size the decode threads when
         `input.decode_workers` is unset; None: the CPUs this process may run on."""
         self.config, self.run = config, run
-        self.decode_workers = config.input.decode_workers or default_decode_workers(cores)
+        self.decode_workers = config.input.decode_workers or default_decode_workers(cores, model=not config.dry_run)
         self.stages = stages if stages is not None else build_stages(config)
         self.ready = False
         self._pool = None

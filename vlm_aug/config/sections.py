@@ -200,7 +200,7 @@ class InputConfig(Strict):
     # threads decoding images and preparing model inputs per worker, the calling thread among them
     # (Pillow releases the GIL while it decodes: 2 reach ~1.8x of 1 on 2 cores, docs/performance.md);
     # None: half the worker's cores, 1 to 4 (a Ray actor's: ray.num_cpus_per_actor; a local run's: the CPUs
-    # the process may run on)
+    # the process may run on); a dry run (no model) all of them, 1 to 4
     decode_workers: Optional[int] = Field(None, ge=1, le=64)
     caption_key: str = "txt"  # the caption member: txt, another extension, or json:FIELD
     # image member extensions, in order of preference; `image_keys` is its old name, still read
