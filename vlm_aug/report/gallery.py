@@ -98,7 +98,8 @@ def _struck(card: dict) -> frozenset:
 
 def render_card(card: dict, low: Optional[float]) -> str:
     orig, new, repaired = card.get("clip_orig"), card.get("clip_rewrite"), _repaired_score(card)
-    gain = _new_score(card) - orig if orig is not None and _new_score(card) is not None else None
+    trained = repaired if repaired is not None else new  # the training caption's score (_new_score)
+    gain = trained - orig if orig is not None and trained is not None else None
     outcome = card.get("outcome") or ""
     reason = f'<span class="reason">{escape(card["reason"])}</span>' if card.get("reason") else ""
     final = escape(card["caption"]) if card.get("caption") else '<span class="none">(not kept)</span>'
