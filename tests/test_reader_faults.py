@@ -221,3 +221,25 @@ def test_an_input_url_with_a_secret_is_refused_without_echoing_it(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and says in err and "SECRET" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+def test_a_decompression_bomb_among_ignored_members_is_stopped(tmp_path, compress, monkeypatch):
+    """An ignored member of zeros is inflated to be skipped: 3 GB from 3 MB of gzip took 79 s, and
+    there was no bound. Past MAX_INFLATED_FREE (1 GiB; 8 MiB here, so the test stays small) a shard may
+    inflate at most MAX_INFLATION to 1: the samples before stand, the shard's read_error says why."""
+    import vlm_aug.shards.read as read_module
+
+    monkeypatch.setattr(read_module, "MAX_INFLATED_FREE", 8 << 20)
+    bomb = sample_members("ok1", "one") + [("junk.npy", bytes(64 << 20))] + sample_members("ok2", "two")
+    path = tmp_path / "bomb.tar.x"
+    path.write_bytes(compress(tar_bytes(bomb)))
+    samples, reader = read(path)
+    assert [(s.key, s.reason) for s in samples] == [("ok1", None), ("junk", "truncated")]
+    assert reader.report.error.startswith("inflation: ") and "decompress it and give the plain .tar" in reader.report.error
+    # a shard of small distinct images (1 KB of noise, ~4 KB of tar and text each) is read whole past it
+    real = sum((sample_members(f"k{i:04d}", f"a red square on a blue field, number {i}", os.urandom(1024),
+                               {"url": f"https://example.com/{i}.jpg"}) for i in range(3000)), [])
+    path.write_bytes(compress(tar_bytes(real)))
+    samples, reader = read(path)
+    assert len(samples) == 3000 and reader.report.error is None

@@ -30,6 +30,11 @@ from vlm_aug.sample import Sample
 # bytes read after the end-of-archive block to check that only zeros follow (tars pad to 10,240-byte
 # records); past this the rest is left unread rather than read for nothing
 MAX_TAIL_BYTES = 64 * 1024 * 1024
+# a compressed shard may inflate to any size up to MAX_INFLATED_FREE; past it, to at most MAX_INFLATION
+# bytes per compressed byte read. Real shards stay far below (distinct images: ~1-5x; 2,000 copies of
+# one tiny sample: 104x gzip, 320x bzip2/xz); zeros inflate 1,029x (gzip) to 1.3 million x (bzip2).
+MAX_INFLATED_FREE = 1024 * 1024 * 1024
+MAX_INFLATION = 200
 _TAIL_CHUNK = 1024 * 1024
 
 
@@ -256,6 +261,10 @@ class ShardReader:
                     current["problems"].append(f"duplicate_member:{ext}")
                 else:
                     current["members"][ext] = payload
+        except InflationBomb as exc:
+            self.report.error = str(exc)
+            if current is not None:
+                current["problems"].append("truncated")
         except ARCHIVE_FAULTS as exc:
             self.report.error = f"truncated: {type(exc).__name__}: {exc}"
             if current is not None:
@@ -263,6 +272,8 @@ class ShardReader:
         else:
             try:
                 self._check_end(raw, tar)
+            except InflationBomb as exc:
+                self.report.error = str(exc)
             except ARCHIVE_FAULTS as exc:  # the compressed stream's CRC or end
                 self.report.error = f"corrupt: {type(exc).__name__}: {exc}"
         if current is not None:
@@ -429,12 +440,35 @@ _COMPRESSED = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")), (b"
                (b"\xfd7zXZ\x00", lambda f: lzma.LZMAFile(f)))
 
 
+class InflationBomb(tarfile.ReadError):
+    """A compressed shard that inflates past `MAX_INFLATED_FREE` at over `MAX_INFLATION` to 1."""
+
+
+class _Bounded:
+    """The inflated stream of a compressed shard, stopped when it grows like a decompression bomb
+    (members that are not read, e.g. a `.npy` of zeros, are inflated too, to be skipped)."""
+
+    def __init__(self, inflated, packed: "_CountingReader"):
+        self.inflated, self.packed, self.total = inflated, packed, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inflated.read(size)
+        self.total += len(data)
+        if self.total > MAX_INFLATED_FREE and self.total > MAX_INFLATION * self.packed.total:
+            raise InflationBomb(
+                f"inflation: {self.packed.total} compressed bytes inflated to {self.total} (over {MAX_INFLATION} "
+                f"to 1 past {MAX_INFLATED_FREE >> 30} GiB): read as a decompression bomb, the members from "
+                "there on are not read; if the shard is genuine, decompress it and give the plain .tar")
+        return data
+
+
 def _decompressed(raw):
     head = raw.read(6)
     stream = _Prefixed(head, raw)
     for magic, reader in _COMPRESSED:
         if head.startswith(magic):
-            return reader(stream)
+            packed = _CountingReader(stream)
+            return _Bounded(reader(packed), packed)
     return stream
 
 
