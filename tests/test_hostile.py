@@ -165,7 +165,7 @@ def test_keys_that_one_output_key_would_stand_for(tmp_path):
     first, second, _, third = ShardReader(str(tmp_path / "s.tar"), "txt", ["jpg"], 1 << 20)
     assert (first.key, first.source_key, first.active) == ("a_b", "a.b", True)
     assert (second.key, second.reason) == ("a_b", "duplicate_key")
-    assert second.error_detail == "keys 'a.b' (earlier in the shard) and 'a_b' are both written 'a_b' (dots in keys become '_')"
+    assert second.error_detail == "keys 'a.b' (earlier in the shard) and 'a_b' are both written 'a_b' (dots in keys become '_'; a folder './' is dropped)"
     assert (third.reason, third.error_detail) == ("duplicate_key", second.error_detail)
 
 

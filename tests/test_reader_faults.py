@@ -243,3 +243,17 @@ def test_a_decompression_bomb_among_ignored_members_is_stopped(tmp_path, compres
     path.write_bytes(compress(tar_bytes(real)))
     samples, reader = read(path)
     assert len(samples) == 3000 and reader.report.error is None
+
+
+def test_keys_that_differ_only_by_a_dot_folder_are_one_key(tmp_path):
+    """`tar -C dir -cf x.tar .` names members './a.jpg': './a' and 'a' were both written, and `tar -x`
+    of the output put them in one file. Now './a' is written 'a' (source_key keeps './a'), and a second
+    sample that would be written 'a' is a duplicate_key error."""
+    members = (sample_members("./a", "dot") + sample_members("a", "plain") + sample_members("x//y", "double")
+               + sample_members("./b", "alone") + sample_members("../c", "unsafe"))
+    samples, reader = read(write_tar(tmp_path / "s.tar", members))
+    assert [(s.key, s.source_key, s.reason) for s in samples] == [
+        ("a", "./a", None), ("a", None, "duplicate_key"), ("x/y", None, None), ("b", "./b", None),
+        ("../c", None, "unsafe_member_path")]
+    assert "'./a' (earlier in the shard) and 'a' are both written 'a'" in samples[1].error_detail
+    assert reader.report.error is None

@@ -334,7 +334,7 @@ class ShardReader:
                 sample.fail("duplicate_key", f"key {key!r} appears twice in the shard")
             else:  # two input keys that one output key would stand for ('a.b' and 'a_b')
                 sample.fail("duplicate_key", f"keys {first!r} (earlier in the shard) and {group['key']!r} are "
-                            f"both written {key!r} (dots in keys become '_')")
+                            f"both written {key!r} (dots in keys become '_'; a folder './' is dropped)")
             return sample
         self.report.keys_seen[key] = group["key"]
         if not posixpath.basename(key) and not group["problems"]:  # members '.jpg', 'a/.jpg'
@@ -500,9 +500,14 @@ class _CountingReader:
 
 
 def _sanitize_key(key: str) -> str:
-    """Dots in a key break WebDataset grouping downstream: write them as '_'."""
+    """Dots in a key break WebDataset grouping downstream: write them as '_'. A folder `.` and empty
+    folders are dropped (`./a`, as `tar -C dir -cf x.tar .` names members, is written `a`: `tar -x`
+    would put `./a` and `a` in one file). An unsafe name is left as it is (its
+    sample fails with unsafe_member_path)."""
     directory, base = posixpath.split(key)
     base = base.replace(".", "_")
+    if directory and not unsafe_member(key):
+        directory = "/".join(part for part in directory.split("/") if part not in ("", "."))
     return posixpath.join(directory, base) if directory else base
 
 
