@@ -268,3 +268,19 @@ def test_a_key_given_as_api_key_env_is_refused_without_echoing_it(tmp_path, capf
     for path in (tmp_path / "out").rglob("*") if (tmp_path / "out").exists() else []:
         if path.is_file():
             assert value.encode() not in path.read_bytes(), path
+
+
+def test_a_run_draws_no_library_loading_bars(tmp_path, capfd):
+    """transformers 5 drew 'Loading weights: 100%|...|' at each model load (the VLM, the semantic
+    figures' text model), under --no-progress too and once per Ray actor; the process's own setting
+    is left as it was."""
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    members = [m for i in range(2) for m in sample_members(f"s{i}", f"a red square number {i}")]
+    out = tmp_path / "out"
+    assert run([write_tar(tmp_path / "in" / "000000.tar", members)], out) == 0
+    err = capfd.readouterr().err
+    assert (out / "semantic.json").exists()  # the text model was loaded too
+    assert "Loading weights" not in err and "it/s]" not in err, err[-2000:]
+    assert hf_logging.is_progress_bar_enabled()

