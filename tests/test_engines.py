@@ -289,6 +289,9 @@ def test_no_server_is_a_clear_error_and_a_wrong_model_name_lists_the_served_ones
                "vlm.max_retries=1", "vlm.retry_backoff_s=0.05", check=False)
     err = capsys.readouterr().err
     assert code != 0 and "no endpoint answered GET /models" in err and "Start the server" in err
+    # said before the wait (~31 s at the defaults), not only after it
+    assert err.count(f"no answer yet from http://127.0.0.1:{port}/v1 (ConnectError") == 1, err[-3000:]
+    assert "waiting for the server, 1 more try over up to 0.1 s" in err and "2 tries)" in err
     code = run(scenes / "in", scenes / "out_name", "vlm.engine=openai", f"vlm.endpoint={vllm_server.url}",
                "vlm.served_model_name=other", check=False)
     err = capsys.readouterr().err

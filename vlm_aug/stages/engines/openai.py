@@ -175,18 +175,27 @@ class OpenAIEngine:
                 pending.remove(url)
             if not pending or (served and attempt >= 1):
                 break
+            if attempt == 0 and not served and self.vlm.max_retries:  # say so before waiting ~31 s in silence
+                print(f"vlm-aug: no answer yet from {', '.join(pending)} ({errors[pending[0]]}): waiting for the "
+                      f"server, {self.vlm.max_retries} more {'try' if self.vlm.max_retries == 1 else 'tries'} over "
+                      f"up to {self._total_wait():.1f} s "
+                      "(vlm.max_retries, vlm.retry_backoff_s)", file=sys.stderr, flush=True)
             if attempt < self.vlm.max_retries:
                 self._sleep(attempt)
         if not served:
             said = "; ".join(f"{url}: {error}" for url, error in list(errors.items())[-2:])
-            raise ModelUnavailable(f"vlm.engine openai: no endpoint answered GET /models ({said}). "
-                                   "Start the server, or fix vlm.endpoint (the base URL ending in /v1)")
+            raise ModelUnavailable(f"vlm.engine openai: no endpoint answered GET /models ({said}; "
+                                   f"{self.vlm.max_retries + 1} tries). Start the server, or fix vlm.endpoint "
+                                   "(the base URL ending in /v1)")
         if pending:
             log.warning("vlm.endpoint: %s did not answer GET /models (%s); this worker uses the other %d",
                         ", ".join(pending), "; ".join(errors[u] for u in pending), len(served))
             print(f"vlm-aug: warning: vlm.endpoint {', '.join(pending)} did not answer GET /models "
                   f"({'; '.join(errors[u] for u in pending)}); this worker uses the other {len(served)}", file=sys.stderr)
         return served
+
+    def _total_wait(self) -> float:
+        return sum(min(MAX_WAIT_S, self.vlm.retry_backoff_s * 2 ** a) for a in range(self.vlm.max_retries))
 
     def _model_ids(self, url: str, reply) -> set[str]:
         if reply.status_code in (401, 403):
