@@ -143,6 +143,44 @@ def test_hf_datasets_loads_mix_output_with_schema_features(mix_out, tmp_path):
     assert {row["json"]["decision"]["outcome"] for row in ds} == {"rewrite", "original"}
 
 
+def test_hf_datasets_loads_an_appended_output_with_repairs_with_schema_features(tmp_path_factory, tiny_vlm_dir,
+                                                                                tiny_clip_dir, tmp_path):
+    """An output appended with --allow-config-change: policy rewrite without repair first (the samples
+    `datasets` infers from: `decision.repair.dropped` empty, `decision.params.mix_rewrite_fraction` null),
+    then policy mix with repair, whose dropped sentences are objects and whose fraction is a number.
+    hf_features inferred `List(null)` and `null` for them, and the load failed ("Couldn't cast array of
+    type struct<cosine: double, sentence: string> to null")."""
+    from itertools import islice
+
+    from helpers import make_shards, tiny_args
+    from output_helpers import REPO
+    from vlm_aug.cli import main
+    from vlm_aug.output.schema import hf_features
+    from vlm_aug.shards.layout import OutputDir
+
+    root = tmp_path_factory.mktemp("appended")
+    out = run_pipeline(root, tiny_vlm_dir, tiny_clip_dir, "policy.name=rewrite")
+    later = make_shards(root / "later", n_shards=3, per_shard=6, broken=False)[2]
+    sets = ["policy.name=mix", "policy.mix_rewrite_fraction=1.0", "policy.repair.drop_sentences_below=0.999",
+            "policy.repair.min_sentences=1", "policy.min_clip_rewrite=-1", "policy.max_drop=2"]
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(later), "--output", str(out), "--no-progress",
+                 "--no-report", "--allow-config-change", *tiny_args(tiny_vlm_dir, tiny_clip_dir,
+                                                                    *[x for s in sets for x in ("--set", s)])]) == 0
+    samples = tar_samples(out)
+    records = {key: json.loads(sample["json"]) for key, sample in samples.items()}
+    first = list(islice(OutputDir(str(out)).iter_tar_samples("000000"), 5))
+    assert all(json.loads(f["json"])["decision"]["repair"]["dropped"] == [] for f in first)
+    assert any(r["decision"]["repair"]["dropped"] for r in records.values())  # later samples drop sentences
+    ds = load_hf(out, tmp_path, features=hf_features(first))
+    assert len(ds) == len(samples)
+    for row in ds:
+        record = records[row["__key__"]]
+        assert row["txt"] == record["caption"]
+        assert row["json"]["decision"]["repair"]["dropped"] == record["decision"]["repair"]["dropped"]
+        assert row["json"]["decision"]["params"]["mix_rewrite_fraction"] == record["decision"]["params"]["mix_rewrite_fraction"]
+    assert {row["json"]["decision"]["policy"] for row in ds} == {"rewrite", "mix"}
+
+
 def test_webdataset_with_pil_decoding(both_out):
     import webdataset as wds
 

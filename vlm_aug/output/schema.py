@@ -44,14 +44,34 @@ def _json_kind(value: Any) -> str:
     return {str: "string", bool: "boolean", int: "integer", float: "number"}[type(value)]
 
 
+def _feature_of(node: dict):
+    """The `datasets` feature a schema node declares (a scalar, an object of typed properties, a list of
+    either), or None when it declares none (an open object, mixed types)."""
+    from datasets import List, Value
+
+    node = _resolve(node)
+    kinds = node.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else [k for k in (kinds or []) if k != "null"]
+    if kinds == ["object"]:
+        fields = {name: _feature_of(child) for name, child in node.get("properties", {}).items()}
+        return {name: f for name, f in fields.items() if f is not None} or None
+    if kinds == ["array"]:
+        item = _feature_of(node.get("items", {}))
+        return List(item) if item is not None else None
+    declared = _declared_value_type(node)
+    return Value(declared) if declared else None
+
+
 def _pin_nullables(features: dict, schema_node: dict) -> None:
-    """Replace features inferred as `null` (or lists of `null`: empty in the first samples) with the
-    type the schema declares for that key."""
+    """Replace features inferred as `null` (or lists of `null`: empty in the first samples, such as
+    `decision.repair.dropped` of samples not repaired) with the type the schema declares for that key,
+    and add the typed keys an object declares that the first samples lack (`generation.params.n`, only
+    present when on, in an output appended with --allow-config-change): rows without them load as null."""
     import datasets
     from datasets import Value
 
     list_types = tuple(t for t in (getattr(datasets, "List", None), getattr(datasets, "Sequence", None)) if t)
-    for name, feature in features.items():
+    for name, feature in list(features.items()):
         extra = schema_node.get("additionalProperties")
         child = _resolve(schema_node.get("properties", {}).get(name) or (extra if isinstance(extra, dict) else {}))
         if isinstance(feature, dict):
@@ -59,13 +79,18 @@ def _pin_nullables(features: dict, schema_node: dict) -> None:
         elif isinstance(feature, list_types) and isinstance(feature.feature, dict):
             _pin_nullables(feature.feature, _resolve(child.get("items", {})))
         elif isinstance(feature, Value) and feature.dtype == "null":
-            declared = _declared_value_type(child)
-            if declared:
-                features[name] = Value(declared)
+            declared = _feature_of(child)
+            if declared is not None:
+                features[name] = declared
         elif isinstance(feature, list_types) and isinstance(feature.feature, Value) and feature.feature.dtype == "null":
-            declared = _declared_value_type(_resolve(child.get("items", {})))
-            if declared:
-                features[name] = type(feature)(Value(declared))
+            declared = _feature_of(_resolve(child.get("items", {})))
+            if declared is not None:
+                features[name] = type(feature)(declared)
+    for name, child in schema_node.get("properties", {}).items():
+        if name not in features:
+            declared = _feature_of(child)
+            if declared is not None:
+                features[name] = declared
 
 
 def hf_features(first_samples: Iterable[dict]):
