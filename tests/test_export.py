@@ -61,6 +61,30 @@ def test_provenance_key_traces_back(out, tmp_path, capsys):
     assert record["source"]["image_sha256"] == link["image_sha256"]
 
 
+def test_provenance_names_the_input_image_when_it_was_reencoded(tmp_path, tiny_vlm_dir, tiny_clip_dir, capsys):
+    """PNG inputs written as jpg (the default normalize_image_format): the link held the sha256 of the
+    re-encoded bytes, which no record holds, and `trace` showed another."""
+    from helpers import image_bytes, sample_members, tiny_args, write_tar
+
+    pngs = {f"p{i}": image_bytes((40 + 4 * i, 48), (200, 20 * i, 30), fmt="PNG") for i in range(3)}
+    members = [m for key, png in pngs.items() for m in sample_members(key, "a red square", png, ext="png")]
+    out, dest = tmp_path / "out", tmp_path / "llava"
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(write_tar(tmp_path / "in" / "000000.tar", members)),
+                 "--output", str(out), "--no-progress", "--no-report", *tiny_args(tiny_vlm_dir, tiny_clip_dir)]) == 0
+    assert main(["export", str(out), str(dest), "--format", "llava"]) == 0
+    entries = json.loads((dest / "llava.json").read_text())
+    assert len(entries) == 3
+    for entry in entries:
+        link = entry["provenance"]
+        assert link["image_sha256"] == hashlib.sha256(pngs[link["key"]]).hexdigest()
+        assert (dest / entry["image"]).read_bytes()[:3] == b"\xff\xd8\xff"  # the exported image is the jpg
+        capsys.readouterr()
+        assert main(["trace", str(out), link["key"], "--json"]) == 0
+        [record] = json.loads(capsys.readouterr().out)
+        assert record["source"]["image_sha256"] == link["image_sha256"]
+        assert record["source"]["image_reencoded_to"] == "jpg"
+
+
 def test_messages_export_loads_in_hf_datasets(out, tmp_path):
     datasets = pytest.importorskip("datasets")
     from PIL import Image

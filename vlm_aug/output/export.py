@@ -69,7 +69,8 @@ def _kept_samples(out: OutputDir, shard: str) -> Iterator[tuple[str, bytes, str,
             raise ValueError(f"{out.file(shard, 'tar')}: sample {sample['__key__']!r} lacks an image, .txt or "
                              ".json member; is this a vlm_aug output? rerun the shard with --overwrite")
         record = json.loads(sample["json"])
-        link = {"shard": shard, "key": sample["__key__"], "image_sha256": hashlib.sha256(sample[ext]).hexdigest(),
+        # the input image's sha256, as `trace` shows it (the written image differs when it was re-encoded)
+        link = {"shard": shard, "key": sample["__key__"], "image_sha256": record["source"]["image_sha256"],
                 "run_id": record["pipeline"]["run_id"]}
         yield ext, sample[ext], sample["txt"].decode("utf-8"), link
 
