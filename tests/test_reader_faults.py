@@ -64,6 +64,7 @@ def test_a_member_name_that_is_not_utf8_is_one_samples_error_and_the_run_writes_
     samples, reader = read(shard)
     assert [(s.key, s.reason) for s in samples] == [("ok1", None), ("caf\\xe9", "bad_member_name"), ("ok2", None)]
     assert samples[1].members == ["caf\\xe9.jpg", "caf\\xe9.txt", "caf\\xe9.json"]
+    assert samples[1].error_detail == "member name(s) 'caf\\xe9.jpg', 'caf\\xe9.txt', 'caf\\xe9.json' are not valid UTF-8"
     # through a whole run (no model): the shard commits, its parquet holds the three samples
     out = tmp_path / "out"
     code = main(["run", "configs/demo.yaml", "--no-model", "--no-report", "--input", str(shard), "--output", str(out),

@@ -366,7 +366,9 @@ class ShardReader:
         sample.source_key = _printable(group["key"])
         if self.report.keys_seen.get(key) is None:
             self.report.keys_seen[key] = sample.source_key
-        sample.fail("bad_member_name", f"member name(s) {', '.join(map(repr, names[:3]))} are not valid UTF-8")
+        # quoted as spelled out (repr() would double the backslash of `\xe9`: a name copied from it matches nothing)
+        quoted = ", ".join("'" + name + "'" for name in names[:3])
+        sample.fail("bad_member_name", f"member name(s) {quoted} are not valid UTF-8")
         return sample
 
     def _fail_without_image(self, sample: Sample, names: list[str]) -> None:
