@@ -8,6 +8,7 @@ the hub checkpoint. Weights are random: these models exercise code paths, not ca
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -108,7 +109,22 @@ def build_tiny_qwen_vl(out_dir, *, version: str = "2.5", patch_size: int = 14, s
                         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
-    return _save(model_cls(config), processor, out_dir, ["<|im_end|>", "<|endoftext|>"])
+    return _as_hub_qwen_layout(_save(model_cls(config), processor, out_dir, ["<|im_end|>", "<|endoftext|>"]))
+
+
+def _as_hub_qwen_layout(out_dir: Path) -> Path:
+    """Published Qwen2-VL / Qwen2.5-VL checkpoints keep the image processor in preprocessor_config.json,
+    its bounds as top-level `min_pixels` / `max_pixels` (no `size`), which transformers' image processor
+    lets override a `size` given at load: written the same way, so that a preset's bounds meet the
+    checkpoint's own here as on the real model."""
+    processor_config = out_dir / "processor_config.json"
+    config = json.loads(processor_config.read_text(encoding="utf-8"))
+    image = config.pop("image_processor")
+    size = image.pop("size")
+    image.update(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(image, indent=2), encoding="utf-8")
+    processor_config.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return out_dir
 
 
 def build_tiny_llava(out_dir, *, image_size: int = 32, patch_size: int = 8, seed: int = 0) -> Path:

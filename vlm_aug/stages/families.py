@@ -7,6 +7,7 @@ Everything else (chat template, image placeholders, generation) goes through the
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -27,27 +28,44 @@ class Family:
     token_bounds: str  # which processor_kwargs bound the image tokens, and the default when unset
     requires: tuple[str, ...] = ()  # python modules the family's processor refuses to start without
     bound_keys: tuple[str, ...] = ()  # processor_kwargs that bound tokens; a warning when none is set
-    adapt_kwargs: Optional[Callable[[dict], dict]] = None  # user spelling -> what this transformers wants
+    adapt_kwargs: Optional[Callable[[dict], dict]] = None  # user spelling -> what to pass at load
+    after_load: Optional[Callable[[Any, dict], None]] = None  # (processor, user's kwargs): set on the loaded one
+
+
+QWEN_BOUNDS = ("min_pixels", "max_pixels", "size")
 
 
 def qwen_pixel_bounds(kwargs: dict) -> dict:
-    """Qwen's documented `min_pixels` / `max_pixels` -> `size={shortest_edge, longest_edge}`.
+    """Qwen's documented `min_pixels` / `max_pixels` (or `size`) -> {shortest_edge, longest_edge}."""
+    size = {k: v for k, v in dict(kwargs.get("size") or {}).items() if k in ("shortest_edge", "longest_edge")}
+    if "min_pixels" in kwargs:
+        size["shortest_edge"] = kwargs["min_pixels"]
+    if "max_pixels" in kwargs:
+        size["longest_edge"] = kwargs["max_pixels"]
+    return size
 
-    Why: transformers 5 keeps processor load kwargs and re-sends them on every call, where
-    min/max_pixels are deprecated (FutureWarning, slated for removal); `size` is the supported form.
-    """
-    from transformers import Qwen2VLImageProcessor
 
-    default = dict(getattr(Qwen2VLImageProcessor, "size", None) or {})
-    if not {"min_pixels", "max_pixels"} & set(kwargs) or "longest_edge" not in default:
-        return kwargs  # nothing to translate, or an older transformers that takes them as they are
-    out = dict(kwargs)
-    size = {**default, **out.pop("size", {})}
-    if "min_pixels" in out:
-        size["shortest_edge"] = out.pop("min_pixels")
-    if "max_pixels" in out:
-        size["longest_edge"] = out.pop("max_pixels")
-    return {**out, "size": size}
+def qwen_load_kwargs(kwargs: dict) -> dict:
+    """The pixel bounds are not passed at load (`qwen_keep_bounds` sets them after): a hub Qwen2-VL /
+    Qwen2.5-VL checkpoint's preprocessor_config.json holds its own `min_pixels` / `max_pixels` (3136 /
+    12845056), which the image processor's __init__ lets override a `size` given at load, and transformers 5
+    keeps load kwargs with the tokenizer and re-sends them at every call (min/max_pixels deprecated there):
+    a preset's 512-token bound became 5,329 tokens for a 2048 px photo (16,384 at most), without a word."""
+    return {k: v for k, v in kwargs.items() if k not in QWEN_BOUNDS}
+
+
+def qwen_keep_bounds(processor, kwargs: dict) -> None:
+    import dataclasses
+
+    wanted = qwen_pixel_bounds(kwargs)
+    image_processor = getattr(processor, "image_processor", None)
+    if not wanted or image_processor is None:
+        return
+    size = image_processor.size
+    if dataclasses.is_dataclass(size):
+        image_processor.size = dataclasses.replace(size, **wanted)
+    else:
+        image_processor.size = {**dict(size or {}), **wanted}
 
 
 FAMILIES = (
@@ -60,11 +78,11 @@ FAMILIES = (
     Family("Qwen2-VL", ("qwen2_vl",),
            "min_pixels / max_pixels -> image tokens = pixels / 28^2 within [min, max]; "
            "unset, max_pixels is 12.8 MP (16,384 tokens per image)",
-           bound_keys=("max_pixels", "size"), adapt_kwargs=qwen_pixel_bounds),
+           bound_keys=("max_pixels", "size"), adapt_kwargs=qwen_load_kwargs, after_load=qwen_keep_bounds),
     Family("Qwen2.5-VL", ("qwen2_5_vl",),
            "min_pixels / max_pixels -> image tokens = pixels / 28^2 within [min, max]; "
            "unset, max_pixels is 12.8 MP (16,384 tokens per image)",
-           bound_keys=("max_pixels", "size"), adapt_kwargs=qwen_pixel_bounds),
+           bound_keys=("max_pixels", "size"), adapt_kwargs=qwen_load_kwargs, after_load=qwen_keep_bounds),
     Family("LLaVA", ("llava",),
            "fixed: every image is resized and centre-cropped to the vision tower's size "
            "(576 tokens for llava-1.5 at 336 px)"),
@@ -127,10 +145,12 @@ def load_processor(path: str, model: str, processor_kwargs: dict[str, Any], **lo
     _require_modules(family, model)
     adapted = family.adapt_kwargs(processor_kwargs) if family.adapt_kwargs else processor_kwargs
     try:
-        processor = AutoProcessor.from_pretrained(path, **load_kwargs, **adapted)
+        processor = AutoProcessor.from_pretrained(path, **load_kwargs, **copy.deepcopy(adapted))
     except (ValueError, OSError) as exc:  # no processor, tokenizer or image processor files in the checkpoint
         raise ModelUnavailable(f"{model!r}: transformers cannot load its processor from {path} ({exc})") from None
     check_processor_kwargs(processor, processor_kwargs, model)
+    if family.after_load:
+        family.after_load(processor, processor_kwargs)
     if family.bound_keys and not set(family.bound_keys) & set(processor_kwargs):
         log.warning("%s model %r loaded without vlm.processor_kwargs.%s: %s. Use a preset "
                     "(configs/models/) or set it.", family.name, model, family.bound_keys[0], family.token_bounds)
