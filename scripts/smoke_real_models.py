@@ -3,8 +3,8 @@
 the rewrites, CLIP scores and the revision that was loaded. Skips, saying so, when none is cached.
 
 The first thing to run on a machine with network access:
-    huggingface-cli download HuggingFaceTB/SmolVLM-256M-Instruct
-    huggingface-cli download laion/CLIP-ViT-B-32-laion2B-s34B-b79K
+    hf download HuggingFaceTB/SmolVLM-256M-Instruct
+    hf download laion/CLIP-ViT-B-32-laion2B-s34B-b79K
     python scripts/smoke_real_models.py
 
 On a GPU machine with vLLM installed (docs/engines.md), the first thing to run is
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     if not presets:
         print("smoke_real_models: skipped - no VLM preset is in the local Hugging Face cache "
               "(see `vlm-aug models`). With network access: "
-              "huggingface-cli download HuggingFaceTB/SmolVLM-256M-Instruct, then rerun.")
+              "hf download HuggingFaceTB/SmolVLM-256M-Instruct, then rerun.")
         return 0
     work = Path(args.out or tempfile.mkdtemp(prefix="vlm_aug_smoke_"))
     shard = write_shard(work / "in/000000.tar", load_images(args.images))

@@ -161,8 +161,52 @@ def test_hub_revision_loaded_is_recorded_pinned_or_not(hub_cache, tiny_qwen25):
         stage.setup()
         assert stage.describe()["revision"] == SHA
     other = VLMConfig(model="tiny-org/qwen-tiny", revision="f" * 40, device="cpu")
-    with pytest.raises(ModelUnavailable, match="tiny-org/qwen-tiny.*not in the local Hugging Face cache"):
+    with pytest.raises(ModelUnavailable, match="tiny-org/qwen-tiny.*not in the local Hugging Face cache") as caught:
         RewriteStage(other, GenerationConfig(), LimitsConfig()).setup()
+    # the command fetches the pinned revision (without it, main: the rerun failed again)
+    assert f"at revision {'f' * 40}" in str(caught.value)
+    assert f"`hf download tiny-org/qwen-tiny --revision {'f' * 40}`" in str(caught.value)
+
+
+def test_clip_weights_must_be_cached_not_only_their_repo(hub_cache):
+    """A repo of which only open_clip_config.json was cached passed the check, and open_clip then failed
+    with a traceback (RuntimeError: Failed to download weights); the error names clip.model, not vlm.model."""
+    from vlm_aug.stages.models import locate_clip
+
+    repo = hub_cache / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    (repo / "snapshots" / SHA).mkdir(parents=True)
+    (repo / "snapshots" / SHA / "open_clip_config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SHA)
+    with pytest.raises(ModelUnavailable, match="CLIP weights 'laion/CLIP-ViT-B-32-laion2B-s34B-b79K' is not in") as caught:
+        locate_clip("ViT-B-32", "laion2b_s34b_b79k")
+    assert "`hf download laion/CLIP-ViT-B-32-laion2B-s34B-b79K`" in str(caught.value)
+    assert "clip.model: /path/to/open_clip_dir, clip.pretrained: null" in str(caught.value)
+    (repo / "snapshots" / SHA / "open_clip_model.safetensors").write_bytes(b"")  # now the weights are there
+    assert locate_clip("ViT-B-32", "laion2b_s34b_b79k")[:2] == ("ViT-B-32", "laion2b_s34b_b79k")
+
+
+def test_hub_reachable_asks_the_endpoints_own_port(monkeypatch):
+    """A mirror at HF_ENDPOINT=http://host:8765 was probed at port 443 and never reached; HF_HUB_OFFLINE=on
+    (which huggingface_hub honours) was not taken for offline."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from vlm_aug.stages.models import hub_reachable
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    try:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_reachable(timeout=2)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "on")
+        assert not hub_reachable(timeout=2)
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("preset", [p for p in list_presets("clip") if "SigLIP" not in p.fields["model"]],
@@ -199,7 +243,7 @@ def test_siglip_preset_offline_gives_a_clear_error(hub_cache, tiny_vlm_dir, tmp_
             *no_clip_sets(tiny_args(tiny_vlm_dir, "")), "--set", "clip.preset=siglip-b-16"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "tokenizer 'timm/ViT-B-16-SigLIP'" in err and "huggingface-cli download timm/ViT-B-16-SigLIP" in err
+    assert "tokenizer 'timm/ViT-B-16-SigLIP'" in err and "hf download timm/ViT-B-16-SigLIP" in err
 
 
 def _smoke_main():

@@ -83,25 +83,36 @@ def weights_sha256(path: Path, allow_pickle: bool = False) -> str:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the hub can be reached now (never when HF_HUB_OFFLINE is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
+    """True when the hub (HF_ENDPOINT, at its own port) can be reached now (never when offline, as
+    huggingface_hub reads HF_HUB_OFFLINE)."""
     from huggingface_hub import constants
 
-    host = urlparse(constants.ENDPOINT).hostname or ""
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout).close()
         return True
     except OSError:
         return False
 
 
-def _unavailable(model: str, what: str) -> ModelUnavailable:
+def download_command(repo: str, revision: Optional[str] = None) -> str:
+    """What fetches `repo` into the cache (huggingface_hub's `hf` CLI; `huggingface-cli` is gone in 1.x)."""
+    command = f"hf download {shlex.quote(repo)}"
+    return f"{command} --revision {shlex.quote(revision)}" if revision else command
+
+
+def _unavailable(model: str, what: str, key: str, revision: Optional[str] = None) -> ModelUnavailable:
+    local = ("vlm.model: /path/to/model" if key == "vlm.model"
+             else "clip.model: /path/to/open_clip_dir, clip.pretrained: null")
+    at = f" at revision {revision}" if revision else ""
     return ModelUnavailable(
-        f"{what} {model!r} is not in the local Hugging Face cache and the hub cannot be reached "
+        f"{what} {model!r}{at} is not in the local Hugging Face cache and the hub cannot be reached "
         "(offline or HF_HUB_OFFLINE=1). Either run once with network access to cache it "
-        f"(e.g. `huggingface-cli download {shlex.quote(model)}`), or point the config at a local directory "
-        "that holds the model (vlm.model: /path/to/model)."
+        f"(e.g. `{download_command(model, revision)}`), or point the config at a local directory "
+        f"that holds the model ({local})."
     )
 
 
@@ -126,7 +137,7 @@ def locate_hf(model: str, revision: Optional[str], allow_pickle: bool = False) -
         path = snapshot_download(model, revision=revision, local_files_only=True, allow_patterns=patterns)
     except Exception:
         if not hub_reachable():
-            raise _unavailable(model, "model") from None
+            raise _unavailable(model, "model", "vlm.model", revision) from None
         path = snapshot_download(model, revision=revision, allow_patterns=patterns)
     weights_sha256(Path(path), allow_pickle)  # refuses pickle-only checkpoints
     return Located(path, Path(path).name, "hub")
@@ -153,9 +164,12 @@ def locate_clip(model: str, pretrained: Optional[str]) -> tuple[str, Optional[st
         if not cfg:
             tags = [t for m, t in open_clip.list_pretrained() if m == model]
             raise ModelUnavailable(f"open_clip has no pretrained tag {pretrained!r} for {model}; tags: {tags}")
-        repo = (cfg.get("hf_hub") or "").rstrip("/") or None
-    if repo:
-        _require_cached_repo(repo)
+        hf_hub = cfg.get("hf_hub") or ""
+        repo = hf_hub.rstrip("/") or None
+        if hf_hub:
+            _require_cached_weights(hf_hub)
+    elif repo:
+        _require_cached_weights(repo + "/")
     return model, pretrained, f"{pretrained or 'random'}@{repo or 'open_clip'}"
 
 
@@ -171,17 +185,23 @@ def _require_cached_tokenizer(model: str) -> None:
     raise ModelUnavailable(
         f"CLIP model {model!r} tokenizes with the Hugging Face tokenizer {repo!r}, which is not in the local "
         "cache, and the hub cannot be reached (offline or HF_HUB_OFFLINE=1). Run once with network access "
-        f"(e.g. `huggingface-cli download {shlex.quote(repo)}`), or choose an open_clip model with the built-in "
+        f"(e.g. `{download_command(repo)}`), or choose an open_clip model with the built-in "
         "tokenizer (clip.preset: vit-b-32-laion2b)."
     )
 
 
-def _require_cached_repo(repo: str) -> None:
-    from huggingface_hub import scan_cache_dir
+def _require_cached_weights(hf_hub: str) -> None:
+    """open_clip's `hf_hub` entry, 'org/repo/' (its default weights file) or 'org/repo/FILE': the weights
+    file itself must be cached (a repo whose tokenizer or config alone is cached let open_clip fail
+    later with a traceback), in the safetensors form open_clip tries first or the named one."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-    try:
-        cached = {r.repo_id for r in scan_cache_dir().repos}
-    except Exception:
-        cached = set()
-    if repo not in cached and not hub_reachable():
-        raise _unavailable(repo, "CLIP weights")
+    repo, filename = os.path.split(hf_hub)
+    names = [filename or HF_WEIGHTS_NAME]
+    if names[0] == HF_WEIGHTS_NAME:
+        names.insert(0, HF_SAFE_WEIGHTS_NAME)
+    elif names[0].endswith((".bin", ".pth")):
+        names.insert(0, names[0].rsplit(".", 1)[0] + ".safetensors")
+    if not any(isinstance(try_to_load_from_cache(repo, name), str) for name in names) and not hub_reachable():
+        raise _unavailable(repo, "CLIP weights", "clip.model")
