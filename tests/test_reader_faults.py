@@ -214,7 +214,11 @@ def test_a_link_among_the_ignored_members_leaves_the_sample_alone(tmp_path):
 
 
 @pytest.mark.parametrize("url,says", [("http://user:SECRET@127.0.0.1:9/000000.tar", "holds credentials"),
-                                      ("https://host.invalid/000000.tar?X-Amz-Signature=SECRET", "query string")])
+                                      ("https://host.invalid/000000.tar?X-Amz-Signature=SECRET", "query string"),
+                                      # each link of an fsspec chain (these passed, and the secrets were written)
+                                      ("simplecache::http://u:SECRET@127.0.0.1:9/000000.tar", "holds credentials"),
+                                      ("simplecache::https://host.invalid/000000.tar?X-Amz-Signature=SECRET",
+                                       "query string")])
 def test_an_input_url_with_a_secret_is_refused_without_echoing_it(tmp_path, capsys, url, says):
     """An input's URL goes into every sample's provenance, the manifest and the card, and a query string
     named the output shards (`000000.tar?X-Amz-Signature=....tar`)."""
@@ -222,6 +226,14 @@ def test_an_input_url_with_a_secret_is_refused_without_echoing_it(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and says in err and "SECRET" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_url_with_credentials_is_refused_without_echoing_them(tmp_path, capsys):
+    """It went into the manifest, or botocore printed it in a traceback."""
+    shard = write_tar(tmp_path / "in" / "000000.tar", four())
+    code = main(["run", "configs/demo.yaml", "--no-model", "--input", str(shard), "--output", "s3://AKIAOUT:SECRET@bkt/o"])
+    err = capsys.readouterr().err
+    assert code == 2 and "output s3://bkt/o (user:password@) holds credentials" in err and "SECRET" not in err
 
 
 @pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])

@@ -212,19 +212,7 @@ class InputConfig(Strict):
     def _no_secrets(cls, value: list[str]) -> list[str]:
         """An input's URL is written into every sample's provenance, the manifest and the card."""
         for path in value:
-            if "://" not in path:
-                continue
-            parts = urlsplit(path)
-            shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
-            if parts.username is not None or parts.password is not None:
-                raise ValueError(f"input {shown} (user:password@) holds credentials, and an input's URL is written "
-                                 "into the output's provenance, manifest and card: give the credentials through the "
-                                 "environment (AWS_ACCESS_KEY_ID, ...; docs/cluster.md) and the URL without them")
-            if parts.scheme in ("http", "https") and (parts.query or parts.fragment):
-                raise ValueError(f"input {shown}?... has a query string, which often holds a signature or a token "
-                                 "(a pre-signed URL), and an input's URL is written into the output's provenance, "
-                                 "manifest and card and names its shards: serve the shards at URLs without one, or "
-                                 "read them as s3:// or gs:// with credentials in the environment")
+            refuse_secrets(path, "input")
         return value
 
     @field_validator("caption_key")
@@ -233,6 +221,27 @@ class InputConfig(Strict):
         if not (value == "txt" or value.startswith("json:") or value.isidentifier()):
             raise ValueError("use 'txt', another member extension, or 'json:FIELD' (e.g. json:caption)")
         return value
+
+
+def refuse_secrets(url: str, what: str) -> None:
+    """A URL with credentials (user:password@) or, over http(s), a query string (a pre-signed URL's
+    signature, a token) is refused without echoing them: inputs and outputs are written into the
+    manifest, the card and (inputs) every sample's provenance. Each link of an fsspec chain
+    (`simplecache::https://...`) is checked."""
+    for link in url.split("::"):
+        if "://" not in link:
+            continue
+        parts = urlsplit(link)
+        shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"{what} {shown} (user:password@) holds credentials, and an {what}'s URL is written "
+                             "into the output's provenance, manifest and card: give the credentials through the "
+                             "environment (AWS_ACCESS_KEY_ID, ...; docs/cluster.md) and the URL without them")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{what} {shown}?... has a query string, which often holds a signature or a token "
+                             f"(a pre-signed URL), and an {what}'s URL is written into the output's provenance, "
+                             "manifest and card and names its shards: serve the shards at URLs without one, or "
+                             "read them as s3:// or gs:// with credentials in the environment")
 
 
 class OutputConfig(Strict):
@@ -245,6 +254,12 @@ class OutputConfig(Strict):
     # bytes under its real extension, which may mix formats
     normalize_image_format: Optional[Literal["jpg", "png"]] = "jpg"
     report: bool = True  # write OUT/report.html after the run (--no-report: false)
+
+    @field_validator("path")
+    @classmethod
+    def _no_secrets(cls, value: str) -> str:
+        refuse_secrets(value, "output")
+        return value
 
 
 class ReportConfig(Strict):
