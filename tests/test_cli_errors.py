@@ -77,7 +77,7 @@ def test_commands_on_an_output_name_what_is_wrong(dry_out, tmp_path, capsys):
     assert (tmp_path / "report.html").stat().st_size > 1000 and not list(tmp_path.glob("*.tmp"))
 
 
-def test_demo_arguments_and_folders(tmp_path, capsys):
+def test_demo_arguments_and_folders(tmp_path, capsys, monkeypatch):
     for argv, words in ((["--wrong-fraction", "2"], "must be between 0 and 1"),
                         (["--shards", "0"], "must be at least 1"), (["--per-shard", "-1"], "must be at least 1")):
         with pytest.raises(SystemExit) as exit_:
@@ -95,6 +95,11 @@ def test_demo_arguments_and_folders(tmp_path, capsys):
     (mine / "output/keep.txt").write_text("keep me")
     assert "holds files vlm-aug did not write" in error_of(capsys, ["demo", "--output", str(mine)])
     assert (mine / "output/keep.txt").read_text() == "keep me"
+    # a URL was taken for the local folder ./s3:/bucket/demo, and the demo ran there
+    monkeypatch.chdir(tmp_path)
+    assert "the demo writes to a local folder, and s3://bucket/demo is a URL" in error_of(
+        capsys, ["demo", "--output", "s3://bucket/demo"])
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_a_second_demo_on_a_folder_in_use_stops_before_removing_anything(tmp_path, capsys):

@@ -104,7 +104,7 @@ def test_messages_export_loads_in_hf_datasets(out, tmp_path):
         assert isinstance(image, Image.Image) and image.size == Image.open(__import__("io").BytesIO(sample["jpg"])).size
 
 
-def test_export_refuses_non_empty_destination_and_bad_output(out, tmp_path, capsys):
+def test_export_refuses_non_empty_destination_and_bad_output(out, tmp_path, capsys, monkeypatch):
     dest = tmp_path / "busy"
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
@@ -112,6 +112,12 @@ def test_export_refuses_non_empty_destination_and_bad_output(out, tmp_path, caps
     assert "not empty" in capsys.readouterr().err and (dest / "keep.txt").read_text() == "mine"
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "new"), "--format", "messages"]) == 2
     assert "not a vlm_aug output directory" in capsys.readouterr().err
+    # a URL destination was taken for the local folder ./s3:/bucket/x, and the export said it was done
+    monkeypatch.chdir(tmp_path)
+    for fmt in ("llava", "messages"):
+        assert main(["export", str(out), "s3://bucket/x", "--format", fmt]) == 2
+        assert "export writes to a local folder, and s3://bucket/x is a URL" in capsys.readouterr().err
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_keys_with_folders_are_exported_one_sample_each(tmp_path, capsys):

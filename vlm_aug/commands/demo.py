@@ -6,6 +6,7 @@ import argparse
 import re
 import shlex
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def register(sub) -> None:
 def cmd_demo(args) -> int:
     from vlm_aug.lab.scenes import write_scene_shards
 
+    if "://" in args.output or "::" in args.output:  # Path() took s3://b/x for a local folder ./s3:/b/x
+        print(f"error: the demo writes to a local folder, and {args.output} is a URL: give a local folder "
+              "(`vlm-aug run` reads and writes s3:// and other fsspec URLs)", file=sys.stderr)
+        return 2
     root = Path(args.output)
     inputs, out = root / "input", root / "output"
     overrides = list(args.set) + [f"input.paths=['{inputs}/*.tar']", f"output.path={out}"]

@@ -125,6 +125,9 @@ def export(output: str, dest: str, fmt: str, instruction: str = DEFAULT_INSTRUCT
     """Write the kept samples of `output` to `dest` in `fmt`; returns how many were exported."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if "://" in dest or "::" in dest:  # Path() took s3://b/x for a local folder ./s3:/b/x and said it was done
+        raise ExportError(f"export writes to a local folder, and {dest} is a URL: export to a local folder, then "
+                          "copy it (e.g. `aws s3 sync LOCAL s3://...`); the output it reads may be remote")
     out, target = OutputDir(output), Path(dest)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"export destination {dest} is a file: give a new or empty directory")
