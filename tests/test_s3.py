@@ -93,3 +93,20 @@ def test_s3_in_s3_out_through_ray(s3, tmp_path, tiny_vlm_dir, tiny_clip_dir):
     assert manifest["totals"]["inputs"] == 18 and not manifest["shards"]["failed"]
     sizes = json.loads(s3.cat(f"{BUCKET}/out/shards/sizes.json"))
     assert sizes == {"000000.tar": 5, "000001.tar": 6, "000002.tar": 6}
+
+
+def test_an_s3_folder_input_stands_for_its_shards(s3, tmp_path):
+    """`--input s3://bucket/prefix` (as a local folder works) was one shard named `prefix` with 0 samples,
+    committed, and exit 0; a prefix with no shards is an error."""
+    for path in make_shards(tmp_path / "in", n_shards=2, per_shard=3, broken=False):
+        s3.put(str(path), f"{BUCKET}/folder/{path.name}")
+    s3.pipe(f"{BUCKET}/folder/notes.md", b"not a shard")
+    s3.pipe(f"{BUCKET}/empty/notes.md", b"not a shard")
+    out = tmp_path / "out"
+    for given in (f"s3://{BUCKET}/folder", f"s3://{BUCKET}/folder/"):
+        assert main(["run", str(REPO / "configs/demo.yaml"), "--no-model", "--no-report", "--no-progress",
+                     "--input", given, "--output", str(out), "--overwrite", "--set", "executor=local"]) == 0
+        assert sorted(p.name for p in (out / "shards").glob("*.tar")) == ["000000.tar", "000001.tar"]
+        assert sum(pq.read_table(p).num_rows for p in (out / "shards").glob("*.parquet")) == 6
+    assert main(["run", str(REPO / "configs/demo.yaml"), "--no-model", "--input", f"s3://{BUCKET}/empty",
+                 "--output", str(tmp_path / "out2"), "--set", "executor=local"]) == 2

@@ -48,7 +48,15 @@ def _expand_one(item: str) -> list[str]:
     if "://" in item and not item.startswith("file://"):
         fs, path = fsspec.core.url_to_fs(item)
         protocol = item.split("://", 1)[0]
-        hits = fs.glob(path) if glob.has_magic(path) else ([path] if fs.exists(path) else [])
+        if glob.has_magic(path):
+            hits = fs.glob(path)
+        elif not protocol.endswith(("http", "https")) and fs.isdir(path):  # (an http "folder" is a page of links)
+            # an object-store prefix, as a local folder: its shards (it was read as one empty shard, committed)
+            hits = sorted(h for h in fs.ls(path, detail=False) if h.endswith(SHARD_SUFFIXES))
+            if not hits:
+                raise FileNotFoundError(f"input {item!r} is a folder with no shards in it ({', '.join(SHARD_SUFFIXES)})")
+        else:
+            hits = [path] if fs.exists(path) else []
         return [h if "://" in h else f"{protocol}://{h}" for h in hits]  # (http's paths are whole URLs)
     local = item[len("file://"):] if item.startswith("file://") else item
     if posixpath.isdir(local):
