@@ -282,3 +282,33 @@ def test_a_refusal_after_a_stopped_first_run_names_what_changed(tmp_path, capsys
     assert dry(tmp_path / "in/*.tar", out, "--set", "limits.max_caption_chars=100") == 2
     err = capsys.readouterr().err
     assert "limits.max_caption_chars: 1000 -> 100" in err and "not in the manifest" not in err, err
+
+
+def test_the_heartbeat_outlives_a_store_that_fails_for_a_while(tmp_path, capfd):
+    """The heartbeat thread died at the first failed read of the lease (a store outage; s3fs raises what
+    its libraries raise), and the lease went stale under a live run; release() then ended the run in a
+    traceback. Now each beat that fails is retried at the next, and release says what it could not do."""
+    (tmp_path / "out").mkdir()
+    out = OutputDir(str(tmp_path / "out"), must_exist=False)
+    lease = Lease(out, "A", heartbeat_s=0.05)
+    real_read, real_rm, failures = out.read_json, out.fs.rm, []
+
+    def flaky_read(path):
+        if len(failures) < 3:
+            failures.append(path)
+            raise ConnectionError("store unreachable")
+        return real_read(path)
+
+    with lease:
+        before = json.loads((tmp_path / "out" / LEASE_FILE).read_text())["heartbeat"]
+        out.read_json = flaky_read
+        deadline = time.time() + 10
+        while time.time() < deadline and json.loads((tmp_path / "out" / LEASE_FILE).read_text())["heartbeat"] == before:
+            time.sleep(0.05)
+        assert len(failures) == 3 and lease.thread.is_alive()
+        assert json.loads((tmp_path / "out" / LEASE_FILE).read_text())["heartbeat"] > before  # beating again
+        out.fs.rm = lambda path: (_ for _ in ()).throw(ConnectionError("store unreachable"))
+    out.fs.rm = real_rm
+    err = capfd.readouterr().err
+    assert "lease heartbeat could not read the lease: ConnectionError" in err
+    assert "could not be released (ConnectionError: store unreachable); a later run takes it over" in err

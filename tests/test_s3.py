@@ -110,3 +110,24 @@ def test_an_s3_folder_input_stands_for_its_shards(s3, tmp_path):
         assert sum(pq.read_table(p).num_rows for p in (out / "shards").glob("*.parquet")) == 6
     assert main(["run", str(REPO / "configs/demo.yaml"), "--no-model", "--input", f"s3://{BUCKET}/empty",
                  "--output", str(tmp_path / "out2"), "--set", "executor=local"]) == 2
+
+
+def test_a_store_that_cannot_be_reached_is_one_line_not_a_traceback(s3, tmp_path, monkeypatch, capsys):
+    """A wrong endpoint ended `run` (and stats, trace, report, export) in ~160 lines of botocore frames."""
+    import s3fs
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        code = main(["run", str(REPO / "configs/demo.yaml"), "--no-model", "--input", f"s3://{BUCKET}/x/000000.tar",
+                     "--output", str(tmp_path / "out"), "--set", "executor=local"])
+        err = capsys.readouterr().err
+        assert code == 2 and "error: storage: " in err and "AWS_ENDPOINT_URL" in err, err[-2000:]
+        assert main(["stats", f"s3://{BUCKET}/some_out"]) == 2
+        assert "error: storage: " in capsys.readouterr().err
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -23,12 +23,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# the storage libraries fsspec runs on: their errors are the store's (endpoint, credentials, bucket), not a bug
+STORAGE_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp", "fsspec", "google.auth")
+
+
+def storage_error(exc: BaseException) -> bool:
+    if isinstance(exc, (PermissionError, ConnectionError, TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0] in STORAGE_MODULES or cls.__module__.startswith(STORAGE_MODULES)
+               for cls in type(exc).__mro__)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, ModelUnavailable, FileNotFoundError, OutputUnwritable) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not storage_error(exc):
+            raise
+        # a wrong endpoint, refused credentials, a bad bucket name: one line, not 160 of botocore's frames
+        print(f"error: storage: {type(exc).__name__}: {exc}\nCheck the URL, the credentials in the environment "
+              "(AWS_ACCESS_KEY_ID, ...) and the endpoint (AWS_ENDPOINT_URL); docs/cluster.md", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to finish; complete shards are kept", file=sys.stderr)

@@ -168,15 +168,20 @@ class Lease:
 
     def _beat(self) -> None:
         while not self.stop.wait(self.heartbeat_s):
-            holder = self.out.read_json(self.path)
+            try:  # a store that fails for a while (any error of its library) is retried at the next beat:
+                holder = self.out.read_json(self.path)  # the thread died at the first, and the lease went stale
+            except Exception as exc:
+                print(f"vlm-aug: warning: lease heartbeat could not read the lease: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+                continue
             if holder and holder.get("run_id") != self.run_id:
                 print(f"vlm-aug: warning: the lease of {self.out.path} was taken over by run "
                       f"{holder.get('run_id')}; this run's heartbeat was silent too long", file=sys.stderr)
                 return
             try:
                 self._write()
-            except OSError as exc:  # a failed heartbeat is retried at the next beat
-                print(f"vlm-aug: warning: lease heartbeat failed: {exc}", file=sys.stderr)
+            except Exception as exc:  # a failed heartbeat is retried at the next beat
+                print(f"vlm-aug: warning: lease heartbeat failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def busy(self) -> Optional[str]:
         """Without taking it: the message naming the run that holds the lease now, if one does."""
@@ -189,6 +194,10 @@ class Lease:
         self.stop.set()
         if self.thread is not None:
             self.thread.join(timeout=self.heartbeat_s + 5)
-        holder = self.out.read_json(self.path)
-        if holder and holder.get("run_id") == self.run_id:
-            self.out.fs.rm(self.path)
+        try:
+            holder = self.out.read_json(self.path)
+            if holder and holder.get("run_id") == self.run_id:
+                self.out.fs.rm(self.path)
+        except Exception as exc:  # the store is down: say so, and what happens to the lease
+            print(f"vlm-aug: warning: the lease of {self.out.path} could not be released ({type(exc).__name__}: "
+                  f"{exc}); a later run takes it over once it is {self.stale_s:g} s old", file=sys.stderr)
