@@ -74,6 +74,29 @@ def test_cli_refuses_before_loading_models(tmp_path, capsys):
     assert main(["run", str(REPO / "configs/preview.yaml"), "--set", "policy=3"]) == 2
 
 
+def test_models_not_found_offline_are_all_named_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """Offline and uncached, preview.yaml's run named SmolVLM only; once it was downloaded, the rerun
+    loaded it and then failed on the CLIP; an unknown CLIP name or tag also waited for the VLM's load;
+    and the failed run left OUT/shards/sizes.json behind."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2)
+    base = ["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/*.tar"), "--no-progress",
+            "--set", "executor=local"]
+    assert main([*base, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "model 'HuggingFaceTB/SmolVLM-256M-Instruct' is not in the local Hugging Face cache" in err
+    assert "CLIP weights 'laion/CLIP-ViT-B-32-laion2B-s34B-b79K' is not in the local Hugging Face cache" in err
+    assert not (tmp_path / "out").exists()
+    start = time.monotonic()
+    demo = ["run", str(REPO / "configs/demo.yaml"), "--input", str(tmp_path / "in/*.tar"), "--output",
+            str(tmp_path / "out2"), "--no-progress", "--set", "executor=local"]
+    for sets, says in ((["clip.model=ViT-B-33", "clip.pretrained=null"], "unknown open_clip model 'ViT-B-33'"),
+                       (["clip.model=ViT-B-32", "clip.pretrained=laion2b"], "no pretrained tag 'laion2b' for ViT-B-32")):
+        assert main([*demo, *[x for s in sets for x in ("--set", s)]]) == 2
+        assert says in capsys.readouterr().err
+    assert time.monotonic() - start < 10 and not (tmp_path / "out2").exists()  # no model was loaded
+
+
 def test_inputs_are_what_the_user_named_and_never_the_outputs_own_shards(tmp_path, capsys):
     """A folder stands for its shards; a brace pattern's names must all exist (a run on fewer shards
     than spelled out said nothing before); a name with glob characters that exists is taken as it is;

@@ -52,6 +52,7 @@ def check(config: Config) -> list[str]:
                                    "machine .venv-vllm holds vLLM alone, docs/engines.md): run `vlm-aug run` from the "
                                    "main environment, with vlm.engine: openai against `vllm serve` started from this "
                                    "one, or pip install open-clip-torch here")
+        check_models(config)
     if not config.input.paths:
         raise ConfigError("no input shards: give --input (shard files, a folder, a glob or {000..009} pattern) "
                           "or input.paths in the config")
@@ -72,6 +73,29 @@ def check(config: Config) -> list[str]:
                           "its manifest, card and shards there: choose a new or empty --output")
     out.check_writable()
     return urls
+
+
+def check_models(config: Config) -> None:
+    """Both models found (built in, a local checkpoint, cached, or downloadable now) and the CLIP's name and
+    tag known to open_clip, before anything is written or loaded: offline, a missing CLIP was found after
+    the VLM's load (minutes for a 7B, in each actor), and only the first missing model was named. On a
+    Ray cluster the models are the workers' to find (their caches are not this machine's)."""
+    if config.executor != "local" and (config.ray.address or os.environ.get("RAY_ADDRESS")):
+        return
+    from vlm_aug.stages.models import locate_clip, locate_hf
+
+    problems = []
+    if config.vlm.engine != "openai":  # the server holds the model
+        try:
+            locate_hf(config.vlm.model, config.vlm.revision, config.vlm.allow_pickle_weights, check_only=True)
+        except ModelUnavailable as exc:
+            problems.append(str(exc))
+    try:
+        locate_clip(config.clip.model, config.clip.pretrained, check_only=True)
+    except ModelUnavailable as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ModelUnavailable("\n".join(problems))
 
 
 PREVIEW_BYTES = 64 * 1024 * 1024  # executor auto: under this much input, Ray's start-up costs more than it brings
@@ -131,7 +155,9 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
             report = make_executor(config, todo).run(todo, processor, bar) if todo else ExecutorReport()
         except BaseException:
             try:  # open_clip finds the shards committed before the fault through sizes.json
-                out.write_sizes(out.all_stats())
+                stats = out.all_stats()
+                if stats or out.sizes() is not None:  # (a fresh output that failed at once keeps no `{}`)
+                    out.write_sizes(stats)
             except OSError:
                 pass
             raise

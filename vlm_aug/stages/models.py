@@ -116,17 +116,19 @@ def _unavailable(model: str, what: str, key: str, revision: Optional[str] = None
     )
 
 
-def locate_hf(model: str, revision: Optional[str], allow_pickle: bool = False) -> Located:
-    """A transformers model: built-in name, local directory, or hub id (cached or downloadable)."""
+def locate_hf(model: str, revision: Optional[str], allow_pickle: bool = False,
+              check_only: bool = False) -> Optional[Located]:
+    """A transformers model: built-in name, local directory, or hub id (cached or downloadable).
+    `check_only`: raise what a load would, without hashing weights or downloading (None then)."""
     if model.startswith(BUILTIN_PREFIX):
         path = Path(resolve_builtin(model))
-        return Located(str(path), weights_sha256(path, allow_pickle), "builtin")
+        return None if check_only else Located(str(path), weights_sha256(path, allow_pickle), "builtin")
     if Path(model).expanduser().is_dir():
         path = Path(model).expanduser().resolve()
         if not (path / "config.json").is_file():
             raise ModelUnavailable(f"model directory {model!r} is not a transformers checkpoint (no config.json): "
                                    "point vlm.model at the folder save_pretrained wrote, or at a hub id")
-        return Located(str(path), weights_sha256(path, allow_pickle), "local")
+        return None if check_only else Located(str(path), weights_sha256(path, allow_pickle), "local")
     # "Qwen/Qwen2.5-VL-3B-Instruct" has a dot but is a hub id; "ckpt/model.safetensors" is a path
     if not HUB_ID.match(model) or Path(model).suffix in (".safetensors", *PICKLE_SUFFIXES):
         raise ModelUnavailable(f"model path {model!r} does not exist")
@@ -138,21 +140,26 @@ def locate_hf(model: str, revision: Optional[str], allow_pickle: bool = False) -
     except Exception:
         if not hub_reachable():
             raise _unavailable(model, "model", "vlm.model", revision) from None
+        if check_only:
+            return None
         path = snapshot_download(model, revision=revision, allow_patterns=patterns)
+    if check_only:
+        return None
     weights_sha256(Path(path), allow_pickle)  # refuses pickle-only checkpoints
     return Located(path, Path(path).name, "hub")
 
 
-def locate_clip(model: str, pretrained: Optional[str]) -> tuple[str, Optional[str], str]:
-    """-> (open_clip model name, pretrained tag, revision). Local dirs use `local-dir:`."""
+def locate_clip(model: str, pretrained: Optional[str], check_only: bool = False) -> tuple[str, Optional[str], str]:
+    """-> (open_clip model name, pretrained tag, revision). Local dirs use `local-dir:`. `check_only`:
+    raise what a load would (unknown model or tag, weights not cached offline), without hashing weights."""
     if model.startswith(BUILTIN_PREFIX) or Path(model).expanduser().is_dir():
         path = Path(resolve_builtin(model)).expanduser().resolve()
-        return f"local-dir:{path}", None, weights_sha256(path)
+        return f"local-dir:{path}", None, "" if check_only else weights_sha256(path)
     if model.startswith("local-dir:"):
         path = Path(model[len("local-dir:"):]).expanduser().resolve()
         if not path.is_dir():
             raise ModelUnavailable(f"CLIP directory {path} does not exist")
-        return f"local-dir:{path}", None, weights_sha256(path)
+        return f"local-dir:{path}", None, "" if check_only else weights_sha256(path)
     import open_clip
 
     if model not in open_clip.list_models() and not model.startswith("hf-hub:"):
