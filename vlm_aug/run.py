@@ -22,6 +22,7 @@ from vlm_aug.resume import fingerprint, plan_shards, resolutions, run_settings
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.lease import Lease, OutputBusy
 from vlm_aug.shards.read import expand_inputs, input_identity, shard_name
+from vlm_aug.stages.engines.base import serve_command
 from vlm_aug.stages.models import ModelUnavailable
 from vlm_aug.stages.prompts import load_template
 
@@ -50,8 +51,8 @@ def check(config: Config) -> list[str]:
         if importlib.util.find_spec("open_clip") is None:  # .venv-vllm on a CPU machine: found after vLLM's 30 s load
             raise ModelUnavailable("CLIP scoring needs open_clip, which this environment does not have (on a CPU "
                                    "machine .venv-vllm holds vLLM alone, docs/engines.md): run `vlm-aug run` from the "
-                                   "main environment, with vlm.engine: openai against `vllm serve` started from this "
-                                   "one, or pip install open-clip-torch here")
+                                   "main environment, with vlm.engine: openai against vLLM's server started from this "
+                                   f"one (`{serve_command(sys.executable)}`), or pip install open-clip-torch here")
         check_models(config)
     if not config.input.paths:
         raise ConfigError("no input shards: give --input (shard files, a folder, a glob or {000..009} pattern) "

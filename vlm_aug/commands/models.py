@@ -81,17 +81,18 @@ def cmd_models(args) -> int:
 
 
 def engines_here() -> dict[str, str]:
-    from vlm_aug.stages.engines import available_engines
+    from vlm_aug.stages.engines import available_engines, serve_command
 
     found = available_engines()
     venv = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
     if venv.exists() and "not installed" in found["vllm"]:
         found["vllm"] = (f"in the engine environment {venv.parents[1].name}, which holds no CLIP (open_clip) on a "
-                         f"CPU machine: serve the model from it (`{venv.parent / 'vllm'} serve MODEL`) and run here "
+                         f"CPU machine: serve the model from it (`{serve_command(str(venv))}`) and run here "
                          "with vlm.engine: openai (docs/engines.md)")
     import importlib.util
 
     if importlib.util.find_spec("open_clip") is None:  # .venv-vllm itself: vLLM, but no CLIP to score with
         found["vllm"] += ("; this environment has no open_clip, so `vlm-aug run` cannot score here: serve the model "
-                          "from it (`vllm serve`) and run from the main environment with vlm.engine: openai")
+                          f"from it (`{serve_command(sys.executable)}`) and run from the main environment with "
+                          "vlm.engine: openai")
     return found

