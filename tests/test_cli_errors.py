@@ -134,6 +134,8 @@ def test_a_model_folder_that_is_not_a_checkpoint(dry_out, tmp_path, capsys):
             "--set", f"vlm.model={empty}"]
     assert "is not a transformers checkpoint (no config.json)" in error_of(capsys, args)
     (empty / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
+    # (the CLIP one that is there: preview.yaml's is not cached here, and both are checked before any load)
+    args += ["--set", "clip.model=vlm_aug:scene_clip", "--set", "clip.pretrained=null"]
     assert "transformers cannot load its processor" in error_of(capsys, args)
 
 

@@ -159,3 +159,12 @@ def test_set_errors_say_they_came_from_set_and_how_to_write_the_value():
     with pytest.raises(ConfigError, match=r"write a list, e\.g\. --set 'input\.image_exts=\[png\]'"):
         load_config(REPO / "configs/demo.yaml", ["input.image_exts=png"])
     assert load_config(REPO / "configs/demo.yaml", ["vlm.revision='1234567'"]).vlm.revision == "1234567"
+
+
+@pytest.mark.parametrize("key", ["vlm.device", "clip.device"])
+def test_a_device_torch_does_not_know_is_a_config_error(key, capsys):
+    """`vlm.device=gpu` was a torch traceback at the model load (RuntimeError: Expected one of cpu, cuda, ...)."""
+    for good in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        load_config(None, [f"{key}={good}"])
+    assert main(["run", str(REPO / "configs/demo.yaml"), "--set", f"{key}=gpu"]) == 2
+    assert f"{key}: Value error, 'gpu' is not a device: use auto, cpu, cuda, cuda:N" in capsys.readouterr().err

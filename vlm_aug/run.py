@@ -53,7 +53,6 @@ def check(config: Config) -> list[str]:
                                    "machine .venv-vllm holds vLLM alone, docs/engines.md): run `vlm-aug run` from the "
                                    "main environment, with vlm.engine: openai against vLLM's server started from this "
                                    f"one (`{serve_command(sys.executable)}`), or pip install open-clip-torch here")
-        check_models(config)
     if not config.input.paths:
         raise ConfigError("no input shards: give --input (shard files, a folder, a glob or {000..009} pattern) "
                           "or input.paths in the config")
@@ -72,7 +71,9 @@ def check(config: Config) -> list[str]:
     if foreign:
         raise ConfigError(f"output {out.path} holds files that vlm-aug did not write (e.g. {foreign}); a run writes "
                           "its manifest, card and shards there: choose a new or empty --output")
-    out.check_writable()
+    if not config.dry_run:
+        check_models(config)
+    out.check_writable()  # (creates the output folder)
     return urls
 
 

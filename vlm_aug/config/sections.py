@@ -7,15 +7,28 @@ import json
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlm_aug.config.errors import ConfigError
 from vlm_aug.config.presets import apply_presets, clear_preset_fields
 from vlm_aug.formats import IMAGE_EXTS, MAX_CAPTION_BYTES
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(value: str) -> str:
+    """torch's spelling of the devices a model can run on; anything else was a torch traceback at load."""
+    if not DEVICE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a device: use auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps")
+    return value
+
+
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class Strict(BaseModel):
@@ -48,7 +61,7 @@ class VLMConfig(Strict):
     revision: Optional[str] = None  # hub commit, branch or tag; pin a commit sha for reproducible data
     # auto: bfloat16 on CUDA, float16 on MPS, float32 on the CPU
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"  # auto: cuda, else mps, else cpu; or cuda:N, cpu
+    device: Device = "auto"  # auto: cuda, else mps, else cpu; or cuda:N, cpu
     trust_remote_code: bool = False  # run a checkpoint's own Python code (docs/security.md); recorded in provenance
     allow_pickle_weights: bool = False  # load .bin / .pt weights (pickle) when a checkpoint has no safetensors
     batch_size: int = Field(8, ge=1)  # hf: samples per generate call
@@ -151,7 +164,7 @@ class CLIPConfig(Strict):
     preset: Optional[str] = None  # configs/models/NAME.yaml (kind: clip)
     model: str = "ViT-B-32"  # an open_clip model name, or a local open_clip folder (vlm_aug:scene_clip)
     pretrained: Optional[str] = "laion2b_s34b_b79k"  # open_clip's pretrained tag; null for a local folder
-    device: str = "auto"  # auto: cuda, else mps, else cpu; or cuda:N, cpu
+    device: Device = "auto"  # auto: cuda, else mps, else cpu; or cuda:N, cpu
     batch_size: int = Field(32, ge=1)  # images or texts per CLIP forward pass
 
 

@@ -61,8 +61,9 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def weights_sha256(path: Path, allow_pickle: bool = False) -> str:
-    """One hash over every weights file of a directory (or of one file)."""
+def weights_sha256(path: Path, allow_pickle: bool = False, hash_files: bool = True) -> str:
+    """One hash over every weights file of a directory (or of one file); pickle-only weights refused unless
+    allowed. `hash_files=False`: the refusal alone ("" returned; a check before any load)."""
     files = [path] if path.is_file() else sorted(
         p for p in path.iterdir() if p.suffix == ".safetensors" or p.suffix in PICKLE_SUFFIXES
     )
@@ -72,6 +73,8 @@ def weights_sha256(path: Path, allow_pickle: bool = False) -> str:
             f"{path} holds only pickle-format weights ({', '.join(pickled)}); loading them can run "
             "arbitrary code. Convert them to safetensors, or opt in with vlm.allow_pickle_weights: true"
         )
+    if not hash_files:
+        return ""
     digest = hashlib.sha256()
     for file in files:
         if file.suffix in PICKLE_SUFFIXES and not allow_pickle:
@@ -119,16 +122,16 @@ def _unavailable(model: str, what: str, key: str, revision: Optional[str] = None
 def locate_hf(model: str, revision: Optional[str], allow_pickle: bool = False,
               check_only: bool = False) -> Optional[Located]:
     """A transformers model: built-in name, local directory, or hub id (cached or downloadable).
-    `check_only`: raise what a load would, without hashing weights or downloading (None then)."""
+    `check_only`: raise what a load would, without hashing weights or downloading (None when it would download)."""
     if model.startswith(BUILTIN_PREFIX):
         path = Path(resolve_builtin(model))
-        return None if check_only else Located(str(path), weights_sha256(path, allow_pickle), "builtin")
+        return Located(str(path), weights_sha256(path, allow_pickle, not check_only), "builtin")
     if Path(model).expanduser().is_dir():
         path = Path(model).expanduser().resolve()
         if not (path / "config.json").is_file():
             raise ModelUnavailable(f"model directory {model!r} is not a transformers checkpoint (no config.json): "
                                    "point vlm.model at the folder save_pretrained wrote, or at a hub id")
-        return None if check_only else Located(str(path), weights_sha256(path, allow_pickle), "local")
+        return Located(str(path), weights_sha256(path, allow_pickle, not check_only), "local")
     # "Qwen/Qwen2.5-VL-3B-Instruct" has a dot but is a hub id; "ckpt/model.safetensors" is a path
     if not HUB_ID.match(model) or Path(model).suffix in (".safetensors", *PICKLE_SUFFIXES):
         raise ModelUnavailable(f"model path {model!r} does not exist")
@@ -143,9 +146,7 @@ def locate_hf(model: str, revision: Optional[str], allow_pickle: bool = False,
         if check_only:
             return None
         path = snapshot_download(model, revision=revision, allow_patterns=patterns)
-    if check_only:
-        return None
-    weights_sha256(Path(path), allow_pickle)  # refuses pickle-only checkpoints
+    weights_sha256(Path(path), allow_pickle, hash_files=False)  # refuses pickle-only checkpoints
     return Located(path, Path(path).name, "hub")
 
 
@@ -154,12 +155,12 @@ def locate_clip(model: str, pretrained: Optional[str], check_only: bool = False)
     raise what a load would (unknown model or tag, weights not cached offline), without hashing weights."""
     if model.startswith(BUILTIN_PREFIX) or Path(model).expanduser().is_dir():
         path = Path(resolve_builtin(model)).expanduser().resolve()
-        return f"local-dir:{path}", None, "" if check_only else weights_sha256(path)
+        return f"local-dir:{path}", None, weights_sha256(path, hash_files=not check_only)
     if model.startswith("local-dir:"):
         path = Path(model[len("local-dir:"):]).expanduser().resolve()
         if not path.is_dir():
             raise ModelUnavailable(f"CLIP directory {path} does not exist")
-        return f"local-dir:{path}", None, "" if check_only else weights_sha256(path)
+        return f"local-dir:{path}", None, weights_sha256(path, hash_files=not check_only)
     import open_clip
 
     if model not in open_clip.list_models() and not model.startswith("hf-hub:"):
