@@ -268,3 +268,22 @@ def test_smoke_script_runs_a_cached_preset(hub_cache, tiny_qwen25, tmp_path, cap
     assert "== qwen2.5-vl-3b: 4 images in" in out and f"revision {SHA}" in out
     for caption in ("'a red circle'", "'a blue bar'", "'two green squares'", "'a yellow triangle'"):
         assert caption in out
+
+
+def test_a_preset_file_with_a_typo_is_named_and_the_others_still_work(tmp_path, monkeypatch, capsys):
+    """One misspelt key (`param_b:`) in any preset file was a TypeError traceback for every preset lookup,
+    for an unknown name's error and for `vlm-aug models`."""
+    import vlm_aug.config.presets as presets
+
+    folder = tmp_path / "models"
+    shutil.copytree(REPO / "configs" / "models", folder)
+    (folder / "mine.yaml").write_text("kind: vlm\nparam_b: 0.3\ntarget: laptop\nvlm:\n  model: org/mine\n")
+    monkeypatch.setattr(presets, "presets_dir", lambda: folder)
+    assert presets.load_preset("smolvlm-256m", "vlm").hub_id == "HuggingFaceTB/SmolVLM-256M-Instruct"
+    with pytest.raises(ConfigError, match=r"mine.yaml: unknown key\(s\) param_b"):
+        presets.load_preset("mine", "vlm")
+    with pytest.raises(ConfigError, match="'nosuch' is not a preset; available: .*smolvlm-256m"):
+        presets.load_preset("nosuch", "vlm")
+    assert "mine.yaml: unknown key(s) param_b; a preset takes" in capsys.readouterr().err  # named, left out
+    assert main(["models"]) == 0
+    assert "smolvlm-256m" in capsys.readouterr().out

@@ -7,6 +7,8 @@ VLM preset's prompt template fills `generation.prompt` when the config names non
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -50,20 +52,37 @@ def presets_dir() -> Path:
     return configs_dir() / "models"
 
 
+KEYS = {f.name for f in dataclasses.fields(Preset)} - {"name", "hub_id", "sections", "path"}
+
+
 def _parse(path: Path) -> Preset:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"model preset {path} is not valid YAML ({exc})") from None
     if not isinstance(data, dict) or data.get("kind") not in SECTION:
-        raise ValueError(f"model preset {path} must be a mapping with kind: vlm or kind: clip")
+        raise ConfigError(f"model preset {path} must be a mapping with kind: vlm or kind: clip")
     sections = {k: data.pop(k) for k in ("vlm", "clip", "generation") if k in data}
     section = SECTION[data["kind"]]
     if not isinstance(sections.get(section), dict) or "model" not in sections[section]:
-        raise ValueError(f"model preset {path} needs a `{section}:` section with a model")
+        raise ConfigError(f"model preset {path} needs a `{section}:` section with a model")
+    unknown = sorted(set(data) - KEYS - {"name"})
+    if unknown:  # (a TypeError from the dataclass, which broke every preset lookup and `vlm-aug models`)
+        raise ConfigError(f"model preset {path}: unknown key(s) {', '.join(unknown)}; a preset takes "
+                          f"{', '.join(sorted(KEYS))} and the sections vlm, clip, generation")
     return Preset(hub_id=sections[section]["model"], sections=sections, path=str(path),
                   **{k: v for k, v in data.items() if k != "name"}, name=path.stem)
 
 
 def list_presets(kind: Optional[str] = None) -> list[Preset]:
-    presets = [_parse(p) for p in sorted(presets_dir().glob("*.yaml"))]
+    """Every preset that parses; one that does not is named in a warning and left out, so a typo in
+    one file does not hide the others."""
+    presets = []
+    for path in sorted(presets_dir().glob("*.yaml")):
+        try:
+            presets.append(_parse(path))
+        except ConfigError as exc:
+            print(f"vlm-aug: warning: {exc}; left out", file=sys.stderr)
     return [p for p in presets if kind is None or p.kind == kind]
 
 
