@@ -153,3 +153,20 @@ def test_failed_input_shards_are_in_stats_and_the_card(tmp_path, capsys):
     assert "1 input shard(s) failed in the last run" in printed and "000001.tar" in printed
     _, body = card(tmp_path / "out")
     assert "Failed: 1 input shard(s)" in body and "in/000001.tar" in body
+
+
+def test_settings_left_out_at_their_default_show_their_value_in_the_card(tmp_path):
+    """limits.max_caption_bytes and vlm.engine are recorded only off their default (so older outputs keep
+    their fingerprint): the card said `max_caption_bytes` was `null` in the configuration at its default,
+    showed '?' in the configurations table, and never listed it under the input limits of one run."""
+    shards = make_shards(tmp_path / "in", n_shards=2, per_shard=3, broken=False)
+    out = tmp_path / "out"
+    dry_run([shards[0]], out, "--no-report")
+    _, body = card(out)
+    assert "`max_caption_bytes=65536`" in body
+    dry_run([shards[1]], out, "--no-report", "--allow-config-change", "--set", "limits.max_caption_bytes=100")
+    _, body = card(out)
+    line = next(x for x in body.splitlines() if "`max_caption_bytes` differs" in x)
+    assert "`100`" in line and "`65536`" in line and "null" not in line
+    table = [x for x in body.splitlines() if x.startswith("| `") and "`limits.max_caption_bytes`" not in x]
+    assert sorted(x.split("|")[5].strip() for x in table if len(x.split("|")) > 6) == ["`100`", "`65536`"]

@@ -369,10 +369,10 @@ class Config(Strict):
             "generation": True, "clip": {"model", "pretrained"}, "policy": True, "limits": True,
             "input": {"caption_key", "image_exts"}, "output": {"normalize_image_format"}, "dry_run": True})
         vlm = recipe["vlm"]
-        if recipe["limits"]["max_caption_bytes"] == MAX_CAPTION_BYTES:  # absent at its default, so outputs
-            del recipe["limits"]["max_caption_bytes"]  # made before it existed keep their fingerprint
+        if recipe["limits"]["max_caption_bytes"] == SETTINGS_DEFAULTS["limits.max_caption_bytes"]:
+            del recipe["limits"]["max_caption_bytes"]  # absent at its default (SETTINGS_DEFAULTS)
         engine, vllm = vlm.pop("engine"), vlm.pop("vllm")
-        if engine != "hf":  # absent for hf, so outputs made before engines existed keep their fingerprint
+        if engine != SETTINGS_DEFAULTS["vlm.engine"]:  # absent for hf, as outputs made before engines existed
             vlm["engine"] = engine
         if engine in ("vllm", "auto"):  # the vLLM settings that change what is generated (auto: if it picks vllm)
             vlm["vllm"] = {k: vllm[k] for k in ("max_model_len", "mm_processor_kwargs", "extra")}
@@ -386,6 +386,16 @@ class Config(Strict):
         """Hash of what decides the output; where it runs (executor, ray, threads) does not."""
         recipe = self.model_dump(exclude={"executor", "ray", "torch_threads", "tune_malloc", "report"})
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+# settings left out of `Config.settings()` at their default, so outputs made before they existed keep their
+# fingerprint: what an absent key means, for every reader of recorded settings (the card, stats)
+SETTINGS_DEFAULTS = {"vlm.engine": "hf", "limits.max_caption_bytes": MAX_CAPTION_BYTES}
+
+
+def with_defaults(settings: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """Recorded settings with the keys left out at their default filled in (None stays None)."""
+    return {**SETTINGS_DEFAULTS, **settings} if settings is not None else None
 
 
 AUTO_ENGINES = ("hf", "vllm")  # what `vlm.engine: auto` may pick (stages/engines/base.resolve_engine)

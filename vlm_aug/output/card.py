@@ -111,7 +111,8 @@ def _groups(settings: dict[str, dict], key: str) -> dict[str, list[str]]:
     """JSON of each value `key` has -> the configurations (fingerprints) with it."""
     groups: dict[str, list[str]] = {}
     for fp, values in settings.items():
-        groups.setdefault(json.dumps(values.get(key), sort_keys=True, default=str), []).append(fp)
+        shown = json.dumps(values[key], sort_keys=True, default=str) if key in values else "(unused)"
+        groups.setdefault(shown, []).append(fp)
     return groups
 
 
@@ -137,7 +138,9 @@ def _fps(fps: list[str]) -> str:
 
 
 def _show(value_json: str) -> str:
-    """A value (as JSON) for the card: a string as it is, anything else as JSON."""
+    """A value (as JSON) for the card: a string as it is, anything else as JSON; '(unused)' as it is."""
+    if value_json == "(unused)":
+        return value_json
     value = json.loads(value_json)
     return value if isinstance(value, str) else value_json
 
@@ -259,8 +262,7 @@ def _setting_items(settings: dict[str, dict], prefix: str, skip: tuple = ()) -> 
         groups = _groups(settings, key)
         name = key[len(prefix):]
         if len(groups) == 1:
-            value = json.dumps(next(iter(settings.values())).get(key), default=str)
-            same.append(_code(f"{name}={_show(value)}"))
+            same.append(_code(f"{name}={_show(next(iter(groups)))}"))
         else:
             differing.append(f"- {_code(name)} {_differs(groups)}")
     return same, (["", *differing, ""] if differing else [])  # a list of its own in markdown
@@ -364,6 +366,14 @@ def _layout() -> list[str]:
             ""]
 
 
+def _setting_shown(settings: Optional[dict], key: str) -> str:
+    """'?' for a configuration whose settings are unknown; '(unused)' for a key it leaves out because it
+    does not apply (temperature without sampling, vLLM's settings under another engine)."""
+    if settings is None:
+        return "?"
+    return json.dumps(settings[key], default=str) if key in settings else "(unused)"
+
+
 def _configurations(configs: dict) -> list[str]:
     """Every configuration present, with its share of the data; the settings that differ between them."""
     if len(configs) <= 1:
@@ -371,7 +381,7 @@ def _configurations(configs: dict) -> list[str]:
                 "stats and in `manifest.json`).", ""]
     keys = differing_settings(configs)
     rows = [[_code(fp[:12]), c["shards"], c["inputs"], c["kept"],
-             *[_code(json.dumps((c.get('settings') or {}).get(k, '?'))) for k in keys]] for fp, c in configs.items()]
+             *[_code(_setting_shown(c.get("settings"), k)) for k in keys]] for fp, c in configs.items()]
     return ["This dataset mixes configurations (runs appended with `--allow-config-change`); each shard's "
             "stats name its own (`fingerprint`), and `manifest.json` lists each one's settings under "
             "`configurations`.", "",

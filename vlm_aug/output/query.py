@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from vlm_aug.config import with_defaults
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.read import shard_name
 
@@ -95,8 +96,8 @@ def configurations(out: OutputDir, all_stats: Optional[list[dict]] = None, manif
     found: dict = {}
     for s in out.all_stats() if all_stats is None else all_stats:
         fp = s.get("fingerprint") or "unknown"
-        entry = found.setdefault(fp, {"shards": 0, "inputs": 0, "kept": 0,
-                                      "settings": (known.get(fp) or {}).get("settings")})
+        entry = found.setdefault(fp, {"shards": 0, "inputs": 0, "kept": 0,  # (keys left out at their default filled)
+                                      "settings": with_defaults((known.get(fp) or {}).get("settings"))})
         entry["shards"] += 1
         entry["inputs"] += s["counts"]["inputs"]
         entry["kept"] += s["counts"]["kept"]
