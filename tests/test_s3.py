@@ -131,3 +131,14 @@ def test_a_store_that_cannot_be_reached_is_one_line_not_a_traceback(s3, tmp_path
         assert "error: storage: " in capsys.readouterr().err
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_an_output_bucket_that_does_not_exist_is_not_created(s3, tmp_path, capsys):
+    """s3fs's makedirs creates a missing bucket: a typo in --output made a new bucket (on AWS, in the
+    default region) and the run wrote there."""
+    shard = make_shards(tmp_path / "in", n_shards=1, per_shard=2, broken=False)[0]
+    code = main(["run", str(REPO / "configs/demo.yaml"), "--no-model", "--input", str(shard),
+                 "--output", "s3://no-such-bucket-typo/out", "--set", "executor=local"])
+    assert code == 2 and "the bucket 'no-such-bucket-typo' does not exist" in capsys.readouterr().err
+    s3.invalidate_cache()
+    assert not s3.exists("no-such-bucket-typo")

@@ -35,6 +35,9 @@ class OutputError(FileNotFoundError):
     """An output directory that cannot be read; the message names the path and the fix."""
 
 
+BUCKET_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "oss"}  # object stores whose first path part is a bucket
+
+
 class OutputUnwritable(OSError):
     """The output location refuses writes (read-only, full, no permission)."""
 
@@ -186,6 +189,7 @@ class OutputDir:
     def check_writable(self) -> None:
         """Fail before any model loads if the output cannot be written."""
         probe = f"{self.shards_dir}/.write-probe"
+        self._check_bucket()
         try:
             self.fs.makedirs(self.shards_dir, exist_ok=True)
             with self.fs.open(probe, "wb") as handle:
@@ -194,6 +198,21 @@ class OutputDir:
         except OSError as exc:
             raise OutputUnwritable(f"cannot write to output {self.path!r}: {exc.strerror or exc}; "
                                    "choose another --output or fix its permissions / free space") from None
+
+    def _check_bucket(self) -> None:
+        """On an object store, makedirs creates a missing bucket (s3fs does, in the default region): a
+        typo in --output made a new bucket and wrote there. The bucket must exist."""
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        if not set(protocols) & BUCKET_STORES:
+            return
+        bucket = self.fs._strip_protocol(self.path).split("/", 1)[0]
+        try:
+            found = self.fs.exists(bucket)
+        except OSError:
+            return  # not allowed to look: the write probe below says what is wrong
+        if not found:
+            raise OutputUnwritable(f"output {self.path!r}: the bucket {bucket!r} does not exist. Create it first "
+                                   "(vlm-aug does not: a typo would make a new bucket), or fix the --output URL")
 
     # ---- reading the shards ----------------------------------------------------------------------
     def table(self, columns: list[str], filter_expr=None, shards: Optional[list[str]] = None) -> pa.Table:
