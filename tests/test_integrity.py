@@ -312,3 +312,17 @@ def test_the_heartbeat_outlives_a_store_that_fails_for_a_while(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "lease heartbeat could not read the lease: ConnectionError" in err
     assert "could not be released (ConnectionError: store unreachable); a later run takes it over" in err
+
+
+def test_a_rerun_removes_the_partial_files_of_complete_shards_too(tmp_path, capsys):
+    """Only the shards to redo had their temps removed: a temp beside a complete shard (s3fs's mv is a copy
+    then a delete, so a kill between them leaves one) stayed for good."""
+    make_shards(tmp_path / "in", n_shards=2, per_shard=3)
+    out = tmp_path / "out"
+    assert dry(tmp_path / "in", out) == 0
+    stale = out / "shards" / ".000000.stats.json.tmp-20260101T000000Z-0ld0ld00.ab12"
+    stale.write_text("{}")
+    capsys.readouterr()
+    assert dry(tmp_path / "in", out) == 0  # both shards complete: nothing to redo
+    assert not stale.exists() and "removed 1 partial file(s) left by an interrupted run" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == ["000000.tar", "000001.tar"]

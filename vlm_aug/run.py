@@ -145,10 +145,11 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
         todo, skipped, run.held = plan_shards(out, urls, settings, overwrite or config.output.overwrite,
                                               config.output.allow_config_change)
         started = time.time()
-        # partial files of these shards left by an interrupted run: one listing for the run (not one per shard)
-        stale = out.remove_temps({shard_name(u) for u in todo}) if todo else 0
+        # partial files left by an interrupted run, one listing for the run: of every shard, as this run holds
+        # the lease (a temp of a complete shard stayed for good: s3fs's mv is a copy, then a delete)
+        stale = out.remove_temps(None)
         if stale:
-            print(f"vlm-aug: removed {stale} partial file(s) left by an interrupted run; those shards are redone",
+            print(f"vlm-aug: removed {stale} partial file(s) left by an interrupted run; complete shards stand",
                   file=sys.stderr)
         processor = ShardProcessor(config, run)
         sizes = out.live_sizes()  # open_clip finds the shards committed before a kill through sizes.json

@@ -155,8 +155,9 @@ class OutputDir:
             handle.write(text)
 
     # ---- temporary files ---------------------------------------------------------------------
-    def remove_temps(self, names: set[str], keep_run_id: Optional[str] = None) -> int:
-        """Delete `.NAME.*.tmp-RUNID` files of the given shards (never complete output); -> how many."""
+    def remove_temps(self, names: Optional[set[str]], keep_run_id: Optional[str] = None) -> int:
+        """Delete `.NAME.*.tmp-RUNID` files of the given shards (None: of every shard; never complete
+        output); -> how many."""
         removed = 0
         for base in sorted(self._listing()):
             if TEMP_MARK not in base:
@@ -165,7 +166,7 @@ class OutputDir:
             final = final[1:] if final.startswith(".") else final  # (runs before 2026-11-30 did not hide them)
             name = next((final[: -len(s)] for s in SUFFIXES.values() if final.endswith(s)), final)
             run_id = tail.split(".", 1)[0]  # (a dotted shard name is whole: cc.part-000)
-            if name in names and run_id != keep_run_id:
+            if (names is None or name in names) and run_id != keep_run_id:
                 self.fs.rm(f"{self.shards_dir}/{base}")
                 removed += 1
         return removed
