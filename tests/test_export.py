@@ -187,7 +187,10 @@ def test_export_says_when_the_output_is_not_whole(tmp_path, capsys):
     assert main(["run", str(REPO / "configs/preview.yaml"), "--no-model", "--input", str(tmp_path / "in/*.tar"),
                  "--output", str(out), "--no-progress", "--no-report", "--set", "report.semantic=false"]) == 0
     assert main(["export", str(out), str(tmp_path / "e1"), "--format", "llava"]) == 0
-    assert "note:" not in capsys.readouterr().err
+    # a dry run's output: the one note says its captions are the originals (exported as training text)
+    notes = [x for x in capsys.readouterr().err.splitlines() if "note:" in x]
+    assert notes == [f"vlm-aug: note: {out} was written by a dry run (no model): their 2 sample(s) were exported "
+                     "with their original captions, not rewrites"]
     (out / "manifest.json").unlink()
     (out / LEASE_FILE).write_text(json.dumps({"run_id": "r", "host": socket.gethostname(), "pid": os.getpid(),
                                               "heartbeat": time.time(), "started": time.time()}))  # a live holder

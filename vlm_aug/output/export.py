@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlm_aug.formats import IMAGE_EXTS
+from vlm_aug.output.query import configurations
 from vlm_aug.shards.layout import MANIFEST, OutputDir
 from vlm_aug.shards.lease import Lease
 
@@ -164,4 +165,11 @@ def completeness(output: str) -> list[str]:
     if failed:
         notes.append(f"the last run failed {len(failed)} input shard(s) ({', '.join(map(str, failed[:3]))}"
                      f"{', ...' if len(failed) > 3 else ''}): not in the output, so not exported; rerun to retry them")
+    configs = list(configurations(out, manifest=manifest).values())
+    dry = [c for c in configs if (c.get("settings") or {}).get("dry_run")]
+    if dry:  # their kept samples hold the input's captions: said, as they are exported as training text
+        which = (f"{sum(c['shards'] for c in dry)} shard(s) of {output} were" if len(dry) < len(configs)
+                 else f"{output} was")
+        notes.append(f"{which} written by a dry run (no model): their {sum(c['kept'] for c in dry)} sample(s) "
+                     "were exported with their original captions, not rewrites")
     return notes
