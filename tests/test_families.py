@@ -119,6 +119,11 @@ def test_misspelt_processor_setting_is_an_error_not_ignored(family_dirs):
         load_processor(str(family_dirs["qwen2_vl"]), "tiny-qwen", {"max_pixel": 1000})
 
 
+def test_qwen_min_pixels_above_max_pixels_is_an_error(family_dirs):
+    with pytest.raises(ConfigError, match="min_pixels 200704 is above max_pixels 12544"):
+        load_processor(str(family_dirs["qwen2_vl"]), "tiny-qwen", {"min_pixels": 200704, "max_pixels": 12544})
+
+
 def test_qwen_without_pixel_bound_warns(family_dirs, caplog):
     with caplog.at_level(logging.WARNING, logger="vlm_aug.stages.families"):
         load_processor(str(family_dirs["qwen2_vl"]), "tiny-qwen", {})

@@ -5,6 +5,7 @@ asks the cluster cannot meet rejected fast."""
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -187,7 +188,7 @@ def test_gpu_ask_on_cpu_only_machine_fails_within_30s(tmp_path, tiny_vlm_dir, ti
     """Through the CLI in a fresh process, on its own embedded Ray, as a user would run it."""
     make_shards(tmp_path / "in", n_shards=1, per_shard=2)
     argv = run_argv(tiny_vlm_dir, tiny_clip_dir, tmp_path / "in/*.tar", tmp_path / "out", "--executor", "ray",
-                    "--set", "ray.num_gpus_per_actor=1", "--set", "ray.dashboard=false")
+                    "--set", "ray.num_gpus_per_actor=1", "--set", "ray.num_cpus_per_actor=1000", "--set", "ray.dashboard=false")
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "vlm_aug", *argv], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "RAY_ADDRESS": ""})
@@ -195,7 +196,8 @@ def test_gpu_ask_on_cpu_only_machine_fails_within_30s(tmp_path, tiny_vlm_dir, ti
     assert done.returncode == 2, done.stderr[-2000:]
     assert elapsed < 30, f"took {elapsed:.1f} s"
     assert "1 GPU" in done.stderr and "0 GPU in all" in done.stderr and "num_gpus_per_actor: 0" in done.stderr
-
+    # more CPUs than the machine has (cluster.yaml's 4 on 2 cores): both fixes, not the GPU one alone
+    assert re.search(r"; and set ray.num_cpus_per_actor at most \d+ \(the largest node's CPUs\)", done.stderr)
 
 def test_embedded_ray_starts_without_the_token_auth_warning(tmp_path, tiny_vlm_dir, tiny_clip_dir):
     """The embedded local instance runs with token authentication on (Ray's own default), said

@@ -158,10 +158,14 @@ def fit(cfg: RayConfig, nodes: list[dict], declared: Resources) -> tuple[PoolPla
     if capacity >= max(wanted, 1):
         return PoolPlan(wanted, cpus, gpus, threads), ""
     asked = f"{cfg.num_actors or 'at least 1'} actor(s) with {cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
-    fix = ("set ray.num_gpus_per_actor: 0 and vlm.device / clip.device: cpu for a CPU pool, or connect to a "
-           "cluster with GPUs (--ray-address)"
-           if gpus and not has_gpus else
-           "lower ray.num_cpus_per_actor / ray.num_gpus_per_actor / ray.num_actors, or add nodes")
+    fixes = []
+    if gpus and not has_gpus:
+        fixes.append("set ray.num_gpus_per_actor: 0 and vlm.device / clip.device: cpu for a CPU pool, or connect to "
+                     "a cluster with GPUs (--ray-address)")
+    largest = max((n["cpus"] for n in nodes), default=0.0)
+    if cpus > largest:  # (cluster.yaml's 4 on a 2-core machine: the GPU fix alone failed again on the CPUs)
+        fixes.append(f"set ray.num_cpus_per_actor at most {largest:g} (the largest node's CPUs)")
+    fix = "; and ".join(fixes) or "lower ray.num_cpus_per_actor / ray.num_gpus_per_actor / ray.num_actors, or add nodes"
     return None, (f"the Ray cluster cannot hold the actor pool: asked for {asked} each "
                   f"(room for {capacity}); the cluster has {describe_nodes(nodes)}. Fix: {fix}")
 

@@ -61,6 +61,9 @@ def qwen_keep_bounds(processor, kwargs: dict) -> None:
     image_processor = getattr(processor, "image_processor", None)
     if not wanted or image_processor is None:
         return
+    low, high = wanted.get("shortest_edge"), wanted.get("longest_edge")
+    if low is not None and high is not None and low > high:  # (taken without a word: every image at max_pixels)
+        raise ConfigError(f"vlm.processor_kwargs: min_pixels {low} is above max_pixels {high}")
     size = image_processor.size
     if dataclasses.is_dataclass(size):
         image_processor.size = dataclasses.replace(size, **wanted)
