@@ -48,8 +48,11 @@ def first_run(tmp_path, tiny_vlm_dir, tiny_clip_dir):
 def test_other_settings_are_refused_before_any_model_loads(first_run, tiny_clip_dir, capsys):
     root, out = first_run
     before = {name: s["run_id"] for name, s in stats(out).items()}
-    changed = argv("/no/such/vlm", tiny_clip_dir, root / "in/*.tar", out, "--set", "policy.name=rewrite",
-                   "--set", "generation.max_new_tokens=4")  # a model that cannot load: the refusal comes first
+    unloadable = root / "unloadable_vlm"  # found by run.check's model check, but no model can load from it:
+    unloadable.mkdir(exist_ok=True)      # the refusal comes first
+    (unloadable / "config.json").write_text('{"model_type": "idefics3"}')
+    changed = argv(str(unloadable), tiny_clip_dir, root / "in/*.tar", out, "--set", "policy.name=rewrite",
+                   "--set", "generation.max_new_tokens=4")
     assert main(changed) == 2
     err = capsys.readouterr().err
     assert "generation.max_new_tokens: 8 -> 4" in err and 'policy.name: "fallback" -> "rewrite"' in err
