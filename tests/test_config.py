@@ -158,6 +158,8 @@ def test_set_errors_say_they_came_from_set_and_how_to_write_the_value():
     assert "--set 'vlm.revision=\"1234567\"'" in str(digits.value)
     with pytest.raises(ConfigError, match=r"write a list, e\.g\. --set 'input\.image_exts=\[png\]'"):
         load_config(REPO / "configs/demo.yaml", ["input.image_exts=png"])
+    with pytest.raises(ConfigError, match=r"vlm\.procesor_kwargs: .*\(from --set vlm\.procesor_kwargs\.max_pixels\)"):
+        load_config(REPO / "configs/demo.yaml", ["vlm.procesor_kwargs.max_pixels=5"])  # a typo above the key set
     assert load_config(REPO / "configs/demo.yaml", ["vlm.revision='1234567'"]).vlm.revision == "1234567"
 
 

@@ -471,7 +471,8 @@ def _format_errors(err: ValidationError, source: str, set_keys: tuple = ()) -> s
         elif e["type"] == "string_type" and isinstance(e.get("input"), (int, float, bool)):  # 1234567, yes
             msg += (f"; YAML read {e.get('input')!r} as a {type(e['input']).__name__}: quote it in the value, e.g. "
                     f"--set '{field}=\"{e.get('input')}\"'")
-        given = next((k for k in set_keys if field == k or field.startswith(k + ".")), None)
+        # the key given, or one below it (--set vlm.procesor_kwargs.max_pixels=5: the unknown key is its parent)
+        given = next((k for k in set_keys if field == k or field.startswith(k + ".") or k.startswith(field + ".")), None)
         lines.append(f"  {field}: {msg}" + (f" (from --set {given})" if given else ""))
     return "\n".join(lines)
 
