@@ -321,7 +321,7 @@ class Config(Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     # auto: Ray when a cluster is given, the machine has several GPUs, or the input is large; else the
-    # local executor, whose start-up is seconds shorter (docs/cluster.md, "Which executor")
+    # local executor, whose start-up is seconds shorter (docs/cluster.md, its first section)
     executor: Literal["auto", "local", "ray"] = "auto"
     ray: RayConfig = Field(default_factory=RayConfig)
     # local executor: torch threads; None: the usable CPUs but one (a core for decoding)
