@@ -90,6 +90,26 @@ def test_run_stage_isolates_the_failing_sample(name):
 
 
 @pytest.mark.parametrize("name", ["rewrite", "score"])
+def test_out_of_gpu_memory_fails_the_shard_never_a_sample(name):
+    """torch.OutOfMemoryError is a RuntimeError: a batch too large for the GPU was rerun one sample at a
+    time (10-30x slower, silently), and a sample too large alone was committed as rewrite_error."""
+    import torch
+
+    class OutOfMemoryStage(PoisonStage):
+        def process_batch(self, samples):
+            self.calls += 1
+            if len(samples) > 1 or samples[0].caption_orig == "huge":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            super().process_batch(samples)
+
+    for captions in (("red", "green"), ("huge",)):
+        samples, stage = batch(*captions), OutOfMemoryStage(name)
+        with pytest.raises(torch.OutOfMemoryError):
+            run_stage(stage, samples)
+        assert stage.calls == 1 and all(s.status == "pending" for s in samples)
+
+
+@pytest.mark.parametrize("name", ["rewrite", "score"])
 def test_run_stage_raises_when_every_sample_fails(name):
     samples = batch("poison", "poison", "poison")
     with pytest.raises(ValueError, match="cannot handle k0"):

@@ -14,7 +14,12 @@ def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
     assert resolve_device("auto") == expected
     assert resolve_device("cpu") == "cpu"
     if cuda:  # an explicit device is taken as given where there is CUDA, and refused by name where there is none
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
         assert resolve_device("cuda:1") == "cuda:1"
+        # an index past the GPUs this process sees (a Ray actor's are renumbered from 0): torch's
+        # "invalid device ordinal" traceback at the load before
+        with pytest.raises(ModelUnavailable, match="device 'cuda:2': this process sees 2 GPU"):
+            resolve_device("cuda:2")
     else:
         with pytest.raises(ModelUnavailable, match="device 'cuda:1': there is no CUDA device here"):
             resolve_device("cuda:1")
@@ -25,3 +30,31 @@ def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
 def test_auto_dtype_per_device(device, dtype):
     assert resolve_dtype("auto", device) == dtype
     assert resolve_dtype("float32", device) == torch.float32
+
+
+@pytest.mark.parametrize("capability, auto, explicit", [((7, 5), torch.float16, "refused"),
+                                                        ((8, 0), torch.bfloat16, torch.bfloat16)])
+def test_bfloat16_only_on_gpus_that_have_it(monkeypatch, capability, auto, explicit):
+    """On a T4 or V100 (compute capability under 8.0) `auto` chose bfloat16, which vLLM refuses at start
+    and transformers emulates slowly; the GPU is what is faked here, the choice is vlm_aug's."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert resolve_dtype("auto", "cuda") == auto
+    if explicit == "refused":
+        with pytest.raises(ModelUnavailable, match=r"bfloat16 on cuda \(Tesla T4, compute capability 7\.5\).*float16 or auto"):
+            resolve_dtype("bfloat16", "cuda")
+    else:
+        assert resolve_dtype("bfloat16", "cuda") == explicit
+    assert resolve_dtype("float16", "cuda") == torch.float16
+
+
+def test_cuda_stages_in_actors_that_reserve_no_gpu_are_refused():
+    """ray.num_gpus_per_actor: 0 with device cuda: Ray sets no CUDA_VISIBLE_DEVICES for an actor without
+    GPUs, so every actor loaded its models on GPU 0, unreserved (out of memory on a node of 8 actors)."""
+    from vlm_aug.config import RayConfig
+    from vlm_aug.executors.ray_cluster import ClusterResourceError, plan_pool
+    from vlm_aug.stages.base import Resources
+
+    with pytest.raises(ClusterResourceError, match="ray.num_gpus_per_actor: 0 reserves no GPU: every actor would load"):
+        plan_pool(RayConfig(num_gpus_per_actor=0), True, Resources.for_device("cuda"))

@@ -84,13 +84,24 @@ def keep_image_memory(blocks: int) -> None:
         Image.core.set_blocks_max(blocks)
 
 
+def _not_the_datas() -> tuple:
+    """Faults of the worker, never of a sample: raised, so the shard is retried, not marked done. A CUDA
+    out-of-memory error is a RuntimeError (not a MemoryError): it made a too-large vlm.batch_size rerun
+    every batch one sample at a time, and a sample too large alone a committed rewrite_error."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return (KeyboardInterrupt, SystemExit, MemoryError, EngineUnavailable, oom)
+
+
 def run_stage(stage, batch: list[Sample]) -> None:
     """Run a stage on a batch; if the batch fails, isolate the sample(s) that make it fail,
     so one hostile input costs one sample, not the shard. If every sample fails on its
     own too, the fault is not the data's: raise, so the shard is retried, not marked done."""
+    not_the_datas = _not_the_datas()
     try:
         return stage.process_batch(batch)
-    except (KeyboardInterrupt, SystemExit, MemoryError, EngineUnavailable):  # not the data's fault
+    except not_the_datas:
         raise
     except Exception as batch_exc:
         first_error = batch_exc
@@ -99,7 +110,7 @@ def run_stage(stage, batch: list[Sample]) -> None:
     for sample in active:
         try:
             stage.process_batch([sample])
-        except (KeyboardInterrupt, SystemExit, MemoryError):
+        except not_the_datas:
             raise
         except Exception as exc:
             failures.append((sample, exc))

@@ -172,6 +172,12 @@ def fit(cfg: RayConfig, nodes: list[dict], declared: Resources) -> tuple[PoolPla
 
 def plan_pool(cfg: RayConfig, embedded: bool, declared: Resources) -> PoolPlan:
     """Size the pool; on a cluster that may still be adding nodes, wait up to resource_timeout_s."""
+    if declared.needs_gpu and cfg.num_gpus_per_actor == 0:
+        # Ray sets no CUDA_VISIBLE_DEVICES for an actor that holds no GPU: each would take GPU 0, unreserved
+        raise ClusterResourceError(
+            "the stages ask for device cuda, and ray.num_gpus_per_actor: 0 reserves no GPU: every actor would load "
+            "its models on GPU 0, unreserved. Fix: set ray.num_gpus_per_actor above 0 (1, or 0.5 for two actors a "
+            "GPU), or vlm.device / clip.device: cpu")
     deadline = time.monotonic() + (0.0 if embedded else cfg.resource_timeout_s)
     while True:
         plan, problem = fit(cfg, alive_nodes(), declared)

@@ -42,6 +42,11 @@ def resolve_device(device: str) -> str:
             raise ModelUnavailable(f"device {device!r}: there is no CUDA device here (torch {torch.__version__}, "
                                    f"CUDA build: {torch.version.cuda or 'no'}): set vlm.device / clip.device to "
                                    "auto or cpu, or run on a machine with a GPU")
+        index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+        if device.startswith("cuda") and index >= torch.cuda.device_count():  # torch: "invalid device ordinal"
+            raise ModelUnavailable(f"device {device!r}: this process sees {torch.cuda.device_count()} GPU(s), "
+                                   "cuda:0 first (a Ray actor sees only the GPUs it reserved, numbered from 0): "
+                                   "set vlm.device / clip.device to cuda or a lower index")
         return device
     if torch.cuda.is_available():
         return "cuda"
@@ -56,6 +61,14 @@ def resolve_dtype(dtype: str, device: str):
     float32 on the CPU (no fast half precision there)."""
     import torch
 
+    if device.startswith("cuda") and dtype in ("auto", "bfloat16") and torch.cuda.is_available():
+        capability = torch.cuda.get_device_capability(device)
+        if capability < (8, 0):  # T4, V100: no bfloat16 (vLLM refuses it; transformers emulates it, slowly)
+            if dtype == "auto":
+                return torch.float16
+            raise ModelUnavailable(f"dtype bfloat16 on {device} ({torch.cuda.get_device_name(device)}, compute "
+                                   f"capability {capability[0]}.{capability[1]}): this GPU has no bfloat16 (8.0 and "
+                                   "later do); set vlm.dtype to float16 or auto")
     if dtype == "auto":
         return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.split(":")[0], torch.float32)
     return getattr(torch, dtype)
