@@ -190,7 +190,10 @@ def model_figures(args, results: dict, figures: dict, vlm, clip, scenes, local, 
                  log_to_driver=False)
         ray_cfg = dict(executor="ray", ray__num_cpus_per_actor=1, ray__torch_threads_per_actor=1, **dev)
         one = config(vlm, clip, scenes, work / "out_ray1", ray__num_actors=1, **ray_cfg)
-        two = config(vlm, clip, scenes, work / "out_ray2", ray__num_actors=2, **ray_cfg)
+        share = {}  # on one GPU the 2 actors take half of it each (1 each could not be placed)
+        if args.device.startswith("cuda") and __import__("torch").cuda.device_count() < 2:
+            share = {"ray__num_gpus_per_actor": 0.5}
+        two = config(vlm, clip, scenes, work / "out_ray2", ray__num_actors=2, **ray_cfg, **share)
         runs.update(ray_1=lambda: measure.pipeline(one), ray_2=lambda: measure.pipeline(two))
     try:
         rounds = measure.paired(2 if args.no_ray or args.quick else 5, **runs)

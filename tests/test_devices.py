@@ -58,3 +58,27 @@ def test_cuda_stages_in_actors_that_reserve_no_gpu_are_refused():
 
     with pytest.raises(ClusterResourceError, match="ray.num_gpus_per_actor: 0 reserves no GPU: every actor would load"):
         plan_pool(RayConfig(num_gpus_per_actor=0), True, Resources.for_device("cuda"))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_gpu_smoke_script_runs_its_checks(tmp_path):
+    """scripts/smoke_gpu.py, for the day a GPU is there, runs here on the CPU with the same checks
+    (every shard done, every record on the device asked for, samples kept), local and under Ray; and
+    asked for CUDA where there is none, it says so and fails."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "smoke_gpu.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--samples", "4", "--no-vllm",
+                           "--out", str(tmp_path / "smoke")], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("8 samples, 8 kept, generation.device ['cpu']") == 2  # local and Ray
+    assert "every check held on cpu" in done.stdout
+    if not torch.cuda.is_available():
+        done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "cuda")], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert done.returncode == 1 and "--device cuda, but torch" in done.stderr and "sees no CUDA device" in done.stderr
