@@ -82,3 +82,19 @@ def test_the_gpu_smoke_script_runs_its_checks(tmp_path):
         done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "cuda")], capture_output=True,
                               text=True, env=env, timeout=300)
         assert done.returncode == 1 and "--device cuda, but torch" in done.stderr and "sees no CUDA device" in done.stderr
+
+
+def test_tensor_parallel_degree_and_the_gpus_an_actor_reserves_agree():
+    """vlm.vllm.tensor_parallel_size 2 with ray.num_gpus_per_actor 1 started vLLM in an actor that sees one
+    GPU ("World size (2) is larger than the number of available GPUs (1)"), after the pool was placed;
+    with vlm.engine auto the driver (resolving hf on a head node without a GPU) reserved 1 GPU, not 2."""
+    from vlm_aug.config import GenerationConfig, LimitsConfig, RayConfig, VLMConfig
+    from vlm_aug.executors.ray_cluster import ClusterResourceError, plan_pool
+    from vlm_aug.stages.rewrite import RewriteStage
+
+    for engine in ("vllm", "auto"):
+        vlm = VLMConfig(model="vlm_aug:scene_vlm", engine=engine, device="cuda", vllm={"tensor_parallel_size": 2})
+        declared = RewriteStage(vlm, GenerationConfig(), LimitsConfig()).resources
+        assert declared.gpus == 2 and declared.needs_gpu
+        with pytest.raises(ClusterResourceError, match="tensor_parallel_size 2 needs 2 GPUs in each actor"):
+            plan_pool(RayConfig(num_gpus_per_actor=1), True, declared)

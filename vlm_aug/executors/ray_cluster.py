@@ -178,6 +178,11 @@ def plan_pool(cfg: RayConfig, embedded: bool, declared: Resources) -> PoolPlan:
             "the stages ask for device cuda, and ray.num_gpus_per_actor: 0 reserves no GPU: every actor would load "
             "its models on GPU 0, unreserved. Fix: set ray.num_gpus_per_actor above 0 (1, or 0.5 for two actors a "
             "GPU), or vlm.device / clip.device: cpu")
+    if declared.gpus > 1 and cfg.num_gpus_per_actor is not None and 0 < cfg.num_gpus_per_actor < declared.gpus:
+        raise ClusterResourceError(  # vLLM: "World size (2) is larger than the number of available GPUs (1)"
+            f"vlm.vllm.tensor_parallel_size {declared.gpus:g} needs {declared.gpus:g} GPUs in each actor, and "
+            f"ray.num_gpus_per_actor is {cfg.num_gpus_per_actor:g}. Fix: set ray.num_gpus_per_actor to "
+            f"{declared.gpus:g} (or leave it unset), or lower vlm.vllm.tensor_parallel_size")
     deadline = time.monotonic() + (0.0 if embedded else cfg.resource_timeout_s)
     while True:
         plan, problem = fit(cfg, alive_nodes(), declared)

@@ -37,7 +37,8 @@ class RewriteStage:
             self.resources = Resources()
         else:
             self.resources = Resources.for_device(vlm.device)
-            tp = vlm.vllm.tensor_parallel_size if self.engine.name == "vllm" else None
+            # (engine auto: the driver, on a head node without a GPU, resolves hf, and the actor then picks vllm)
+            tp = vlm.vllm.tensor_parallel_size if self.engine.name == "vllm" or vlm.engine == "auto" else None
             if tp and tp > 1:
                 self.resources = Resources(cpus=1.0, gpus=float(tp), needs_gpu=True)
 
