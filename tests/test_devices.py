@@ -98,3 +98,17 @@ def test_tensor_parallel_degree_and_the_gpus_an_actor_reserves_agree():
         assert declared.gpus == 2 and declared.needs_gpu
         with pytest.raises(ClusterResourceError, match="tensor_parallel_size 2 needs 2 GPUs in each actor"):
             plan_pool(RayConfig(num_gpus_per_actor=1), True, declared)
+
+
+def test_the_vllm_engine_refuses_a_gpu_index_it_would_not_use(monkeypatch):
+    """vLLM runs on the first visible GPU: `vlm.device: cuda:1` ran on cuda:0 while every record said cuda:1."""
+    from vlm_aug.config import GenerationConfig, VLMConfig
+    from vlm_aug.stages.engines import vllm as vllm_engine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the machine is faked; the check is ours
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(vllm_engine, "vllm_version", lambda: "0.32.0")
+    engine = vllm_engine.VLLMEngine(VLMConfig(model="vlm_aug:scene_vlm", engine="vllm", device="cuda:1"),
+                                    GenerationConfig())
+    with pytest.raises(ModelUnavailable, match="vlm.device 'cuda:1' with vlm.engine: vllm: vLLM runs on the first GPU"):
+        engine.setup()

@@ -58,6 +58,11 @@ class VLLMEngine:
                                    "(docs/engines.md, 'The engine environment')")
         located = locate_hf(self.vlm.model, self.vlm.revision, self.vlm.allow_pickle_weights)
         self.device = resolve_device(self.vlm.device)
+        if self.device.startswith("cuda:") and self.device != "cuda:0":  # vLLM takes the first visible GPU(s)
+            raise ModelUnavailable(f"vlm.device {self.device!r} with vlm.engine: vllm: vLLM runs on the first GPU "
+                                   "the process sees, whatever the index (the record would name a GPU it did not use): "
+                                   "set vlm.device: cuda and choose the GPU with CUDA_VISIBLE_DEVICES (under Ray, "
+                                   "each actor's own)")
         self.dtype = resolve_dtype(self.vlm.dtype, self.device)
         if self.device == "cpu":  # the measured CPU settings (docs/engines.md): in-process, a small KV cache
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
