@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import queue
@@ -84,6 +85,7 @@ def keep_image_memory(blocks: int) -> None:
         Image.core.set_blocks_max(blocks)
 
 
+@functools.lru_cache(maxsize=1)
 def _not_the_datas() -> tuple:
     """Faults of the worker, never of a sample: raised, so the shard is retried, not marked done. A CUDA
     out-of-memory error is a RuntimeError (not a MemoryError): it made a too-large vlm.batch_size rerun
