@@ -100,6 +100,32 @@ def test_tensor_parallel_degree_and_the_gpus_an_actor_reserves_agree():
             plan_pool(RayConfig(num_gpus_per_actor=1), True, declared)
 
 
+def test_vllm_memory_share_fits_the_gpu_share_an_actor_reserves(monkeypatch):
+    """ray.num_gpus_per_actor 0.5 puts two actors on a GPU; with vLLM's default gpu_memory_utilization 0.80 (of
+    the whole GPU) the first took 80% and the second's vLLM failed at start, after the pool was placed."""
+    from vlm_aug.config import GenerationConfig, LimitsConfig, RayConfig, VLMConfig
+    from vlm_aug.executors.ray_cluster import ClusterResourceError, plan_pool
+    from vlm_aug.stages.base import Resources
+    from vlm_aug.stages.rewrite import RewriteStage
+
+    def declared(engine: str, utilization: float) -> Resources:
+        vlm = VLMConfig(model="vlm_aug:scene_vlm", engine=engine, device="cuda",
+                        vllm={"gpu_memory_utilization": utilization})
+        return Resources.of_worker([RewriteStage(vlm, GenerationConfig(), LimitsConfig())])
+
+    assert declared("vllm", 0.8).gpu_memory == 0.8 and declared("hf", 0.8).gpu_memory == 0
+    with pytest.raises(ClusterResourceError, match=r"gpu_memory_utilization 0.8 .* Fix: set "
+                       r"vlm.vllm.gpu_memory_utilization under 0.5 .* e.g. 0.4\), or ray.num_gpus_per_actor: 1"):
+        plan_pool(RayConfig(num_gpus_per_actor=0.5), True, declared("vllm", 0.8))
+    from vlm_aug.executors import ray_cluster
+    # a node with one GPU, faked (no GPU here); the check is ours
+    monkeypatch.setattr(ray_cluster, "alive_nodes", lambda: [{"ip": "192.0.2.1", "cpus": 4.0, "gpus": 1.0}])
+    for cfg, d in ((RayConfig(num_gpus_per_actor=0.5), declared("vllm", 0.4)),  # under the share
+                   (RayConfig(num_gpus_per_actor=1), declared("vllm", 0.8)),  # a whole GPU each
+                   (RayConfig(num_gpus_per_actor=0.5), declared("hf", 0.8))):  # torch takes what it uses
+        assert plan_pool(cfg, True, d).num_gpus == cfg.num_gpus_per_actor
+
+
 def test_the_vllm_engine_refuses_a_gpu_index_it_would_not_use(monkeypatch):
     """vLLM runs on the first visible GPU: `vlm.device: cuda:1` ran on cuda:0 while every record said cuda:1."""
     from vlm_aug.config import GenerationConfig, VLMConfig

@@ -183,6 +183,15 @@ def plan_pool(cfg: RayConfig, embedded: bool, declared: Resources) -> PoolPlan:
             f"vlm.vllm.tensor_parallel_size {declared.gpus:g} needs {declared.gpus:g} GPUs in each actor, and "
             f"ray.num_gpus_per_actor is {cfg.num_gpus_per_actor:g}. Fix: set ray.num_gpus_per_actor to "
             f"{declared.gpus:g} (or leave it unset), or lower vlm.vllm.tensor_parallel_size")
+    share = cfg.num_gpus_per_actor
+    if declared.gpu_memory and share is not None and 0 < share < 1 and declared.gpu_memory > share + 1e-9:
+        # two actors of 0.5 GPU with 0.80 each: the first takes 80% of the GPU, the second's vLLM fails at start
+        raise ClusterResourceError(
+            f"ray.num_gpus_per_actor {share:g} shares each GPU among {math.floor(1 / share + 1e-9)} actors, and "
+            f"vlm.vllm.gpu_memory_utilization {declared.gpu_memory:g} is the share of the whole GPU's memory each "
+            f"actor's vLLM takes: the actors after the first would find too little free. Fix: set "
+            f"vlm.vllm.gpu_memory_utilization under {share:g} (leave room for CLIP on the same GPU, e.g. "
+            f"{max(0.05, round(share - 0.1, 2)):g}), or ray.num_gpus_per_actor: 1")
     deadline = time.monotonic() + (0.0 if embedded else cfg.resource_timeout_s)
     while True:
         plan, problem = fit(cfg, alive_nodes(), declared)

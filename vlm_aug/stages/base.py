@@ -13,11 +13,14 @@ from vlm_aug.sample import Sample
 @dataclass(frozen=True)
 class Resources:
     """What a stage needs on its worker. `gpus` is taken where the cluster has GPUs; with
-    `needs_gpu` the stage cannot run without one (its device names CUDA)."""
+    `needs_gpu` the stage cannot run without one (its device names CUDA). `gpu_memory`: the share of each
+    GPU's whole memory the stage takes whatever its reservation (vLLM's gpu_memory_utilization), 0 when it
+    takes what it uses."""
 
     cpus: float = 1.0
     gpus: float = 0.0
     needs_gpu: bool = False
+    gpu_memory: float = 0.0
 
     @classmethod
     def for_device(cls, device: str, cpus: float = 1.0) -> "Resources":
@@ -29,7 +32,7 @@ class Resources:
         """One worker runs its stages one after another on the same devices: the most any one needs."""
         declared = [s.resources for s in stages] or [cls()]
         return cls(cpus=max(r.cpus for r in declared), gpus=max(r.gpus for r in declared),
-                   needs_gpu=any(r.needs_gpu for r in declared))
+                   needs_gpu=any(r.needs_gpu for r in declared), gpu_memory=max(r.gpu_memory for r in declared))
 
 
 class Stage(Protocol):

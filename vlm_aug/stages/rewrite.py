@@ -41,6 +41,9 @@ class RewriteStage:
             tp = vlm.vllm.tensor_parallel_size if self.engine.name == "vllm" or vlm.engine == "auto" else None
             if tp and tp > 1:
                 self.resources = Resources(cpus=1.0, gpus=float(tp), needs_gpu=True)
+            if self.engine.name == "vllm":  # vLLM takes its share of the whole GPU, not of the actor's reservation
+                r = self.resources
+                self.resources = Resources(r.cpus, r.gpus, r.needs_gpu, gpu_memory=vlm.vllm.gpu_memory_utilization)
 
     # the loaded model and processor (hf and vllm engines), for tests and tools that look inside
     model = property(lambda self: getattr(self.engine, "model", None))
