@@ -77,12 +77,17 @@ def check(config: Config) -> list[str]:
     return urls
 
 
+def cluster_given(config: Config) -> bool:
+    """`ray.address` or RAY_ADDRESS: the run is for a Ray cluster's workers (with executor ray or auto)."""
+    return bool(config.ray.address or os.environ.get("RAY_ADDRESS"))
+
+
 def check_models(config: Config) -> None:
     """Both models found (built in, a local checkpoint, cached, or downloadable now) and the CLIP's name and
     tag known to open_clip, before anything is written or loaded: offline, a missing CLIP was found after
     the VLM's load (minutes for a 7B, in each actor), and only the first missing model was named. On a
     Ray cluster the models are the workers' to find (their caches are not this machine's)."""
-    if config.executor != "local" and (config.ray.address or os.environ.get("RAY_ADDRESS")):
+    if config.executor != "local" and cluster_given(config):
         return
     from vlm_aug.stages.models import locate_clip, locate_hf
 
@@ -108,7 +113,7 @@ def resolve_executor(config: Config, todo: list[str]) -> tuple[str, str]:
     input is larger than a preview; else local (Ray's start-up, 5-10 s, is more than a preview's work)."""
     if config.executor != "auto":
         return config.executor, f"executor: {config.executor}"
-    if config.ray.address or os.environ.get("RAY_ADDRESS"):
+    if cluster_given(config):
         return "ray", "a Ray cluster is given"
     import torch
 
