@@ -18,7 +18,7 @@ from helpers import tiny_args
 from vlm_aug.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-VOLATILE = ("run_id", "time", "worker")  # differ between any two runs by design
+VOLATILE = ("run_id", "time", "worker", "git_sha")  # differ between any two runs by design (a commit between)
 # PIL's error text names a BytesIO by memory address, which differs between any two runs,
 # local ones included (decode.py's owner is told); the rest of the detail is compared.
 ADDRESS = re.compile(r" at 0x[0-9a-f]+")

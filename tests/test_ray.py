@@ -71,6 +71,11 @@ def test_ray_output_identical_to_local(tmp_path, tiny_vlm_dir, tiny_clip_dir):
             assert w["malloc"].startswith("glibc: mmap threshold 32 MB"), w["malloc"]
     rows = pq.read_table(out / "shards/000000.parquet").to_pylist()
     assert {json.loads(r["provenance"])["pipeline"]["worker"] for r in rows} <= set(workers)
+    # every record cites the commit the driver read at the run's start, the one the manifest names (an actor
+    # read HEAD again, so a commit landing during a run, or since this process first cached it, split them)
+    cited = {json.loads(r["provenance"])["pipeline"]["git_sha"]
+             for p in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(p).to_pylist()}
+    assert cited == {manifest["runs"][-1]["git_sha"]}, cited
 
 
 class CountingWorker:

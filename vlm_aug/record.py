@@ -23,8 +23,10 @@ from vlm_aug.paths import PACKAGE_DIR
 from vlm_aug.sample import Sample
 
 
-@lru_cache(maxsize=1)
 def git_sha() -> Optional[str]:
+    """The commit of vlm_aug's checkout, None outside one. Read once per run, where the run starts
+    (RunContext): cached per process, a long-lived process cited a commit minutes old, and a Ray actor
+    (a new process) read HEAD again, so one run's records could cite two commits."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
@@ -63,6 +65,7 @@ class RunContext:
     settings: dict = field(default_factory=dict)  # those settings; `vlm.engine: auto` until a worker picks
     # vlm.engine auto: the fingerprints the output's complete shards have (empty: anything goes)
     held: tuple = ()
+    git_sha: Optional[str] = field(default_factory=git_sha)  # the driver's, shipped with the context to workers
 
     def settle_engine(self, engine: Optional[str]) -> None:
         """In the worker, once its stages are set up: with `vlm.engine: auto` the settings and fingerprint
@@ -88,7 +91,7 @@ class RunContext:
             self.models[stage.name] = self.sections[stage.section] = stage.describe()
 
     def pipeline(self) -> dict:
-        return {"version": __version__, "git_sha": git_sha(), "config_sha256": self.config_sha256,
+        return {"version": __version__, "git_sha": self.git_sha, "config_sha256": self.config_sha256,
                 "run_id": self.run_id, "worker": self.worker,
                 "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
