@@ -95,6 +95,47 @@ def test_json_schema_identical_and_provenance_correct(run_once, tiny_vlm_dir):
     assert manifest["totals"]["inputs"] == 16
 
 
+def test_recorded_clip_scores_are_the_models_cosines(run_once, tiny_clip_dir):
+    """Each kept record's clip_orig, clip_rewrite and clip_sentences are the tiny CLIP's own cosines of
+    its image with the original caption, the rewrite and each of the rewrite's sentences (recomputed
+    here outside the stage's batching); a record holding one score in another's place was not caught."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from vlm_aug.config import CLIPConfig
+    from vlm_aug.stages.score import ScoreStage
+    from vlm_aug.text import split_sentences
+
+    inputs, out, _ = run_once
+    stage = ScoreStage(CLIPConfig(model=str(tiny_clip_dir), pretrained=None, device="cpu"))
+    stage.setup()
+    checked = 0
+    for src in inputs:
+        written = read_tar(out / "shards" / src.name)
+        rows = {r["key"]: r for r in pq.read_table(out / "shards" / src.name.replace(".tar", ".parquet")).to_pylist()}
+        for name, data in written.items():
+            if not name.endswith(".json"):
+                continue
+            rec = json.loads(data)
+            row = rows[rec["key"]]  # the parquet's columns hold the record's scores
+            assert (row["clip_orig"], row["clip_rewrite"]) == (rec["scoring"]["clip_orig"], rec["scoring"]["clip_rewrite"])
+            image = Image.open(io.BytesIO(written[f"{rec['key']}.jpg"])).convert("RGB")
+            sentences = split_sentences(rec["caption_rewrite"])
+            with torch.no_grad():
+                image_emb = stage.model.encode_image(stage.preprocess(image)[None], normalize=True)
+                texts = stage.model.encode_text(stage.tokenizer([rec["caption_orig"], rec["caption_rewrite"],
+                                                                 *sentences]), normalize=True)
+            orig, rewrite, *each = (texts @ image_emb.T).squeeze(1).tolist()
+            scoring = rec["scoring"]
+            assert scoring["clip_orig"] == pytest.approx(orig, abs=1e-4), rec["key"]
+            assert scoring["clip_rewrite"] == pytest.approx(rewrite, abs=1e-4), rec["key"]
+            assert scoring["clip_sentences"] == pytest.approx(each, abs=1e-4), rec["key"]
+            checked += 1
+    assert checked == 15  # every kept sample (one of 16 is a broken image)
+
+
 def test_rerun_skips_done_and_overwrite_reproduces(run_once, capsys):
     _, out, argv = run_once
     before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}

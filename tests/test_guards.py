@@ -108,4 +108,3 @@ def test_tiny_random_vlm_rambles_and_the_guards_say_so(tmp_path, tiny_vlm_dir, t
     flagged = sum(v for k, v in reasons.items() if k in ("truncated_rewrite", "repetitive_rewrite", "echo_rewrite",
                                                           "refusal"))
     assert flagged >= len(rows) // 2, shares  # random weights: mostly unfinished or looping text
-    assert sum(reasons.values()) == len(rows)

@@ -13,6 +13,7 @@ from PIL import Image, ImageStat
 
 from helpers import make_shards, tiny_args
 from vlm_aug.cli import main
+from vlm_aug.report.collect import _rank
 from vlm_aug.report.diversity import words
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,12 +115,26 @@ def test_sampling_is_bounded_seeded_and_sorted_views_hold_the_extremes(report_ru
     root, rows = report_run
     out = root / "out"
     pages = []
-    for seed in ("1", "1"):
+    for seed in ("1", "1", "2"):
         path = root / f"sampled-{seed}-{len(pages)}.html"
         assert main(["report", str(out), "--html", str(path), "--per-status", "2", "--per-view", "1",
                      "--seed", seed]) == 0
         pages.append(cards(path.read_text()))
     first = pages[0]
+
+    def drawn(page: list[dict]) -> dict:
+        return {s: sorted(c["key"] for c in page if f"sample:{s}" in c["views"].split()) for s in ("kept", "rejected")}
+
+    def expected(seed: int) -> dict:  # each status's 2 samples of least rank under that seed
+        ranked = {"kept": [], "rejected": []}
+        for path in sorted((out / "shards").glob("*.parquet")):
+            for r in pq.read_table(path).to_pylist():
+                if r["status"] in ranked:
+                    ranked[r["status"]].append((_rank(seed, path.stem, r["key"]), r["key"]))
+        return {s: sorted(key for _, key in sorted(found)[:2]) for s, found in ranked.items()}
+
+    assert drawn(first) == expected(1) and drawn(pages[2]) == expected(2)
+    assert drawn(pages[2]) != drawn(first)  # another seed, other samples
     for status in ("kept", "rejected", "error"):
         n = sum(r["status"] == status for r in rows)
         assert sum(f"sample:{status}" in c["views"].split() for c in first) == min(2, n)
