@@ -64,6 +64,43 @@ def test_best_of_n_keeps_the_highest_cosine_and_records_every_candidate(best_of_
     assert differed >= len(found) // 2  # at temperature 2 the candidates differ: the choice is real
 
 
+def test_extra_caption_is_made_with_its_own_prompt_and_scored_on_its_own_text(tmp_path):
+    """Greedy, an extra caption is what the main caption would be under the extra's prompt (a run with
+    generation.prompt: short_v1 makes the same texts), and its clip is the scene CLIP's cosine of that text."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from vlm_aug.config import CLIPConfig
+    from vlm_aug.stages.score import ScoreStage
+
+    write_scene_shards(tmp_path / "in", 1, 16, seed=809, wrong_fraction=0.2)
+    common = ["--input", str(tmp_path / "in/*.tar"), "--no-progress", "--no-report", "--executor", "local",
+              "--set", "report.semantic=false"]
+    assert main(["run", DEMO, "--output", str(tmp_path / "both"), *common,
+                 "--set", "generation.captions=[{name: short, prompt: short_v1}]"]) == 0
+    assert main(["run", DEMO, "--output", str(tmp_path / "short"), *common, "--set", "generation.prompt=short_v1"]) == 0
+    both, short = records(tmp_path / "both"), records(tmp_path / "short")
+    extra = {k: r["generation"]["captions"]["short"] for k, r in both.items() if r["status"] != "error"}
+    assert extra and {k: e["text"] for k, e in extra.items()} == {k: short[k]["caption_rewrite"] for k in extra}
+    assert sum(e["text"] != both[k]["caption_rewrite"] for k, e in extra.items()) >= len(extra) // 2  # another prompt
+    members = read_tar(tmp_path / "both/shards/000000.tar")
+    stage = ScoreStage(CLIPConfig(model="vlm_aug:scene_clip", pretrained=None, device="cpu"))
+    stage.setup()
+    scored = 0
+    for key, e in extra.items():
+        if not e["text"] or f"{key}.png" not in members:
+            continue
+        image = Image.open(io.BytesIO(members[f"{key}.png"])).convert("RGB")
+        with torch.no_grad():
+            image_emb = stage.model.encode_image(stage.preprocess(image)[None], normalize=True)
+            text_emb = stage.model.encode_text(stage.tokenizer([e["text"]]), normalize=True)
+        assert e["clip"] == pytest.approx((text_emb @ image_emb.T).item(), abs=1e-5), key
+        scored += 1
+    assert scored >= len(extra) // 2
+
+
 def test_extra_caption_is_its_own_member_and_consumers_load_it(best_of_4, tmp_path):
     found = records(best_of_4)
     members = {}

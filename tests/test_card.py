@@ -43,6 +43,15 @@ def test_card_body_documents_the_run(out):
     assert "Policy `both`" in body and "`min_clip_rewrite=-1.0`" in body and "KEY.orig.txt" in body
     assert "| 16 | 15 | 0 | 1 |" in body and "| error:decode_error | 1 |" in body
     assert "| rewrite (after) | 15 |" in body and "## Known limitations" in body
+    # each score row holds its own column's figures (computed here from the parquet)
+    rows = [r for p in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    for label, column in (("original caption (before)", "clip_orig"), ("rewrite (after)", "clip_rewrite")):
+        values = [r[column] for r in rows if r[column] is not None]
+        [line] = [line for line in body.splitlines() if line.startswith(f"| {label} |")]
+        n, mean, p0, *_, p100 = [float(c) for c in line.strip("|").split("|")[1:]]
+        assert (n, mean, p0, p100) == pytest.approx((len(values), sum(values) / len(values), min(values),
+                                                      max(values)), abs=1e-3), (label, line)
+    assert [r["clip_orig"] for r in rows] != [r["clip_rewrite"] for r in rows]  # so the rows can tell them apart
 
 
 def test_croissant_validates_and_reads_every_row_with_mlcroissant(out):

@@ -71,7 +71,9 @@ def test_cli_refuses_before_loading_models(tmp_path, capsys):
     assert "generation.prompt" in capsys.readouterr().err
     assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "nothing*.tar")]) == 2
     assert "matches no file" in capsys.readouterr().err
-    assert main(["run", str(REPO / "configs/preview.yaml"), "--set", "policy=3"]) == 2
+    assert main(["run", str(REPO / "configs/preview.yaml"), "--input", str(tmp_path / "in/*.tar"),
+                 "--output", str(tmp_path / "out2"), "--set", "policy=3"]) == 2
+    assert "policy: Input should be a valid dictionary" in capsys.readouterr().err
 
 
 def test_models_not_found_offline_are_all_named_before_anything_is_written(tmp_path, capsys, monkeypatch):

@@ -111,10 +111,14 @@ def test_json_agrees_with_training_logs(result):
 def test_table_matches_json(result):
     data, printed = result
     assert data["table"] in printed
-    for arm, summary in data["summary"].items():
+    arms = list(data["summary"])
+    width = max(14, *(len(a) + 2 for a in arms))  # each arm's column, right-aligned after a 12-wide label
+    row = [line for line in data["table"].splitlines() if line.startswith("mean R@1")][0]
+    header = [line for line in data["table"].splitlines() if line.startswith("metric")][0]
+    for i, (arm, summary) in enumerate(data["summary"].items()):
         assert summary["mean_R@1"]["n"] == 1
-        row = [line for line in data["table"].splitlines() if line.startswith("mean R@1")][0]
-        assert f"{summary['mean_R@1']['mean']:.3f}" in row
+        assert header[12 + i * width: 12 + (i + 1) * width].strip() == arm
+        assert row[12 + i * width: 12 + (i + 1) * width].strip().startswith(f"{summary['mean_R@1']['mean']:.3f}"), arm
         assert summary["final_loss"]["values"] == [r["metrics"]["final_loss"] for r in data["runs"] if r["arm"] == arm]
     gain = data["gains"]["recaptioned_vs_original"]["mean_R@1"]
     runs = {r["arm"]: r["metrics"]["mean_R@1"] for r in data["runs"]}

@@ -73,10 +73,15 @@ def test_family_rewrites_a_batch_of_differently_sized_images(family_dirs, model_
         assert 1 <= sample.generation.new_tokens <= 5
     assert stage.describe()["revision"].startswith("sha256:")
 
-    # the same sample alone and inside a left-padded batch of other sizes decodes the same tokens
-    alone = samples()[3]
-    rewrite_stage(family_dirs[model_type], batch_size=1).process_batch([alone])
-    assert alone.caption_rewrite == batch[3].caption_rewrite
+    # each sample alone and inside a left-padded batch of other sizes decodes the same tokens
+    prompts = [stage._prompt(s) for s in batch]
+    mask = stage.processor(text=prompts, images=[[s.image] for s in batch], padding=True,
+                           return_tensors="pt")["attention_mask"]
+    assert (mask.sum(-1) < mask.shape[-1]).any()  # some rows are padded, so the comparison tests padding
+    single = rewrite_stage(family_dirs[model_type], batch_size=1)
+    for i, alone in enumerate(samples()):
+        single.process_batch([alone])
+        assert alone.caption_rewrite == batch[i].caption_rewrite, i
 
 
 def image_token_counts(stage, batch) -> list[int]:

@@ -130,6 +130,7 @@ def test_truncated_member_is_still_reported(tmp_path):
 
 def exif_jpeg(orientation: int) -> bytes:
     image = Image.new("RGB", (60, 20), (10, 200, 10))
+    image.paste((220, 20, 20), (0, 0, 30, 20))  # the left half red: a turn shows where it went
     exif = Image.Exif()
     exif[0x0112] = orientation
     out = io.BytesIO()
@@ -142,6 +143,11 @@ def test_exif_orientation_is_still_applied(orientation, size):
     sample = Sample(key="k", shard="s", image_bytes=exif_jpeg(orientation), image_ext="jpg")
     decode_samples([sample], 1 << 24, 1 << 20)
     assert sample.image.size == size and sample.image.mode == "RGB"
+    # the stored image's red half, after the turn EXIF asks for (1: as stored; 3: 180; 6: 90 clockwise;
+    # 8: 90 counter-clockwise)
+    red_at = {1: (5, 10), 3: (55, 10), 6: (10, 5), 8: (10, 55)}[orientation]
+    green_at = {1: (55, 10), 3: (5, 10), 6: (10, 55), 8: (10, 5)}[orientation]
+    assert sample.image.getpixel(red_at)[0] > 150 and sample.image.getpixel(green_at)[1] > 150, orientation
 
 
 def test_rgb_png_is_not_copied_and_other_modes_become_rgb():
@@ -149,6 +155,8 @@ def test_rgb_png_is_not_copied_and_other_modes_become_rgb():
                    for k, m in (("a", "RGB"), ("b", "L")))
     decode_samples([plain, grey], 1 << 24, 1 << 20)
     assert plain.image.mode == grey.image.mode == "RGB" and plain.image_real_ext == "png"
+    # the RGB image is the opened PNG itself (a copy is a plain Image, with no format); the grey one is converted
+    assert plain.image.format == "PNG" and grey.image.format is None
 
 
 def test_record_json_is_the_record():

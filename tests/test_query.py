@@ -12,6 +12,7 @@ from output_helpers import REPO, run_pipeline
 from vlm_aug.cli import main
 from vlm_aug.output.query import stats
 from vlm_aug.shards.layout import OutputDir
+from vlm_aug.stages.base import derive_seed
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +54,16 @@ def test_trace_unknown_key_and_bad_directory(out, tmp_path, capsys):
 
 
 def test_mix_draw_recorded_and_decides(out):
+    seed = json.loads((out / "manifest.json").read_text())["config"]["generation"]["seed"]
     for r in rows(out):
         if r["status"] != "kept":
             continue
-        decision = json.loads(r["provenance"])["decision"]
+        record = json.loads(r["provenance"])
+        decision = record["decision"]
         assert 0 <= decision["mix_draw"] < 1
+        # the draw is the sample's own: seeded by the run's generation.seed and the sample's identity
+        shard = record["source"]["shard"].rsplit("/", 1)[-1]
+        assert decision["mix_draw"] == round(derive_seed(seed, "mix", shard, record["key"]) / 2**31, 6)
         assert r["outcome"] == ("rewrite" if decision["mix_draw"] < 0.5 else "original")
         assert r["caption"] == (r["caption_rewrite"] if r["outcome"] == "rewrite" else r["caption_orig"])
     outcomes = {r["outcome"] for r in rows(out) if r["status"] == "kept"}

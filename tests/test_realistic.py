@@ -39,6 +39,7 @@ def test_host_path_in_processes_returns_the_same_tensors_through_shared_memory(t
     here = [host_batch(blobs[:6], processors), host_batch(blobs[6:], processors)]
     with host_pool(2) as pool:
         there = list(pool.map(host_batch, [blobs[:6], blobs[6:]]))
+    assert len(here) == len(there) == 2
     for (groups, pixels), (their_groups, their_pixels) in zip(here, there):
         assert pixels.shape == (6, 3, 224, 224) and their_pixels.is_shared()
         assert torch.equal(pixels, their_pixels)
@@ -50,6 +51,7 @@ def test_host_path_in_processes_returns_the_same_tensors_through_shared_memory(t
     ring = shared_ring(2, 6 * 6 * 2**20)
     with host_pool(2, ring) as pool:
         placed = list(pool.map(host_batch_into, [1, 0], [blobs[:6], blobs[6:]]))
+    assert len(placed) == 2
     for made, (slot, where) in zip(here, placed):
         views = _from_ring(ring, slot, where)
         assert len(views) == len(_tensors(made)) and all(v.untyped_storage().data_ptr() == ring.untyped_storage().data_ptr()

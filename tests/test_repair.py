@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlm_aug.cli import main
 from vlm_aug.config import CLIPConfig, PolicyConfig, RepairConfig
@@ -55,6 +56,17 @@ def test_planted_wrong_sentences_are_dropped_and_the_rest_rescored(scored_with_p
             assert sample.repair.text == " ".join(s for s in split_sentences(sample.caption_rewrite) if s not in dropped)
             assert sample.scores["clip_repaired"] is not None
     assert caught >= 0.8 * len(samples), f"{caught} of {len(samples)} planted sentences dropped"
+    # re-scored: clip_repaired is the scene CLIP's own cosine of the repaired text with the image
+    stage = ScoreStage(CLIPConfig(model="vlm_aug:scene_clip", pretrained=None, device="cpu"))
+    stage.setup()
+    repaired_texts = [s for s in samples if s.repair.text and s.repair.dropped]
+    assert repaired_texts
+    for sample in repaired_texts:  # the model itself, outside the stage's batching
+        with torch.no_grad():
+            image = stage.model.encode_image(stage.preprocess(sample.image)[None], normalize=True)
+            text = stage.model.encode_text(stage.tokenizer([sample.repair.text]), normalize=True)
+        assert sample.scores["clip_repaired"] == pytest.approx((text @ image.T).item(), abs=1e-5), sample.key
+    assert any(abs(s.scores["clip_repaired"] - s.scores["clip_rewrite"]) > 1e-3 for s in repaired_texts)
     decide = DecideStage(PolicyConfig(name="rewrite", min_clip_rewrite=0.5, repair=RepairConfig(drop_sentences_below=0.5)))
     decide.process_batch(samples)
     repaired = [s for s in samples if s.decision.outcome == "repaired"]

@@ -126,6 +126,15 @@ def test_real_photos_run_stats_report_and_card(tmp_path, tiny_vlm_dir, tiny_clip
     manifest = json.loads((out / "manifest.json").read_text())
     semantic = manifest["semantic"]
     assert semantic["original"]["n"] == len(PHOTOS) and semantic["embedder"]["sha256"] == PINNED_SHA256
+    # the training set is the captions the output trains on: each kept row's caption (here the rewrites)
+    from vlm_aug.output.semantic import caption_sets
+    from vlm_aug.shards.layout import OutputDir
+
+    rows = OutputDir(str(out)).table(["key", "status", "caption", "caption_orig"]).to_pylist()
+    kept = [r["caption"] for r in rows if r["status"] == "kept"]
+    sets, totals = caption_sets(OutputDir(str(out)), sample=10**6, seed=0)
+    assert kept and sets["training"][0] == kept and totals["training"] == len(kept) == semantic["training"]["n"]
+    assert set(kept).isdisjoint(r["caption_orig"] for r in rows)  # so the set cannot be the originals
     assert "## Semantic figures" in (out / "README.md").read_text()
     page = (out / "report.html").read_text()
     assert 'id="semantic-table"' in page and 'id="plot-semantic-map"' in page
