@@ -108,3 +108,20 @@ def test_tiny_random_vlm_rambles_and_the_guards_say_so(tmp_path, tiny_vlm_dir, t
     flagged = sum(v for k, v in reasons.items() if k in ("truncated_rewrite", "repetitive_rewrite", "echo_rewrite",
                                                           "refusal"))
     assert flagged >= len(rows) // 2, shares  # random weights: mostly unfinished or looping text
+
+
+def test_a_rewrite_cut_by_max_time_has_its_unfinished_sentence_dropped(tmp_path):
+    """generation.max_time_s stops `generate` mid-sentence, but only `new_tokens >= max_new_tokens` counted as
+    a cut: such rewrites were kept with an unfinished last sentence and `guards: []`. A row that ended
+    without an end-of-sequence token is now cut, whatever stopped it."""
+    write_scene_shards(tmp_path / "in", 1, 32, seed=77)
+    out = tmp_path / "out"
+    assert main(["run", str(REPO / "configs/demo.yaml"), "--input", str(tmp_path / "in/*.tar"), "--output", str(out),
+                 "--no-progress", "--no-report", "--executor", "local", "--set", "report.semantic=false",
+                 "--set", "generation.max_time_s=0.02", "--set", "generation.max_new_tokens=256"]) == 0
+    found = records(out)
+    cut = [r for r in found if "truncated_rewrite" in r["generation"]["guards"]]
+    assert cut and all(r["generation"]["new_tokens"] < 256 for r in cut)  # cut by time, not by tokens
+    for r in found:
+        if r["caption_rewrite"]:  # what is left of a rewrite ends a sentence
+            assert r["caption_rewrite"].rstrip()[-1] in ".!?\"'", r["caption_rewrite"]

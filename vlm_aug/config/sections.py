@@ -133,7 +133,9 @@ class GenerationConfig(Strict):
     prompt: str = "dense_v1"  # a template name (configs/prompts/NAME.yaml) or a YAML file with id and text ({caption})
     # the rewrite is cut here (the guards then drop an unfinished last sentence)
     max_new_tokens: int = Field(128, ge=1, le=4096)
-    max_time_s: Optional[float] = Field(None, gt=0, description="wall-clock cap per generate call")
+    max_time_s: Optional[float] = Field(None, gt=0, description="wall-clock cap per generate call (hf engine); "
+                                        "where it cuts depends on the machine's speed, so a run with it is not "
+                                        "reproducible; a cut rewrite's unfinished last sentence is dropped")
     # false: greedy; true: sampling with each sample's own seed (from generation.seed and its key)
     do_sample: bool = False
     temperature: float = Field(0.7, gt=0)  # sampling only

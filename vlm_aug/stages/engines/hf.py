@@ -98,8 +98,13 @@ class HFEngine:
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         pad = self.processor.tokenizer.pad_token_id
+        eos = self.model.generation_config.eos_token_id
+        eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=new_tokens.device)
         results = []
         for text, tokens in zip(texts, new_tokens):
             n = int((tokens != pad).sum()) if pad is not None else len(tokens)
-            results.append(Result(text=text, new_tokens=n, hit_limit=n >= g.max_new_tokens))
+            # stopped without an end-of-sequence token: by max_new_tokens, or by max_time_s (which
+            # `n >= max_new_tokens` missed, so a rewrite cut by time kept its unfinished last sentence)
+            ended = bool(torch.isin(tokens, eos).any()) if len(eos) else n < g.max_new_tokens
+            results.append(Result(text=text, new_tokens=n, hit_limit=not ended))
         return results
