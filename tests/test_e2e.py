@@ -93,6 +93,8 @@ def test_json_schema_identical_and_provenance_correct(run_once, tiny_vlm_dir):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["prompt"]["sha256"] == template.sha256 and manifest["prompt"]["text"] == template.text
     assert manifest["totals"]["inputs"] == 16
+    # where and how the scores were computed (a batch of another size may move a cosine's last digits)
+    assert (rec["scoring"]["device"], rec["scoring"]["batch_size"]) == ("cpu", manifest["config"]["clip"]["batch_size"])
 
 
 def test_recorded_clip_scores_are_the_models_cosines(run_once, tiny_clip_dir):

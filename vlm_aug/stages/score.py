@@ -34,8 +34,11 @@ class ScoreStage:
         self.tokenizer = open_clip.get_tokenizer(name)
 
     def describe(self) -> dict:
+        # device and batch size: where and how scores were computed (a batch of another size may move a
+        # cosine in its 6th decimal, so the record names them; neither is in the settings' fingerprint)
         described = {"model": self.clip.model, "pretrained": self.clip.pretrained, "revision": self.revision,
-                     "context_length": int(getattr(self.tokenizer, "context_length", 77))}
+                     "context_length": int(getattr(self.tokenizer, "context_length", 77)),
+                     "device": str(self.device), "batch_size": self.clip.batch_size}
         if self.repair is not None:  # only when on: records of runs without it keep their exact keys
             described["repair"] = {"drop_sentences_below": self.repair.drop_sentences_below,
                                    "min_sentences": self.repair.min_sentences}
