@@ -11,6 +11,7 @@ import pytest
 from helpers import make_shards, tiny_args
 from vlm_aug import SCHEMA_VERSION
 from vlm_aug.cli import main
+from vlm_aug.stages.models import weights_sha256
 from vlm_aug.stages.prompts import load_template
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,8 +83,7 @@ def test_json_schema_identical_and_provenance_correct(run_once, tiny_vlm_dir):
     assert rec["generation"]["prompt_sha256"] == hashlib.sha256(template.text.encode()).hexdigest()
     rendered = template.render(rec["caption_orig"])
     assert rec["generation"]["rendered_prompt_sha256"] == hashlib.sha256(rendered.encode()).hexdigest()
-    weights = Path(tiny_vlm_dir) / "model.safetensors"
-    assert rec["generation"]["revision"] == "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert rec["generation"]["revision"] == weights_sha256(Path(tiny_vlm_dir))  # what it covers: the test below
     assert rec["generation"]["params"]["max_new_tokens"] == 8
     assert rec["generation"]["trust_remote_code"] is False
     assert rec["decision"]["policy"] == "fallback" and rec["decision"]["outcome"] in ("rewrite", "original")
@@ -136,6 +136,25 @@ def test_recorded_clip_scores_are_the_models_cosines(run_once, tiny_clip_dir):
             assert scoring["clip_sentences"] == pytest.approx(each, abs=1e-4), rec["key"]
             checked += 1
     assert checked == 15  # every kept sample (one of 16 is a broken image)
+
+
+def test_a_local_models_revision_covers_what_loading_reads(tiny_vlm_dir, tmp_path):
+    """A local checkpoint's recorded revision hashed its weights only: a generation_config.json with
+    no_repeat_ngram_size changed every rewrite of a shard while the revision stayed. It now covers the
+    config, generation config, tokenizer, processor and chat-template files too, not a README."""
+    import shutil
+
+    model = shutil.copytree(tiny_vlm_dir, tmp_path / "model")
+    assert {p.suffix for p in model.iterdir()} >= {".json", ".safetensors"}
+    before = weights_sha256(model)
+    (model / "README.md").write_text("# notes\n")
+    assert weights_sha256(model) == before
+    config = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**config, "no_repeat_ngram_size": 2}))
+    changed = weights_sha256(model)
+    assert changed != before
+    (model / "chat_template.jinja").write_text("{{ messages }}")
+    assert weights_sha256(model) not in (before, changed)
 
 
 def test_rerun_skips_done_and_overwrite_reproduces(run_once, capsys):

@@ -74,9 +74,16 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
+# besides the weights, the files of a checkpoint that loading reads and that change what it generates:
+# config, generation_config (e.g. a no_repeat_ngram_size there changed every rewrite while the recorded
+# revision stayed), tokenizer and processor files, the chat template, remote code
+CHECKPOINT_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".py")
+
+
 def weights_sha256(path: Path, allow_pickle: bool = False, hash_files: bool = True) -> str:
-    """One hash over every weights file of a directory (or of one file); pickle-only weights refused unless
-    allowed. `hash_files=False`: the refusal alone ("" returned; a check before any load)."""
+    """One hash over a local checkpoint: every weights file of a directory (or one file) and the files
+    that loading reads beside them (CHECKPOINT_SUFFIXES), each with its name; pickle-only weights refused
+    unless allowed. `hash_files=False`: the refusal alone ("" returned; a check before any load)."""
     files = [path] if path.is_file() else sorted(
         p for p in path.iterdir() if p.suffix == ".safetensors" or p.suffix in PICKLE_SUFFIXES
     )
@@ -88,10 +95,13 @@ def weights_sha256(path: Path, allow_pickle: bool = False, hash_files: bool = Tr
         )
     if not hash_files:
         return ""
+    if path.is_dir():
+        files = sorted(files + [p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()])
     digest = hashlib.sha256()
     for file in files:
         if file.suffix in PICKLE_SUFFIXES and not allow_pickle:
             continue
+        digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
