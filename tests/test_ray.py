@@ -270,3 +270,28 @@ def test_an_actor_hands_a_serving_engine_a_whole_window():
     actor = ShardWorker(cfg, RunContext(cfg.sha256()), 0, torch.get_num_threads(), cpus=1)
     assert local.batch_samples() == actor.processor.batch_samples() == 200
     assert actor.processor.engine_name() == local.engine_name() == "openai"
+
+
+def test_actors_with_other_package_versions_are_named_and_recorded(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    """The manifest's `versions` were the driver's alone: an actor that imported another open_clip (a node
+    with another environment) left no trace. Each worker now records its own, and the run says where they
+    differ. The other version is a dist-info that only the actors' PYTHONPATH shows (its job's runtime_env)."""
+    fake = tmp_path / "fake" / "open_clip_torch-2.20.0.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: open_clip_torch\nVersion: 2.20.0\n")
+    make_shards(tmp_path / "in", n_shards=2, per_shard=3)
+    argv = run_argv(tiny_vlm_dir, tiny_clip_dir, tmp_path / "in/*.tar", tmp_path / "out", "--executor", "ray")
+    script = ("import sys, ray\n"
+              f"ray.init(address='local', num_cpus=2, include_dashboard=False, "
+              f"runtime_env={{'env_vars': {{'PYTHONPATH': {str(tmp_path / 'fake')!r}}}}})\n"
+              "from vlm_aug.cli import main\n"
+              f"sys.exit(main({[str(a) for a in argv]!r}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    ours = manifest["versions"]["open_clip_torch"]
+    assert ours != "2.20.0" and manifest["runs"][-1]["versions"] == manifest["versions"]
+    workers = [w for w in manifest["workers"].values() if w.get("shards")]
+    assert workers and all(w["versions"]["open_clip_torch"] == "2.20.0" for w in workers)
+    assert "ran other package versions than this driver: open_clip_torch 2.20.0 (driver: " + ours in done.stderr

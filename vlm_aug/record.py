@@ -12,6 +12,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import metadata
 from typing import Any, Optional
 
 import orjson
@@ -32,6 +33,20 @@ def git_sha() -> Optional[str]:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+PACKAGES = ("vlm-aug", "torch", "transformers", "open_clip_torch", "webdataset", "ray", "pyarrow", "pillow")
+
+
+def package_versions() -> dict:
+    """The installed versions of what makes the output (the manifest's `versions`, and each Ray actor's)."""
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def new_run_id() -> str:

@@ -10,14 +10,13 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from importlib import metadata
 
 from vlm_aug.config import Config, ConfigError
 from vlm_aug.executors import ExecutorReport
 from vlm_aug.output.card import write_card
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
-from vlm_aug.record import RunContext
+from vlm_aug.record import RunContext, package_versions
 from vlm_aug.resume import fingerprint, plan_shards, resolutions, run_settings
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.lease import Lease, OutputBusy
@@ -26,7 +25,6 @@ from vlm_aug.stages.engines.base import serve_command
 from vlm_aug.stages.models import ModelUnavailable
 from vlm_aug.stages.prompts import load_template
 
-PACKAGES = ("vlm-aug", "torch", "transformers", "open_clip_torch", "webdataset", "ray", "pyarrow", "pillow")
 
 
 @dataclass
@@ -182,14 +180,18 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
     return RunResult(manifest, [o.url for o in report.outcomes if o.error])
 
 
-def _versions() -> dict:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+def _worker_versions(versions: dict, workers: dict) -> None:
+    """Each Ray actor reports the versions it imported (`workers.ID.versions`); the manifest's `versions`
+    are the driver's. Say where they differ (docs/cluster.md asks for one environment on every node):
+    records name the code's commit and the engine's version, not open_clip's or torch's."""
+    for worker, described in sorted(workers.items()):
+        theirs = described.get("versions")
+        if theirs and theirs != versions:
+            differ = ", ".join(f"{k} {theirs.get(k)} (driver: {versions.get(k)})"
+                               for k in sorted(set(theirs) | set(versions)) if theirs.get(k) != versions.get(k))
+            print(f"vlm-aug: warning: worker {worker} ran other package versions than this driver: {differ}. "
+                  "manifest.json's `versions` are the driver's; each worker's are under `workers`. Install one "
+                  "environment on every node (docs/cluster.md)", file=sys.stderr)
 
 
 def _hardware() -> dict:
@@ -252,7 +254,7 @@ def warn_mixed_image_exts(manifest: dict) -> None:
 
 
 def _history(previous: dict, run: RunContext, report: ExecutorReport, skipped: list[str], started: float,
-             all_stats: list[dict] = ()) -> list:
+             all_stats: list[dict] = (), versions: dict | None = None) -> list:
     """Every run that wrote into this output, oldest first (a manifest from before the history: its last run).
     A run stopped before it wrote its manifest (killed, its lease taken over) is known from the shards
     it committed, which name it: it is entered with those shards, before this run."""
@@ -268,7 +270,7 @@ def _history(previous: dict, run: RunContext, report: ExecutorReport, skipped: l
         runs.append({"run_id": run_id, "fingerprint": shards[0].get("fingerprint"), "config_sha256": None,
                      "ended": "stopped before writing its manifest", "processed": sorted(s["shard"] for s in shards)})
     runs.append({"run_id": run.run_id, "fingerprint": run.fingerprint, "config_sha256": run.config_sha256,
-                 "git_sha": run.git_sha, "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+                 "git_sha": run.git_sha, "versions": versions, "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
                  "wall_s": round(time.time() - started, 3),
                  "processed": [shard_name(o.url) for o in report.outcomes if o.stats],
                  "failed": [shard_name(o.url) for o in report.outcomes if o.error], "skipped_complete": len(skipped)})
@@ -300,16 +302,18 @@ def write_manifest(config: Config, run: RunContext, report: ExecutorReport, skip
     out.write_sizes(all_stats)
     previous = out.manifest()
     template = load_template(config.generation.prompt)
+    versions = package_versions()
+    _worker_versions(versions, report.workers)
     stage_time: dict = {}
     for outcome in report.outcomes:
         for k, v in ((outcome.stats or {}).get("timings_s") or {}).items():
             stage_time[k] = round(stage_time.get(k, 0.0) + v, 3)
     manifest = {
         "run_id": run.run_id, "config": config.model_dump(), "config_sha256": run.config_sha256,
-        "versions": _versions(), "hardware": _hardware(), "executor": config.executor,
+        "versions": versions, "hardware": _hardware(), "executor": config.executor,
         "models": run.models or previous.get("models", {}),  # no model loaded: all shards were complete
         "fingerprint": run.fingerprint, "configurations": configurations(previous, run, possible, all_stats),
-        "runs": _history(previous, run, report, skipped, started, all_stats),
+        "runs": _history(previous, run, report, skipped, started, all_stats, versions),
         "prompt": {"id": template.id, "text": template.text, "sha256": template.sha256},
         "timings": {"wall_s": round(time.time() - started, 3), "startup_s": round(report.startup_s, 3), "stages_s": stage_time},
         "workers": report.workers,

@@ -18,7 +18,7 @@ import time
 from vlm_aug.config import Config
 from vlm_aug.malloc import tune_malloc
 from vlm_aug.pipeline import ShardProcessor, build_stages
-from vlm_aug.record import RunContext
+from vlm_aug.record import RunContext, package_versions
 
 
 class ModelMeter:
@@ -92,6 +92,7 @@ class ShardWorker:
         self.malloc = tune_malloc(config.tune_malloc)
         torch.set_num_threads(torch_threads)
         self.slot, self.torch_threads = slot, torch_threads
+        self.versions = package_versions()
         self.identity = f"ray:{slot}@{socket.gethostname()}:{os.getpid()}"
         self.meter = ModelMeter()
         stages = [LockedStage(stage, self.meter) for stage in build_stages(config)]
@@ -142,7 +143,7 @@ class ShardWorker:
                 "tokens_per_s": round(self.tokens / alive, 3) if alive else None,
                 "max_shards_open": self.meter.max_open_shards, "torch_threads": self.torch_threads,
                 "decode_workers": self.processor.decode_workers,
-                "malloc": self.malloc,
+                "malloc": self.malloc, "versions": self.versions,  # this process's (the driver's may differ)
                 # cores this process really used: > reserved CPUs means it competes with its neighbours
                 "cores_used": round((_process_cpu_s() - self.ready_cpu) / alive, 2) if alive else None}
 
