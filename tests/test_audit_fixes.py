@@ -37,8 +37,11 @@ class FakeOpenAI:
 
     MODES = ("echo400", "nochoices", "htmlbody", "listcontent")
 
-    def __init__(self):
+    def __init__(self, version: str | None = None):
         self.auth: list[str] = []
+        self.version = version  # GET /version answers it (as vllm serve does), else 404
+        self.upgrade_after: tuple[int, str] | None = None  # (completions, version): a restart as another version
+        self.completions = 0
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -55,6 +58,8 @@ class FakeOpenAI:
             def do_GET(self):
                 if self.path.endswith("/models"):
                     return self._send(200, json.dumps({"object": "list", "data": [{"id": "vlm_aug:scene_vlm"}]}).encode())
+                if self.path == "/version" and fake.version:
+                    return self._send(200, json.dumps({"version": fake.version}).encode())
                 self._send(404, b"{}")
 
             def do_POST(self):
@@ -75,6 +80,9 @@ class FakeOpenAI:
                 message = {"role": "assistant", "content": "A red square on a white background."}
                 self._send(200, json.dumps({"choices": [{"message": message, "finish_reason": "stop"}],
                                             "usage": {"completion_tokens": 8}}).encode())
+                fake.completions += 1
+                if fake.upgrade_after and fake.completions >= fake.upgrade_after[0]:
+                    fake.version = fake.upgrade_after[1]
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -284,3 +292,30 @@ def test_a_run_draws_no_library_loading_bars(tmp_path, capfd):
     assert (out / "semantic.json").exists()  # the text model was loaded too
     assert "Loading weights" not in err and "it/s]" not in err, err[-2000:]
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_each_record_names_the_server_version_that_generated_it(tmp_path):
+    """The server's version was read once, from the first endpoint, at start: rewrites served by a second
+    endpoint of another version, or by a server restarted as another version mid-run, were recorded as the
+    first one's. Endpoints of different versions are now refused, and a shard that meets a changed version
+    is failed; the rerun's records name the new one."""
+    old, new = FakeOpenAI("0.6.0"), FakeOpenAI("0.9.9")
+    try:
+        inputs = one_sample_shards(tmp_path / "in", ["a red square", "a blue square", "a green square"])
+        out = tmp_path / "out"
+        sets = openai_sets(old, f"vlm.endpoint=[{old.url}, {new.url}]")
+        assert run(inputs, out, *sets) == 2 and not (out / "shards/000000.stats.json").exists()
+        old.upgrade_after = (1, "1.0.0")  # restarted as 1.0.0 once it has served the first shard
+        assert run(inputs, out, *openai_sets(old), report=False) != 0
+        version = {p.name[:6]: json.loads(p.read_text()) for p in (out / "shards").glob("*.stats.json")}
+        assert list(version) == ["000000"]  # the first shard, served by 0.6.0; the others failed
+        assert "now reports vllm 1.0.0, not vllm 0.6.0" in " ".join(manifest_failed(out).values())
+        assert run(inputs, out, *openai_sets(old), report=False) == 0  # the rerun, with 1.0.0
+        engines = {}
+        for path in sorted((out / "shards").glob("*.parquet")):
+            for row in pq.read_table(path).to_pylist():
+                engines[row["key"]] = json.loads(row["provenance"])["generation"]["engine"]["version"]
+        assert engines == {"s0": "vllm 0.6.0", "s1": "vllm 1.0.0", "s2": "vllm 1.0.0"}
+    finally:
+        old.close()
+        new.close()

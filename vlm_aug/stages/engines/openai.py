@@ -99,6 +99,7 @@ class OpenAIEngine:
         self.client = self.pool = None
         self.served_model: Optional[str] = None
         self.server_version: Optional[str] = None
+        self.versions: dict[str, Optional[str]] = {}  # endpoint -> its server's version at setup
         self._turn = itertools.count()
         self._key: Optional[str] = None  # the API key, once read: redacted from every text taken from a reply
 
@@ -154,7 +155,24 @@ class OpenAIEngine:
                     f"{self.model_name}")
         self.endpoints = [url for url in self.endpoints if url in served]
         self.served_model = self.model_name
-        self.server_version = self._server_version()
+        self.versions = {url: self._server_version(url) for url in self.endpoints}
+        if len(set(self.versions.values())) > 1:  # every record names one version: the servers must agree
+            said = ", ".join(f"{url}: {v or 'no /version'}" for url, v in self.versions.items())
+            raise ModelUnavailable(f"vlm.endpoint: the servers run different versions ({said}), and each record "
+                                   "names the one server version that generated it. Run one version on every "
+                                   "endpoint, or list only the endpoints of one version")
+        self.server_version = next(iter(self.versions.values()), None)
+
+    def check_versions(self) -> None:
+        """EngineUnavailable when a server now reports another version than when this worker started (it was
+        restarted or upgraded): the shard is failed, and a rerun, whose records name the new version, redoes it.
+        Checked before each batch, and after one that retried (a restart mid-batch)."""
+        for url, before in self.versions.items():
+            now = self._server_version(url)
+            if now is not None and now != before:
+                raise EngineUnavailable(f"the server at {url} now reports {now}, not {before or 'no version'} as "
+                                        "when this worker started (restarted or upgraded): this shard's records "
+                                        "would name the wrong version; a rerun redoes it with the new one")
 
     def _models(self) -> dict[str, set[str]]:
         """endpoint -> the model ids it serves (GET /models), for every endpoint that answers. Endpoints are
@@ -210,8 +228,8 @@ class OpenAIEngine:
                                    "server's OpenAI-compatible base URL, ending in /v1 (e.g. http://127.0.0.1:8000/v1)?"
                                    ) from None
 
-    def _server_version(self) -> Optional[str]:
-        base = self.endpoints[0].rsplit("/v1", 1)[0]
+    def _server_version(self, url: str) -> Optional[str]:
+        base = url.rsplit("/v1", 1)[0]
         try:
             reply = self.client.get(f"{base}/version", timeout=5)
             if reply.status_code == 200 and "version" in reply.json():
@@ -312,6 +330,7 @@ class OpenAIEngine:
 
     def generate(self, requests: list[Request]) -> list[Result]:
         down = _Down()
+        self.check_versions()
         results = list(self.pool.map(lambda r: self._one(r, down), requests))
         failed = [r for r in results if r.error is not None]
         if down.is_set() or (len(requests) > 1 and len(failed) == len(requests)):
@@ -319,6 +338,8 @@ class OpenAIEngine:
             cause = down.reason or next((r.error for r in failed if r.error != "not sent"), "unknown")
             raise EngineUnavailable(f"the server did not serve this shard: {cause} ({len(failed) - unsent} of "
                                     f"{len(requests)} requests failed, {unsent} not sent after that)")
+        if any(r.retries for r in results):
+            self.check_versions()
         return results
 
     def close(self) -> None:
