@@ -15,6 +15,7 @@ import pytest
 from helpers import make_shards, tiny_args
 from ray_helpers import REPO, wait_for
 from vlm_aug.cli import main
+from vlm_aug.stages.prompts import load_template
 from vlm_aug.shards.lease import LEASE_FILE
 
 pytestmark = pytest.mark.timeout(400)
@@ -59,6 +60,22 @@ def test_other_settings_are_refused_before_any_model_loads(first_run, tiny_clip_
     assert "2 shard(s) with settings" in err
     assert all(way in err for way in ("--overwrite", "--output NEW_DIR", "--allow-config-change"))
     assert {name: s["run_id"] for name, s in stats(out).items()} == before  # nothing written
+
+
+def test_a_rerun_that_would_make_the_same_samples_is_not_refused(first_run, tiny_vlm_dir, tiny_clip_dir, capsys):
+    """The prompt named by its path instead of its id, and mix_rewrite_fraction changed under a policy that
+    does not use it, were refused as other settings, though they make the same samples."""
+    root, out = first_run
+    prompt = REPO / "configs/prompts/dense_v1.yaml"
+    assert load_template(str(prompt)).id == json.loads((out / "manifest.json").read_text())["prompt"]["id"]
+    assert main(argv(tiny_vlm_dir, tiny_clip_dir, root / "in/*.tar", out, "--set", f"generation.prompt={prompt}",
+                     "--set", "policy.mix_rewrite_fraction=0.3")) == 0
+    assert "2 already complete" in capsys.readouterr().out
+    assert len({s["fingerprint"] for s in stats(out).values()}) == 1 and len(stats(out)) == 3
+    other = root / "other_text.yaml"  # the same id with other text is another prompt
+    other.write_text("id: dense_v1\ntext: 'Describe this image ({caption}) in one sentence.'\n")
+    assert main(argv(tiny_vlm_dir, tiny_clip_dir, root / "in/*.tar", out, "--set", f"generation.prompt={other}")) == 2
+    assert "generation.prompt_sha256" in capsys.readouterr().err
 
 
 def test_overwrite_redoes_everything_with_the_new_settings(first_run, tiny_vlm_dir, tiny_clip_dir):

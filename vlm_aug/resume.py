@@ -33,12 +33,19 @@ class InputElsewhere(ConfigError):
 
 def run_settings(config: Config) -> dict[str, Any]:
     settings = config.settings()
-    settings["generation.prompt_sha256"] = load_template(config.generation.prompt).sha256
-    if config.generation.captions:  # the extra captions' templates, by content
+    template = load_template(config.generation.prompt)
+    # a template by its id and its text's sha256, however it was named (`scene_v1` or a path to the same
+    # file was a refused rerun that would have made the same samples)
+    settings["generation.prompt"], settings["generation.prompt_sha256"] = template.id, template.sha256
+    if config.generation.captions:  # the extra captions' templates, by id and content
+        settings["generation.captions"] = [{**c, "prompt": load_template(c["prompt"]).id}
+                                           for c in settings["generation.captions"]]
         settings["generation.captions_prompt_sha256"] = {c.name: load_template(c.prompt).sha256
                                                          for c in config.generation.captions}
     if not config.generation.do_sample:  # unused without sampling: changing them changes nothing
         settings.pop("generation.temperature"), settings.pop("generation.top_p")
+    if config.policy.name != "mix":  # unused by the other policies: at its default, so a change is no change
+        settings["policy.mix_rewrite_fraction"] = type(config.policy).model_fields["mix_rewrite_fraction"].default
     return dict(sorted(settings.items()))
 
 
