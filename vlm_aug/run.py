@@ -26,7 +26,6 @@ from vlm_aug.stages.models import ModelUnavailable
 from vlm_aug.stages.prompts import load_template
 
 
-
 @dataclass
 class RunResult:
     manifest: dict
@@ -270,7 +269,8 @@ def _history(previous: dict, run: RunContext, report: ExecutorReport, skipped: l
         runs.append({"run_id": run_id, "fingerprint": shards[0].get("fingerprint"), "config_sha256": None,
                      "ended": "stopped before writing its manifest", "processed": sorted(s["shard"] for s in shards)})
     runs.append({"run_id": run.run_id, "fingerprint": run.fingerprint, "config_sha256": run.config_sha256,
-                 "git_sha": run.git_sha, "versions": versions, "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+                 "git_sha": run.git_sha, "versions": versions,
+                 "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
                  "wall_s": round(time.time() - started, 3),
                  "processed": [shard_name(o.url) for o in report.outcomes if o.stats],
                  "failed": [shard_name(o.url) for o in report.outcomes if o.error], "skipped_complete": len(skipped)})
