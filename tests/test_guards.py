@@ -64,13 +64,19 @@ def records(out: Path) -> list[dict]:
     return found
 
 
-def test_scene_vlm_cut_short_keeps_complete_sentences(tmp_path, capsys):
-    write_scene_shards(tmp_path / "in", 2, 32, seed=99)
+def scene_records(tmp_path: Path, shards: int, seed: int, *sets: str) -> list[dict]:
+    """Every record of a demo.yaml run (the shipped scene models) on fresh scene shards, with `sets`."""
+    write_scene_shards(tmp_path / "in", shards, 32, seed=seed)
     out = tmp_path / "out"
     assert main(["run", str(REPO / "configs/demo.yaml"), "--input", str(tmp_path / "in/*.tar"), "--output", str(out),
                  "--no-progress", "--no-report", "--executor", "local", "--set", "report.semantic=false",
-                 "--set", "generation.max_new_tokens=14", "--set", "policy.name=rewrite"]) == 0
-    found = records(out)
+                 *[x for kv in sets for x in ("--set", kv)]]) == 0
+    return records(out)
+
+
+def test_scene_vlm_cut_short_keeps_complete_sentences(tmp_path, capsys):
+    found = scene_records(tmp_path, 2, 99, "generation.max_new_tokens=14", "policy.name=rewrite")
+    out = tmp_path / "out"
     cut = [r for r in found if "truncated_rewrite" in r["generation"]["guards"]]
     assert len(cut) >= 10, "a 14-token budget cuts the scene VLM's multi-object descriptions"
     for r in cut:
@@ -114,12 +120,7 @@ def test_a_rewrite_cut_by_max_time_has_its_unfinished_sentence_dropped(tmp_path)
     """generation.max_time_s stops `generate` mid-sentence, but only `new_tokens >= max_new_tokens` counted as
     a cut: such rewrites were kept with an unfinished last sentence and `guards: []`. A row that ended
     without an end-of-sequence token is now cut, whatever stopped it."""
-    write_scene_shards(tmp_path / "in", 1, 32, seed=77)
-    out = tmp_path / "out"
-    assert main(["run", str(REPO / "configs/demo.yaml"), "--input", str(tmp_path / "in/*.tar"), "--output", str(out),
-                 "--no-progress", "--no-report", "--executor", "local", "--set", "report.semantic=false",
-                 "--set", "generation.max_time_s=0.02", "--set", "generation.max_new_tokens=256"]) == 0
-    found = records(out)
+    found = scene_records(tmp_path, 1, 77, "generation.max_time_s=0.02", "generation.max_new_tokens=256")
     cut = [r for r in found if "truncated_rewrite" in r["generation"]["guards"]]
     assert cut and all(r["generation"]["new_tokens"] < 256 for r in cut)  # cut by time, not by tokens
     for r in found:
