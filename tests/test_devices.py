@@ -114,13 +114,17 @@ def test_vllm_memory_share_fits_the_gpu_share_an_actor_reserves(monkeypatch):
         return Resources.of_worker([RewriteStage(vlm, GenerationConfig(), LimitsConfig())])
 
     assert declared("vllm", 0.8).gpu_memory == 0.8 and declared("hf", 0.8).gpu_memory == 0
-    with pytest.raises(ClusterResourceError, match=r"gpu_memory_utilization 0.8 .* Fix: set "
-                       r"vlm.vllm.gpu_memory_utilization under 0.5 .* e.g. 0.4\), or ray.num_gpus_per_actor: 1"):
-        plan_pool(RayConfig(num_gpus_per_actor=0.5), True, declared("vllm", 0.8))
+    for share, utilization, most in ((0.5, 0.8, "0.45"), (0.5, 0.5, "0.45"), (0.25, 0.3, "0.22")):
+        with pytest.raises(ClusterResourceError, match=rf"puts {round(1 / share)} actors on each GPU, and "
+                           rf"vlm.vllm.gpu_memory_utilization {utilization:g} .* Fix: set "
+                           rf"vlm.vllm.gpu_memory_utilization at most {most} "):
+            plan_pool(RayConfig(num_gpus_per_actor=share), True, declared("vllm", utilization))
     from vlm_aug.executors import ray_cluster
     # a node with one GPU, faked (no GPU here); the check is ours
     monkeypatch.setattr(ray_cluster, "alive_nodes", lambda: [{"ip": "192.0.2.1", "cpus": 4.0, "gpus": 1.0}])
-    for cfg, d in ((RayConfig(num_gpus_per_actor=0.5), declared("vllm", 0.4)),  # under the share
+    for cfg, d in ((RayConfig(num_gpus_per_actor=0.5), declared("vllm", 0.4)),  # room for both
+                   (RayConfig(num_gpus_per_actor=0.4), declared("vllm", 0.45)),  # 2 a GPU (not 2.5): room
+                   (RayConfig(num_gpus_per_actor=0.6), declared("vllm", 0.8)),  # 1 a GPU: nothing shared
                    (RayConfig(num_gpus_per_actor=1), declared("vllm", 0.8)),  # a whole GPU each
                    (RayConfig(num_gpus_per_actor=0.5), declared("hf", 0.8))):  # torch takes what it uses
         assert plan_pool(cfg, True, d).num_gpus == cfg.num_gpus_per_actor

@@ -170,6 +170,11 @@ def fit(cfg: RayConfig, nodes: list[dict], declared: Resources) -> tuple[PoolPla
                   f"(room for {capacity}); the cluster has {describe_nodes(nodes)}. Fix: {fix}")
 
 
+# the most of one GPU's memory the vLLM engines of the actors sharing it may take together: the rest is
+# their CUDA contexts' and CLIP's (ViT-B-32 ~0.6 GB, ViT-L-14 ~1.8 GB in fp32)
+GPU_SHARED_BY_VLLM = 0.9
+
+
 def plan_pool(cfg: RayConfig, embedded: bool, declared: Resources) -> PoolPlan:
     """Size the pool; on a cluster that may still be adding nodes, wait up to resource_timeout_s."""
     if declared.needs_gpu and cfg.num_gpus_per_actor == 0:
@@ -184,14 +189,17 @@ def plan_pool(cfg: RayConfig, embedded: bool, declared: Resources) -> PoolPlan:
             f"ray.num_gpus_per_actor is {cfg.num_gpus_per_actor:g}. Fix: set ray.num_gpus_per_actor to "
             f"{declared.gpus:g} (or leave it unset), or lower vlm.vllm.tensor_parallel_size")
     share = cfg.num_gpus_per_actor
-    if declared.gpu_memory and share is not None and 0 < share < 1 and declared.gpu_memory > share + 1e-9:
-        # two actors of 0.5 GPU with 0.80 each: the first takes 80% of the GPU, the second's vLLM fails at start
+    per_gpu = math.floor(1 / share + 1e-9) if share else 0  # actors Ray places on one GPU
+    if declared.gpu_memory and per_gpu >= 2 and declared.gpu_memory * per_gpu > GPU_SHARED_BY_VLLM + 1e-9:
+        # two actors of 0.5 GPU with 0.80 each: the first takes 80% of the GPU, the second's vLLM fails at
+        # start; at 0.5 each the first's CUDA context and CLIP leave the second less than its half
+        most = math.floor(GPU_SHARED_BY_VLLM / per_gpu * 100) / 100
         raise ClusterResourceError(
-            f"ray.num_gpus_per_actor {share:g} shares each GPU among {math.floor(1 / share + 1e-9)} actors, and "
-            f"vlm.vllm.gpu_memory_utilization {declared.gpu_memory:g} is the share of the whole GPU's memory each "
-            f"actor's vLLM takes: the actors after the first would find too little free. Fix: set "
-            f"vlm.vllm.gpu_memory_utilization under {share:g} (leave room for CLIP on the same GPU, e.g. "
-            f"{max(0.05, round(share - 0.1, 2)):g}), or ray.num_gpus_per_actor: 1")
+            f"ray.num_gpus_per_actor {share:g} puts {per_gpu} actors on each GPU, and vlm.vllm.gpu_memory_utilization "
+            f"{declared.gpu_memory:g} is the share of the whole GPU's memory each actor's vLLM takes: "
+            f"{per_gpu} x {declared.gpu_memory:g} leaves no room for the others' CUDA contexts and CLIP, so the "
+            f"actors after the first would fail at start. Fix: set vlm.vllm.gpu_memory_utilization at most "
+            f"{most:g} ({GPU_SHARED_BY_VLLM:g} of the GPU over {per_gpu} actors), or ray.num_gpus_per_actor: 1")
     deadline = time.monotonic() + (0.0 if embedded else cfg.resource_timeout_s)
     while True:
         plan, problem = fit(cfg, alive_nodes(), declared)

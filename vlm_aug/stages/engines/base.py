@@ -30,7 +30,7 @@ class Result:
     text: Optional[str] = None  # raw generated text (None: failed)
     new_tokens: Optional[int] = None
     retries: int = 0  # requests repeated after a connection error, 408, 429 or 5xx
-    hit_limit: bool = False  # generation stopped at max_new_tokens (the last sentence may be unfinished)
+    hit_limit: bool = False  # generation stopped before its end (max_new_tokens, a time cap): the last sentence may be unfinished
     error: Optional[str] = None  # why it failed, after retries
 
 
