@@ -156,19 +156,26 @@ class OpenAIEngine:
         self.endpoints = [url for url in self.endpoints if url in served]
         self.served_model = self.model_name
         self.versions = {url: self._server_version(url) for url in self.endpoints}
-        if len(set(self.versions.values())) > 1:  # every record names one version: the servers must agree
+        if any(v is None for v in self.versions.values()) and any(self.versions.values()):
+            time.sleep(1.0)  # some said their version, some not: once more before taking "not" for an answer
+            self.versions = {url: v or self._server_version(url) for url, v in self.versions.items()}
+        known = {v for v in self.versions.values() if v is not None}
+        if len(known) > 1 or (known and None in self.versions.values()):  # each record names one version
             said = ", ".join(f"{url}: {v or 'no /version'}" for url, v in self.versions.items())
-            raise ModelUnavailable(f"vlm.endpoint: the servers run different versions ({said}), and each record "
-                                   "names the one server version that generated it. Run one version on every "
-                                   "endpoint, or list only the endpoints of one version")
-        self.server_version = next(iter(self.versions.values()), None)
+            raise ModelUnavailable(f"vlm.endpoint: the servers run different versions or do not all say theirs "
+                                   f"({said}), and each record names the one server version that generated it. "
+                                   "Run one version on every endpoint, or list only the endpoints of one version")
+        self.server_version = next(iter(known), None)
 
     def check_versions(self) -> None:
         """EngineUnavailable when a server now reports another version than when this worker started (it was
-        restarted or upgraded): the shard is failed, and a rerun, whose records name the new version, redoes it.
-        Checked before each batch, and after one that retried (a restart mid-batch)."""
+        restarted or upgraded): this worker's shards fail from then on, and a rerun, whose records name the
+        new version, redoes them. Checked before each batch, and after one that retried (a restart mid-batch),
+        for the endpoints that said their version at start (a hosted API without /version costs nothing)."""
         for url, before in self.versions.items():
-            now = self._server_version(url)
+            if before is None:
+                continue
+            now = self._server_version(url, timeout=2.0)
             if now is not None and now != before:
                 raise EngineUnavailable(f"the server at {url} now reports {now}, not {before or 'no version'} as "
                                         "when this worker started (restarted or upgraded): this shard's records "
@@ -228,10 +235,10 @@ class OpenAIEngine:
                                    "server's OpenAI-compatible base URL, ending in /v1 (e.g. http://127.0.0.1:8000/v1)?"
                                    ) from None
 
-    def _server_version(self, url: str) -> Optional[str]:
+    def _server_version(self, url: str, timeout: float = 5.0) -> Optional[str]:
         base = url.rsplit("/v1", 1)[0]
         try:
-            reply = self.client.get(f"{base}/version", timeout=5)
+            reply = self.client.get(f"{base}/version", timeout=timeout)
             if reply.status_code == 200 and "version" in reply.json():
                 return self._redact(f"vllm {reply.json()['version']}")  # vllm serve answers /version; others may not
         except Exception:
