@@ -78,6 +78,26 @@ def test_a_rerun_that_would_make_the_same_samples_is_not_refused(first_run, tiny
     assert "generation.prompt_sha256" in capsys.readouterr().err
 
 
+def test_outputs_recorded_before_the_settings_normal_form_are_still_resumed(first_run, tiny_vlm_dir, tiny_clip_dir,
+                                                                             capsys):
+    """Before a prompt counted by its id, a template given by path was recorded as that path (and
+    mix_rewrite_fraction as given under any policy): such an output's shards, their stats rewritten as
+    that code wrote them, are resumed as the same settings, not refused."""
+    from vlm_aug.record import fingerprint
+
+    root, out = first_run
+    prompt = str(REPO / "configs/prompts/dense_v1.yaml")
+    for path in (out / "shards").glob("*.stats.json"):  # as written by a run given the path, before
+        recorded = json.loads(path.read_text())
+        recorded["settings"] = {**recorded["settings"], "generation.prompt": prompt,
+                                "policy.mix_rewrite_fraction": 0.3}
+        recorded["fingerprint"] = fingerprint(dict(sorted(recorded["settings"].items())))
+        path.write_text(json.dumps(recorded))
+    assert main(argv(tiny_vlm_dir, tiny_clip_dir, root / "in/*.tar", out, "--set", f"generation.prompt={prompt}",
+                     "--set", "policy.mix_rewrite_fraction=0.3")) == 0
+    assert "2 already complete" in capsys.readouterr().out and len(stats(out)) == 3
+
+
 def test_overwrite_redoes_everything_with_the_new_settings(first_run, tiny_vlm_dir, tiny_clip_dir):
     root, out = first_run
     assert main(argv(tiny_vlm_dir, tiny_clip_dir, root / "in/*.tar", out, "--set", "generation.max_new_tokens=4",

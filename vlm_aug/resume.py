@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from vlm_aug.config import Config, ConfigError, settings_for_engine
+from vlm_aug.config import Config, ConfigError, PolicyConfig, settings_for_engine
 from vlm_aug.config.sections import AUTO_ENGINES
 from vlm_aug.record import fingerprint
 from vlm_aug.shards.layout import OutputDir
@@ -45,7 +45,7 @@ def run_settings(config: Config) -> dict[str, Any]:
     if not config.generation.do_sample:  # unused without sampling: changing them changes nothing
         settings.pop("generation.temperature"), settings.pop("generation.top_p")
     if config.policy.name != "mix":  # unused by the other policies: at its default, so a change is no change
-        settings["policy.mix_rewrite_fraction"] = type(config.policy).model_fields["mix_rewrite_fraction"].default
+        settings["policy.mix_rewrite_fraction"] = PolicyConfig.model_fields["mix_rewrite_fraction"].default
     return dict(sorted(settings.items()))
 
 
@@ -94,8 +94,14 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
         redone = {shard_name(u) for u in urls}
         complete = {name: s for name, s in complete.items() if name not in redone}
     others: dict = {}
-    for stats in complete.values():
-        if stats.get("fingerprint") not in current:
+    now: dict[str, str] = {}  # shard -> the fingerprint its settings have today (this run's, where the same)
+    for name, stats in complete.items():
+        now[name] = stats.get("fingerprint")
+        if now[name] not in current:
+            alias = _as_now(stats.get("settings"), settings)
+            if alias in current:  # made before a setting's normal form changed: the same samples
+                now[name] = alias
+                continue
             others[stats.get("fingerprint")] = others.get(stats.get("fingerprint"), 0) + 1
     if others and not allow_change:
         recorded = {s.get("fingerprint"): s.get("settings") for s in complete.values() if s.get("settings")}
@@ -106,7 +112,7 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
         raise SettingsChanged(message)
     if overwrite:
         return list(urls), [], ()
-    held = () if allow_change else tuple(sorted({s.get("fingerprint") for s in complete.values()} & set(current)))
+    held = () if allow_change else tuple(sorted(set(now.values()) & set(current)))
     todo, kept = [], []
     elsewhere = []
     for url in urls:
@@ -128,6 +134,23 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
             "replace them. Write to another --output; or, to replace the output's shards with these inputs, "
             "--overwrite (or remove those shards' .stats.json files to redo only them)")
     return todo, kept, held
+
+
+def _as_now(recorded: dict | None, settings: dict) -> str | None:
+    """The fingerprint a shard's recorded settings have in today's normal form (`run_settings`), where the
+    recorded values and this run's differ only in form: the prompt templates named by path where the
+    same text (sha256) now counts by its id, `policy.mix_rewrite_fraction` recorded under another policy than
+    mix. Outputs made before that normal form keep being resumed."""
+    if not recorded:
+        return None
+    now = dict(recorded)
+    if now.get("generation.prompt_sha256") == settings.get("generation.prompt_sha256"):
+        now["generation.prompt"] = settings.get("generation.prompt")
+    if now.get("generation.captions_prompt_sha256") == settings.get("generation.captions_prompt_sha256"):
+        now["generation.captions"] = settings.get("generation.captions")
+    if now.get("policy.name") != "mix" and "policy.mix_rewrite_fraction" in now:
+        now["policy.mix_rewrite_fraction"] = PolicyConfig.model_fields["mix_rewrite_fraction"].default
+    return fingerprint(dict(sorted(now.items())))
 
 
 def _same_file(old: str, new: str) -> bool:
