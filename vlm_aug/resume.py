@@ -44,7 +44,13 @@ def run_settings(config: Config) -> dict[str, Any]:
                                                          for c in config.generation.captions}
     if not config.generation.do_sample:  # unused without sampling: changing them changes nothing
         settings.pop("generation.temperature"), settings.pop("generation.top_p")
-    if config.policy.name != "mix":  # unused by the other policies: at its default, so a change is no change
+    return _unused_at_default(settings)
+
+
+def _unused_at_default(settings: dict) -> dict:
+    """`policy.mix_rewrite_fraction` at its default under a policy other than mix, which does not use it (a
+    change to it is no change); sorted, as fingerprinted. Shared by this run's settings and recorded ones."""
+    if settings.get("policy.name") != "mix" and "policy.mix_rewrite_fraction" in settings:
         settings["policy.mix_rewrite_fraction"] = PolicyConfig.model_fields["mix_rewrite_fraction"].default
     return dict(sorted(settings.items()))
 
@@ -148,9 +154,7 @@ def _as_now(recorded: dict | None, settings: dict) -> str | None:
         now["generation.prompt"] = settings.get("generation.prompt")
     if now.get("generation.captions_prompt_sha256") == settings.get("generation.captions_prompt_sha256"):
         now["generation.captions"] = settings.get("generation.captions")
-    if now.get("policy.name") != "mix" and "policy.mix_rewrite_fraction" in now:
-        now["policy.mix_rewrite_fraction"] = PolicyConfig.model_fields["mix_rewrite_fraction"].default
-    return fingerprint(dict(sorted(now.items())))
+    return fingerprint(_unused_at_default(now))
 
 
 def _same_file(old: str, new: str) -> bool:

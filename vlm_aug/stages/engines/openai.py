@@ -177,7 +177,7 @@ class OpenAIEngine:
                 continue
             now = self._server_version(url, timeout=2.0)
             if now is not None and now != before:
-                raise EngineUnavailable(f"the server at {url} now reports {now}, not {before or 'no version'} as "
+                raise EngineUnavailable(f"the server at {url} now reports {now}, not {before} as "
                                         "when this worker started (restarted or upgraded): this shard's records "
                                         "would name the wrong version; a rerun redoes it with the new one")
 
