@@ -37,6 +37,16 @@ def test_config_errors_name_the_field(tmp_path, text, words):
         assert word in str(err.value)
 
 
+def test_caption_key_is_an_extension_as_members_are_read():
+    """Member extensions are read in lower case, so `TXT` is `txt` (it matched nothing: every sample a
+    missing caption); two parts name `KEY.orig.txt`."""
+    assert load_config(None, ["input.caption_key=TXT"]).input.caption_key == "txt"
+    assert load_config(None, ["input.caption_key=orig.txt"]).input.caption_key == "orig.txt"
+    assert load_config(None, ["input.caption_key=json:Caption"]).input.caption_key == "json:Caption"
+    with pytest.raises(ConfigError, match="input.caption_key"):
+        load_config(None, ["input.caption_key=orig..txt"])
+
+
 def test_the_config_reference_is_current_and_says_what_every_key_does():
     """docs/config.md is made from the config classes (their comments); regenerate it when they change."""
     from vlm_aug.config.reference import reference_markdown

@@ -193,6 +193,23 @@ def test_webdataset_with_pil_decoding(both_out):
         assert s["orig.txt"] == s["json"]["caption_orig"]
 
 
+def test_vlm_aug_reads_its_own_both_output_as_input(both_out):
+    """Output is input for the next round: each sample of a `both` output (KEY.jpg, KEY.json,
+    KEY.orig.txt, KEY.txt) is one sample again, its caption the training caption; KEY.orig.txt was read
+    as a sample of its own, `KEY.orig`, with no image (and KEY a duplicate of it)."""
+    from vlm_aug.shards.read import ShardReader
+
+    members, read = tar_samples(both_out), []
+    for path in tars(both_out):
+        reader = ShardReader(path, "txt", ["jpg", "png"], 1 << 20)
+        read += list(reader)
+        assert reader.report.ignored_members == sum(1 for s in read if s.shard == path)  # orig.txt, not read
+    assert sorted(s.key for s in read) == sorted(members) and len(read) == 15
+    for s in read:
+        assert s.active, (s.key, s.reason, s.error_detail)
+        assert s.caption_orig == members[s.key]["txt"].decode() and s.image_bytes == members[s.key]["jpg"]
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_data_read_webdataset(mix_out):

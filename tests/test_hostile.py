@@ -155,6 +155,37 @@ def test_duplicate_keys_and_dotted_keys(hostile_run):
     assert "dotted_key_v2.jpg" in names and not any(n.startswith(("..", "/")) for n in names)
 
 
+def test_members_with_two_part_extensions_belong_to_their_sample(tmp_path):
+    """webdataset's layout `KEY.seg.png`, `KEY.orig.txt`: one sample with the members it knows, as
+    webdataset groups them; the known extension's rule made `KEY.seg` a sample (no caption), then `KEY`
+    again (a duplicate), so every sample failed. Dotted keys stay one sample each."""
+    from vlm_aug.shards.read import ShardReader
+
+    members = []
+    for key in ("000001", "000002"):
+        members += [(f"{key}.jpg", image_bytes()), (f"{key}.json", b'{"url": "u"}'),
+                    (f"{key}.orig.txt", b"the original"), (f"{key}.seg.png", image_bytes()),
+                    (f"{key}.txt", f"caption {key}".encode())]
+    members += sample_members("photo.2019.v2", "dotted") + sample_members("x", "plain")
+    write_tar(tmp_path / "s.tar", members)
+    reader = ShardReader(str(tmp_path / "s.tar"), "txt", ["jpg", "png"], 1 << 20)
+    read = list(reader)
+    assert [(s.key, s.active, s.caption_orig) for s in read] == [
+        ("000001", True, "caption 000001"), ("000002", True, "caption 000002"),
+        ("photo_2019_v2", True, "dotted"), ("x", True, "plain")], [(s.key, s.reason) for s in read]
+    assert read[0].image_bytes == image_bytes() and reader.report.ignored_members == 4  # orig.txt, seg.png
+    assert next(iter(ShardReader(str(tmp_path / "s.tar"), "orig.txt", ["jpg"], 1 << 20))).caption_orig == "the original"
+
+
+def test_a_byte_order_mark_is_not_part_of_the_caption_or_the_json(tmp_path):
+    from vlm_aug.shards.read import ShardReader
+
+    write_tar(tmp_path / "s.tar", [("a.jpg", image_bytes()), ("a.json", b'\xef\xbb\xbf{"k": 1}'),
+                                   ("a.txt", b"\xef\xbb\xbfa red square")])
+    (sample,) = ShardReader(str(tmp_path / "s.tar"), "txt", ["jpg"], 1 << 20)
+    assert sample.active and sample.caption_orig == "a red square" and sample.orig_json == '{"k": 1}'
+
+
 def test_keys_that_one_output_key_would_stand_for(tmp_path):
     """'a.b' is written as 'a_b': of an input that also holds 'a_b' the first is kept, and the error
     of the others names both input keys rather than claiming the input repeats one."""

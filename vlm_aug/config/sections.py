@@ -217,7 +217,7 @@ class InputConfig(Strict):
     # None: half the worker's cores, 1 to 4 (a Ray actor's: ray.num_cpus_per_actor; a local run's: the CPUs
     # the process may run on); a dry run (no model) all of them, 1 to 4
     decode_workers: Optional[int] = Field(None, ge=1, le=64)
-    caption_key: str = "txt"  # the caption member: txt, another extension, or json:FIELD
+    caption_key: str = "txt"  # the caption member: txt, another extension (caption, orig.txt), or json:FIELD
     # image member extensions, in order of preference; `image_keys` is its old name, still read
     image_exts: list[str] = Field(default_factory=lambda: list(IMAGE_EXTS),
                                   validation_alias=AliasChoices("image_exts", "image_keys"))
@@ -233,9 +233,14 @@ class InputConfig(Strict):
     @field_validator("caption_key")
     @classmethod
     def _caption_key(cls, value: str) -> str:
-        if not (value == "txt" or value.startswith("json:") or value.isidentifier()):
-            raise ValueError("use 'txt', another member extension, or 'json:FIELD' (e.g. json:caption)")
-        return value
+        """Member extensions are compared in lower case (`KEY.TXT` is `txt`), so the key is too; one
+        of two parts names a member such as `KEY.orig.txt`."""
+        if value.startswith("json:"):
+            return value
+        if not all(part.isidentifier() for part in value.split(".")):
+            raise ValueError("use 'txt', another member extension (e.g. caption, orig.txt), or 'json:FIELD' "
+                             "(e.g. json:caption)")
+        return value.lower()
 
 
 def refuse_secrets(url: str, what: str) -> None:

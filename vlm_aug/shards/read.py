@@ -146,6 +146,17 @@ def split_member(name: str, known_exts: set[str]) -> tuple[str, str]:
     return (posixpath.join(directory, key) if directory else key), ".".join(parts[1:]).lower()
 
 
+def member_of(key: str, name: str) -> Optional[str]:
+    """The extension of member `name` if it belongs to the sample of `key`, else None. A member named
+    `KEY.` and more (`KEY.seg.png`, and `KEY.orig.txt` as `policy: both` writes it) belongs to the sample
+    before it of that key, as webdataset groups members: `split_member`'s known extension alone would
+    make `KEY.orig` a sample of its own, with no image. So does a member `a.b.c.jpg` right after
+    `a.b.jpg` (webdataset reads both as the sample `a`); its extension `c.jpg` is not read."""
+    if name.startswith(key + ".") and len(name) > len(key) + 1 and "/" not in name[len(key):]:
+        return name[len(key) + 1:].lower()
+    return None
+
+
 def _field_text(field: bytes, encoding: str, errors: str) -> str:
     return field.split(b"\0", 1)[0].decode(encoding, errors)
 
@@ -256,6 +267,10 @@ class ShardReader:
                 if info.isdir():
                     continue
                 key, ext = split_member(info.name, self.known_exts)
+                if current is not None and current["key"] != key:
+                    rest = member_of(current["key"], info.name)
+                    if rest is not None:  # `KEY.seg.png`, `KEY.orig.txt` after `KEY.jpg`: the same sample
+                        key, ext = current["key"], rest
                 if current is not None and current["key"] != key:
                     yield self._assemble(current)
                     current = None
@@ -532,7 +547,8 @@ def _valid_json(text: Optional[str]) -> bool:
 
 
 def _text(data: bytes) -> Optional[str]:
+    """UTF-8, without a byte-order mark (Windows tools write one; `str.strip` keeps it)."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None
