@@ -270,3 +270,40 @@ def test_keys_that_differ_only_by_a_dot_folder_are_one_key(tmp_path):
         ("../c", None, "unsafe_member_path")]
     assert "'./a' (earlier in the shard) and 'a' are both written 'a'" in samples[1].error_detail
     assert reader.report.error is None
+
+
+def test_globs_and_folders_take_shards_and_name_what_they_leave(tmp_path, capsys):
+    """img2dataset writes 00000.tar, 00000.parquet and 00000_stats.json side by side: `dir/*` made the
+    parquet and the json two empty shards, committed as done; .tar.xz and .tar.bz2 shards were read
+    when named but left out of a folder without a word, and their outputs named `x.tar.xz`."""
+    from vlm_aug.shards.read import expand_inputs, shard_name
+
+    d = tmp_path / "in"
+    d.mkdir()
+    data = tar_bytes(four())
+    (d / "00000.tar").write_bytes(data)
+    (d / "00001.tar.xz").write_bytes(lzma.compress(data))
+    (d / "00002.tar.bz2").write_bytes(bz2.compress(data))
+    (d / "00000.parquet").write_bytes(b"PAR1")
+    (d / "00000_stats.json").write_text("{}")
+    shards = [str(d / n) for n in ("00000.tar", "00001.tar.xz", "00002.tar.bz2")]
+    assert expand_inputs([str(d)]) == shards
+    assert expand_inputs([str(d / "*")]) == shards
+    assert "2 file(s) it matches are not shards and are left out (00000.parquet, 00000_stats.json)" \
+        in capsys.readouterr().err
+    assert [shard_name(u) for u in shards] == ["00000", "00001", "00002"]
+    assert [len(read(Path(u))[0]) for u in shards] == [4, 4, 4]
+    with pytest.raises(FileNotFoundError, match=r"matches 2 file\(s\) but no shard \(00000.parquet, 00000_stats"):
+        expand_inputs([str(d / "00000[._][ps]*")])
+    with pytest.raises(FileNotFoundError, match="pipe: URLs .* are not read"):
+        expand_inputs([f"pipe:cat {d}/00000.tar"])
+
+
+def test_input_shards_of_one_name_are_refused_naming_them(tmp_path, capsys):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "000000.tar").write_bytes(tar_bytes(four()))
+    assert main(["run", "configs/demo.yaml", "--input", str(tmp_path / "a"), "--input", str(tmp_path / "b"), "--output",
+                 str(tmp_path / "out"), "--no-model", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"'000000': {tmp_path}/a/000000.tar, {tmp_path}/b/000000.tar" in err and "rename them" in err

@@ -57,7 +57,10 @@ def check(config: Config) -> list[str]:
     names = [shard_name(u) for u in urls]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"input shards share output names {dupes}: each input shard needs a unique file name")
+        shown = "; ".join(f"{n!r}: " + ", ".join(u for u in urls if shard_name(u) == n) for n in dupes[:3])
+        raise ConfigError(f"input shards share output names ({shown}): an output shard is named after its input "
+                          "shard's file, so each input shard needs a unique file name; rename them, or run each "
+                          "folder into its own output")
     out = OutputDir(config.output.path, must_exist=False)
     inside = [u for u in urls if out.holds_shard_path(u)]
     if inside:

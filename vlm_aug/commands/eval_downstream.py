@@ -37,7 +37,7 @@ def add_training_args(p) -> None:
     g.add_argument("--trainer-python", help="Python with webdataset<=0.2.86 (default .venv/consumer)")
     g.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoint")
     e = p.add_argument_group("held-out evaluation")
-    e.add_argument("--heldout", nargs="+", help="held-out image-caption shards (never trained on)")
+    e.add_argument("--heldout", nargs="+", action="extend", help="held-out image-caption shards (never trained on)")
     e.add_argument("--heldout-caption-key", default="txt", help="caption member or json:FIELD (default txt)")
     e.add_argument("--label-field", default="label", help="json field with a class name, for zero-shot")
     e.add_argument("--template", action="append", dest="templates",

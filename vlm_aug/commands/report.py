@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--text-limit", type=int, default=100_000,
                    help="samples whose captions feed the diversity figures (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the gallery and diversity samples")
-    p.add_argument("--reference", nargs="+", metavar="SHARDS",
+    p.add_argument("--reference", nargs="+", action="extend", metavar="SHARDS",
                    help="reference caption shards (KEY.txt) or .txt files for the semantic alignment figures")
     p.add_argument("--no-semantic", action="store_true", help="leave out the semantic figures")
     p.set_defaults(func=cmd_report)

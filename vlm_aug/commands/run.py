@@ -9,7 +9,7 @@ from vlm_aug.config import load_config
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", nargs="+", help="input shards: paths, globs, {000..009} patterns or URLs")
+    p.add_argument("--input", nargs="+", action="extend", help="input shards: paths, globs, {000..009} patterns or URLs (repeatable)")
     p.add_argument("--output", help="output directory or URL (default from the config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set policy.name=rewrite (repeatable)")

@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("output", help="output directory of a run")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--no-per-shard", action="store_true", help="overall figures only")
-    p.add_argument("--reference", nargs="+", metavar="SHARDS",
+    p.add_argument("--reference", nargs="+", action="extend", metavar="SHARDS",
                    help="reference caption shards (KEY.txt) or .txt files: alignment of each caption set to them")
     p.add_argument("--no-semantic", action="store_true", help="leave out the semantic figures (no text embedder)")
     p.set_defaults(func=cmd_stats)

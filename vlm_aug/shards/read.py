@@ -16,6 +16,7 @@ import os
 import posixpath
 import stat
 import struct
+import sys
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ MAX_INFLATION = 200
 _TAIL_CHUNK = 1024 * 1024
 
 
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # what a folder given as input is read for
+# what a folder or a glob given as input is read for (compression is told by the first bytes, not the name)
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")
 
 
 def _expand_one(item: str) -> list[str]:
@@ -49,7 +51,7 @@ def _expand_one(item: str) -> list[str]:
         fs, path = fsspec.core.url_to_fs(item)
         protocol = item.split("://", 1)[0]
         if glob.has_magic(path):
-            hits = fs.glob(path)
+            hits = _shards_of_glob(item, fs.glob(path))
         elif not protocol.endswith(("http", "https")) and fs.isdir(path):  # (an http "folder" is a page of links)
             # an object-store prefix, as a local folder: its shards (it was read as one empty shard, committed)
             hits = sorted(h for h in fs.ls(path, detail=False) if h.endswith(SHARD_SUFFIXES))
@@ -66,8 +68,23 @@ def _expand_one(item: str) -> list[str]:
     elif posixpath.exists(local):
         hits = [local]
     else:
-        hits = sorted(glob.glob(local)) if glob.has_magic(local) else []
+        hits = _shards_of_glob(item, sorted(glob.glob(local))) if glob.has_magic(local) else []
     return [os.path.abspath(h) for h in hits]  # provenance must not depend on the cwd
+
+
+def _shards_of_glob(item: str, hits: list[str]) -> list[str]:
+    """A glob's shards: the files it matches that are named as shards (img2dataset writes a .parquet
+    and a _stats.json beside each tar, and `dir/*` would make each an empty shard, committed). A glob
+    that matches files but no shard is an error naming them."""
+    shards = [h for h in hits if h.endswith(SHARD_SUFFIXES)]
+    if hits and not shards:
+        shown = ", ".join(posixpath.basename(h) for h in hits[:3]) + (f" and {len(hits) - 3} more" if len(hits) > 3 else "")
+        raise FileNotFoundError(f"input {item!r} matches {len(hits)} file(s) but no shard ({shown}); a glob takes "
+                                f"the files named {', '.join(SHARD_SUFFIXES)}: name other shards one by one")
+    if len(shards) < len(hits):
+        print(f"vlm-aug: input {item!r}: {len(hits) - len(shards)} file(s) it matches are not shards and are "
+              f"left out ({', '.join(posixpath.basename(h) for h in hits if h not in shards)[:200]})", file=sys.stderr)
+    return shards
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
@@ -85,6 +102,10 @@ def expand_inputs(patterns: list[str]) -> list[str]:
                 missing.append(item)
             found += hits
         if not found:
+            if pattern.startswith("pipe:"):
+                raise FileNotFoundError(f"input {pattern!r}: webdataset's pipe: URLs (a shell command) are not "
+                                        "read; give the shard's path, a glob, or an fsspec URL (s3://, gs://, "
+                                        "https://, hf://) instead")
             raise FileNotFoundError(f"input {pattern!r} matches no file; check the path or pattern")
         if missing and len(items) > 1:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
