@@ -307,3 +307,78 @@ def test_input_shards_of_one_name_are_refused_naming_them(tmp_path, capsys):
                  str(tmp_path / "out"), "--no-model", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"'000000': {tmp_path}/a/000000.tar, {tmp_path}/b/000000.tar" in err and "rename them" in err
+
+
+def test_an_image_the_output_format_cannot_hold_is_one_samples_error(tmp_path):
+    """A kept 70,000 x 4 PNG (280,000 pixels) cannot be written as JPEG (at most 65,500 a side): the
+    writer's OSError failed the whole shard, on every rerun; now that sample is an `encode_error`."""
+    wide = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (70000, 4), (200, 10, 10)).save(wide, format="PNG")
+    write_tar(tmp_path / "in/000000.tar", sample_members("a", "first") + sample_members("wide", "too wide", wide.getvalue(), ext="png")
+              + sample_members("z", "last"))
+    out = tmp_path / "out"
+    assert main(["run", "configs/demo.yaml", "--no-model", "--no-report", "--no-progress", "--input",
+                 str(tmp_path / "in/000000.tar"), "--output", str(out), "--set", "output.normalize_image_format=jpg"]) == 0
+    got = {r["key"]: r for r in pq.read_table(out / "shards/000000.parquet").to_pylist()}
+    assert [got[k]["status"] for k in ("a", "wide", "z")] == ["kept", "error", "kept"]
+    record = json.loads(got["wide"]["provenance"])
+    assert got["wide"]["reason"] == "encode_error" and got["wide"]["caption"] is None
+    assert "65500" in record["source"]["error_detail"] and "normalize_image_format=jpg" in record["source"]["error_detail"]
+    with tarfile.open(out / "shards/000000.tar") as tar:
+        assert sorted({n.split(".")[0] for n in tar.getnames()}) == ["a", "z"]
+    assert json.loads((out / "shards/000000.stats.json").read_text())["counts"]["error"] == 1
+
+
+def test_running_out_of_memory_while_decoding_fails_the_shard_not_the_sample(tmp_path, monkeypatch, capsys):
+    """A MemoryError is the worker's fault (`pipeline._not_the_datas`): it was recorded as the sample's
+    `decode_error` and the shard committed, so no rerun would ever decode that image again."""
+    from PIL import ImageFile
+
+    write_tar(tmp_path / "in/000000.tar", sample_members("a", "first") + sample_members("b", "second"))
+    real = ImageFile.ImageFile.load
+
+    def load(image):  # the allocator's answer when the process's memory is spent (ulimit -v)
+        load.calls += 1
+        if load.calls == 2:  # once: the second image's decode
+            raise MemoryError()
+        return real(image)
+
+    load.calls = 0
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    out = tmp_path / "out"
+    assert main(["run", "configs/demo.yaml", "--no-model", "--no-report", "--no-progress", "--input",
+                 str(tmp_path / "in/000000.tar"), "--output", str(out), "--set", "input.decode_workers=1"]) == 1
+    assert "MemoryError" in capsys.readouterr().err and not (out / "shards/000000.stats.json").exists()
+
+
+def test_decoding_leaves_the_process_warning_filters_alone(tmp_path):
+    """Each decode swapped the process's warning filters (`warnings.catch_warnings`, not thread-safe):
+    a filter another thread added meanwhile was lost, and an `error` filter could stay behind."""
+    import threading
+    import warnings
+
+    from helpers import image_bytes
+    from vlm_aug.shards.decode import decode_image
+
+    stop = threading.Event()
+
+    def decode():
+        while not stop.is_set():
+            decode_image(image_bytes(), 1 << 20)
+
+    threads = [threading.Thread(target=decode) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(300):
+            warnings.filterwarnings("ignore", message=f"mark {i}")
+            decode_image(image_bytes(), 1 << 20)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        kept = sum(1 for f in warnings.filters if f[1] is not None and f[1].pattern.startswith("mark "))
+        warnings.resetwarnings()
+    assert kept == 300

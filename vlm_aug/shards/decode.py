@@ -6,13 +6,18 @@ import hashlib
 import io
 import re
 import warnings
-
 from typing import Optional
 
 from PIL import ExifTags, Image, ImageOps
 
 from vlm_aug.formats import EXT_OF_FORMAT, IMAGE_FORMATS
 from vlm_aug.sample import Sample
+
+# Pillow warns of an image over Image.MAX_IMAGE_PIXELS (set to limits.max_image_pixels below) as it
+# opens it, and `decode_with_format` refuses such an image by its size before decoding, so the warning
+# adds nothing. Set once, here: a `warnings.catch_warnings` around each decode swapped the process's
+# filters from several threads at once (it is not thread-safe) and dropped other threads' filters.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -30,13 +35,11 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, Optional[str], bool]:
     """-> (RGB image, the extension that names the bytes' real format, read from their header,
     whether those pixels differ from the plain `convert("RGB")` of the bytes: `altered`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = open_image(data)
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ValueError(f"image_too_large: {width}x{height} exceeds limits.max_image_pixels={max_pixels}")
-        image.load()
+    image = open_image(data)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(f"image_too_large: {width}x{height} exceeds limits.max_image_pixels={max_pixels}")
+    image.load()
     ext = EXT_OF_FORMAT.get(image.format)
     is_turned = turned(image)
     changed = is_turned or _recoloured(image)
@@ -124,6 +127,8 @@ def _decode_one(data: bytes, max_pixels: int):
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         return decode_with_format(data, max_pixels), None, sha256
+    except MemoryError:  # the worker's, not the sample's: the shard fails and is retried, never committed
+        raise
     except Exception as exc:  # PIL raises many types for hostile bytes
         reason = "image_too_large" if "too_large" in str(exc) or "DecompressionBomb" in type(exc).__name__ else "decode_error"
         detail = re.sub(r" at 0x[0-9a-f]+", "", f"{type(exc).__name__}: {exc}")  # reruns record the same text

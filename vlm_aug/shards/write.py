@@ -113,8 +113,16 @@ class ShardWriter:
 
     def add(self, sample: Sample) -> None:
         if sample.status == KEPT:
-            image, image_ext = output_image(sample, self.normalize)
-            self.image_exts[image_ext] += 1
+            try:
+                image, image_ext = output_image(sample, self.normalize)
+            except (OSError, ValueError) as exc:  # pixels the target cannot hold: JPEG has at most 65,500 a side
+                size = "x".join(map(str, sample.image.size)) if sample.image is not None else "?"
+                sample.fail("encode_error", f"the {size} image could not be written as output.normalize_image_format="
+                            f"{self.normalize} ({type(exc).__name__}: {exc}; JPEG holds at most 65500 pixels a "
+                            "side): `png` or null writes it")
+                sample.caption = None  # nothing of it is written
+            else:
+                self.image_exts[image_ext] += 1
         record = build_record(sample, self.run)
         record_bytes = record_json(record)
         if sample.status == KEPT:
