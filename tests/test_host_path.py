@@ -429,3 +429,37 @@ def test_prefetch_thread_stops_when_its_consumer_stops_early():
     batches.close()  # what an exception or KeyboardInterrupt in the consumer does to the generator
     assert not [t for t in threading.enumerate() if t not in before]  # not blocked behind a full queue
     assert len(produced) <= 5  # it stopped producing, instead of running on (or blocking) behind a full queue
+
+
+def test_a_failed_shard_stops_its_prefetch_thread_at_once(tmp_path):
+    """A model stage that fails every sample fails the shard: its prefetch thread is stopped before `process`
+    returns. It was stopped only when the generator was collected, which a reference cycle (the error,
+    its traceback, the frames) put off until the cycle collector ran, reading and decoding meanwhile."""
+    import gc
+    import threading
+
+    from vlm_aug.lab.scenes import write_scene_shards
+    from vlm_aug.pipeline import ShardProcessor
+    from vlm_aug.record import RunContext
+    from vlm_aug.stages.passthrough import PassThroughStage
+
+    class Broken(PassThroughStage):  # a model stage that fails on every sample, alone too: the worker's fault
+        uses_model = True
+
+        def process_batch(self, samples):
+            raise RuntimeError("the model failed")
+
+    (shard,) = write_scene_shards(tmp_path / "in", 1, 64, seed=3)
+    cfg = load_config(None, [f"input.paths=['{shard}']", f"output.path={tmp_path / 'out'}", "input.decode_workers=1",
+                             "vlm.batch_size=4"])
+    (tmp_path / "out").mkdir()
+    processor = ShardProcessor(cfg, RunContext(cfg.sha256()), stages=[Broken()])
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError, match="the model failed"):
+            processor.process(str(shard))
+        alive = [t.name for t in threading.enumerate() if t.name == "vlm_aug-prefetch"]
+    finally:
+        gc.enable()
+        processor.close()
+    assert alive == []

@@ -283,6 +283,8 @@ class ShardProcessor:
         except BaseException:
             writer.abort()
             raise
+        finally:  # the prefetch thread stops now, not when a reference cycle (the error's frames) is collected
+            batches.close()
 
 
 class _OpenShard:
