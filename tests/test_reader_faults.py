@@ -382,3 +382,33 @@ def test_decoding_leaves_the_process_warning_filters_alone(tmp_path):
         kept = sum(1 for f in warnings.filters if f[1] is not None and f[1].pattern.startswith("mark "))
         warnings.resetwarnings()
     assert kept == 300
+
+
+def test_a_run_where_every_sample_is_an_error_says_why_and_what_to_look_at(tmp_path, capsys):
+    """img2dataset's captions in KEY.json only, read for KEY.txt: every sample an error, and the run's
+    summary gave counts alone (exit 0, no reason, no hint)."""
+    from helpers import image_bytes
+
+    members = []
+    for k in "abcd":
+        members += [(f"{k}.jpg", image_bytes()), (f"{k}.json", json.dumps({"caption": f"photo {k}"}).encode())]
+    write_tar(tmp_path / "in/000000.tar", members)
+    args = ["run", "configs/demo.yaml", "--no-model", "--no-report", "--no-progress", "--input", str(tmp_path / "in")]
+    assert main([*args, "--output", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "reasons: error:missing_caption 4 (the parquet's `reason` column" in captured.out
+    assert ("warning: every sample (4) is an error, so the output holds nothing to train on; the commonest reason is "
+            "error:missing_caption (4): is the caption in another member? input.caption_key") in captured.err
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["totals"]["reasons"] == {"error:missing_caption": 4}
+    assert main([*args, "--output", str(tmp_path / "out2"), "--set", "input.caption_key=json:caption"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: every sample" not in captured.err and "reasons:" not in captured.out
+
+
+def test_members_of_one_key_apart_are_named_as_such(tmp_path):
+    write_tar(tmp_path / "s.tar", [("a.jpg", b"x"), ("b.jpg", b"y"), ("a.txt", b"cap a"), ("b.txt", b"cap b")])
+    samples, _ = read(tmp_path / "s.tar")
+    assert [(s.key, s.reason) for s in samples] == [("a", "missing_caption"), ("b", "missing_caption"),
+                                                     ("a", "duplicate_key"), ("b", "duplicate_key")]
+    assert "members are not next to each other" in samples[2].error_detail and "sorted by name" in samples[2].error_detail

@@ -218,9 +218,12 @@ def totals(all_stats: list[dict]) -> dict:
         total[f"mean_{name}"] = round(sums / n, 4) if n else None
     exts: Counter = Counter()
     guards: Counter = Counter()
+    reasons: Counter = Counter()
     for s in all_stats:
         exts.update(s.get("image_exts", {}))
         guards.update(s.get("guards", {}))
+        reasons.update(s.get("reasons", {}))
+    total["reasons"] = dict(reasons.most_common())  # status:reason -> samples, most first
     total["image_exts"] = dict(sorted(exts.items()))
     total["guards"] = dict(sorted(guards.items()))  # what the text guards did (docs/guards.md)
     return total

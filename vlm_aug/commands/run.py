@@ -68,6 +68,11 @@ def print_summary(manifest: dict, out=None) -> None:
         share = f"{t[status] / t['inputs']:.1%}" if t["inputs"] else "-"
         print(f"  {status:<10}{t[status]:>10,}{share:>9}", file=out)
     print(f"  {'total':<10}{t['inputs']:>10,}", file=out)
+    reasons = t.get("reasons") or {}
+    if reasons:
+        shown = ", ".join(f"{k} {n:,}" for k, n in list(reasons.items())[:4])
+        more = f" and {len(reasons) - 4} more" if len(reasons) > 4 else ""
+        print(f"  reasons: {shown}{more} (the parquet's `reason` column; vlm-aug stats OUT)", file=out)
     if t.get("corrected"):
         print(f"  of the kept, {t['corrected']:,} original caption(s) scored below policy.min_clip_orig and "
               "were replaced by the rewrite (decision.orig_passed = false)", file=out)
@@ -86,6 +91,25 @@ def print_summary(manifest: dict, out=None) -> None:
     print(f"  output   {manifest['config']['output']['path']}", file=out)
 
 
+# what to look at when every sample of a run is an error for one input-side reason
+_HINTS = {"missing_caption": "is the caption in another member? input.caption_key names it: another extension "
+                             "(caption, orig.txt) or a field of the json (json:caption)",
+          "missing_image": "are the images under other extensions? input.image_exts lists the ones read",
+          "bad_json": "the json members are not valid UTF-8 JSON objects",
+          "duplicate_key": "are a sample's members next to each other in the tar? webdataset groups adjacent "
+                           "members only; re-create the tar with its members sorted by name"}
+
+
+def nothing_kept_warning(totals: dict, err=None) -> None:
+    """A run in which every sample is an error wrote nothing to train on: say so, and its commonest reason."""
+    if not totals["inputs"] or totals["error"] != totals["inputs"]:
+        return
+    reason, n = next(iter(totals.get("reasons", {}).items()), ("error:?", 0))
+    hint = _HINTS.get(reason.split(":", 1)[-1])
+    print(f"warning: every sample ({totals['inputs']:,}) is an error, so the output holds nothing to train on; "
+          f"the commonest reason is {reason} ({n:,})" + (f": {hint}" if hint else ""), file=err or sys.stderr)
+
+
 def execute_and_report(config, overwrite: bool, progress: bool) -> int:
     from vlm_aug.commands.report import write_run_report
     from vlm_aug.run import execute
@@ -94,6 +118,7 @@ def execute_and_report(config, overwrite: bool, progress: bool) -> int:
     print_summary(result.manifest)
     if config.output.report:
         write_run_report(config.output.path)
+    nothing_kept_warning(result.manifest["totals"])
     read_errors = result.manifest["shards"]["read_errors"]
     if read_errors:
         from vlm_aug.commands.stats import read_error_lines

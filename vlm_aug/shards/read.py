@@ -375,7 +375,9 @@ class ShardReader:
         first = self.report.keys_seen.get(key)
         if first is not None:
             if first == group["key"]:
-                sample.fail("duplicate_key", f"key {key!r} appears twice in the shard")
+                sample.fail("duplicate_key", f"key {key!r} appears twice in the shard: two samples of one key, or "
+                            "one whose members are not next to each other (webdataset groups adjacent members; "
+                            "re-create the tar with its members sorted by name)")
             else:  # two input keys that one output key would stand for ('a.b' and 'a_b')
                 sample.fail("duplicate_key", f"keys {first!r} (earlier in the shard) and {group['key']!r} are "
                             f"both written {key!r} (dots in keys become '_'; a folder './' is dropped)")
