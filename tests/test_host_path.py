@@ -463,3 +463,33 @@ def test_a_failed_shard_stops_its_prefetch_thread_at_once(tmp_path):
         gc.enable()
         processor.close()
     assert alive == []
+
+
+def test_shards_in_flight_share_one_decode_pool(tmp_path):
+    """A Ray actor's shards in flight ask for the decode pool at once: two pools were made in 59 of 300
+    tries (the threads switching often), one of them left to be collected."""
+    import sys
+    import threading
+
+    from vlm_aug.pipeline import ShardProcessor
+    from vlm_aug.record import RunContext
+
+    cfg = load_config(None, [f"output.path={tmp_path}", "input.decode_workers=2"])
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    made = []
+    try:
+        for _ in range(300):
+            processor = ShardProcessor(cfg, RunContext("0" * 64), stages=[])
+            got = []
+            threads = [threading.Thread(target=lambda: got.append(processor.decode_pool())) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            made.append(len({id(p) for p in got}))
+            for pool in got:
+                pool.shutdown()
+    finally:
+        sys.setswitchinterval(interval)
+    assert set(made) == {1}

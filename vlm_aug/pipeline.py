@@ -133,6 +133,7 @@ class ShardProcessor:
         self.stages = stages if stages is not None else build_stages(config)
         self.ready = False
         self._pool = None
+        self._pool_lock = threading.Lock()  # a Ray actor's shards in flight ask for the pool at once
         self._opened: _OpenShard | None = None  # the next shard, opened ahead (process's `then`)
 
     def decode_pool(self):
@@ -140,7 +141,9 @@ class ShardProcessor:
         (`decode_workers`: input.decode_workers, else half the worker's cores, 1-4); None for one:
         the caller alone."""
         if self.decode_workers > 1 and self._pool is None:
-            self._pool = Workers(self.decode_workers, name="vlm_aug-decode")
+            with self._pool_lock:  # one pool: two made at once left one to be collected, its threads idle
+                if self._pool is None:
+                    self._pool = Workers(self.decode_workers, name="vlm_aug-decode")
         return self._pool
 
     def close(self) -> None:
