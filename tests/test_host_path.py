@@ -6,12 +6,14 @@ the decode threads are sized from the worker's own cores (a Ray actor's reservat
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 import threading
 import time
 
 import pytest
+from PIL import Image
 
 from helpers import image_bytes, make_shards
 from vlm_aug.config import load_config
@@ -493,3 +495,49 @@ def test_shards_in_flight_share_one_decode_pool(tmp_path):
     finally:
         sys.setswitchinterval(interval)
     assert set(made) == {1}
+
+
+def test_images_are_re_encoded_ahead_on_the_host_threads_not_the_models(tmp_path, monkeypatch):
+    """PNG scenes written as JPEG (output.normalize_image_format: jpg) with the models: each re-encode
+    is made in the prefetch and decode threads, ahead, and none on the thread that drives the models,
+    where the writer made them all while the accelerator waited; the members are the same JPEG bytes."""
+    import threading
+
+    from vlm_aug.lab.scenes import write_scene_shards
+    from vlm_aug.paths import configs_dir
+    from vlm_aug.pipeline import ShardProcessor
+    from vlm_aug.record import RunContext
+    from vlm_aug.shards import images
+
+    (shard,) = write_scene_shards(tmp_path / "in", 1, 24, seed=5, wrong_fraction=0.0)
+    threads, real = [], images._encode
+
+    def encode(sample, target):  # the real encoder, noting the thread it runs on
+        threads.append(threading.current_thread().name)
+        return real(sample, target)
+
+    monkeypatch.setattr(images, "_encode", encode)
+    cfg = load_config(configs_dir() / "demo.yaml", [
+        f"input.paths=['{shard}']", f"output.path={tmp_path / 'out'}", "vlm.batch_size=4", "input.decode_workers=2",
+        "output.normalize_image_format=jpg", "torch_threads=1", "policy.name=fallback"])
+    (tmp_path / "out").mkdir()
+    processor = ShardProcessor(cfg, RunContext(cfg.sha256()))
+    try:
+        stats = processor.process(str(shard))
+    finally:
+        processor.close()
+    assert stats["counts"]["kept"] > 0 and stats["timings_s"]["encode"] > 0
+    assert len(threads) >= stats["counts"]["kept"] and threading.main_thread().name not in threads
+    assert all(t.startswith(("vlm_aug-prefetch", "vlm_aug-decode")) for t in threads), threads
+    inputs = {}
+    with tarfile.open(shard) as tar:
+        for m in tar.getmembers():
+            if m.name.endswith(".png"):
+                inputs[m.name[:-4]] = tar.extractfile(m).read()
+    with tarfile.open(tmp_path / "out/shards/000000.tar") as tar:
+        written = {m.name[:-4]: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")}
+    assert len(written) == stats["counts"]["kept"]
+    for key, data in written.items():
+        again = io.BytesIO()
+        Image.open(io.BytesIO(inputs[key])).convert("RGB").save(again, format="JPEG", quality=95)
+        assert data == again.getvalue(), key

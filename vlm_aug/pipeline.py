@@ -15,6 +15,7 @@ from vlm_aug.config import Config
 from vlm_aug.record import RunContext
 from vlm_aug.sample import Sample
 from vlm_aug.shards.decode import start_decoding
+from vlm_aug.shards.images import encode_ahead
 from vlm_aug.shards.read import ShardReader, input_identity, shard_name
 from vlm_aug.shards.write import ShardWriter
 from vlm_aug.stages.decide import DecideStage
@@ -180,6 +181,9 @@ class ShardProcessor:
         decoded()
         timings["read_decode"] += time.perf_counter() - begun
         pool = self.decode_pool()
+        begun = time.perf_counter()
+        if encode_ahead(batch, self.config.output.normalize_image_format, pool):  # else the writer's, on the model's thread
+            timings["encode"] += time.perf_counter() - begun
         for stage in self.stages:
             prepare = getattr(stage, "prepare", None)
             if prepare is not None:
@@ -276,7 +280,7 @@ class ShardProcessor:
                 start = time.perf_counter()
                 for sample in batch:
                     writer.add(sample)  # may re-encode from the decoded image (output.normalize_image_format)
-                    sample.image, sample.prepared = None, {}
+                    sample.image, sample.prepared, sample.encoded = None, {}, None
                 timings["write"] += time.perf_counter() - start
             start = time.perf_counter()
             where = url if "://" in url else os.path.abspath(url)  # a rerun from another folder names it alike

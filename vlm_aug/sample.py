@@ -61,6 +61,7 @@ class Sample:
     image: Any = None  # decoded PIL image; transient, never written
     prepared: dict = field(default_factory=dict, repr=False)  # stages' model inputs made ahead (prepare); transient
     image_reencoded_to: Optional[str] = None  # output.normalize_image_format re-encoded the image
+    encoded: Optional[bytes] = field(default=None, repr=False)  # that re-encode, made ahead on the host threads; transient
     caption_orig: Optional[str] = None
     orig_json: Optional[str] = None  # the original json member, verbatim text
     caption_rewrite: Optional[str] = None

@@ -36,16 +36,46 @@ def header_facts(data: bytes, claimed: Optional[str]) -> tuple[Optional[str], bo
         return claimed, False
 
 
-def output_image(sample: Sample, target: Optional[str]) -> tuple[bytes, str]:
-    """-> (bytes, extension) of the sample's image member; sets `sample.image_reencoded_to`."""
+def _as_stored(sample: Sample, target: Optional[str]) -> Optional[str]:
+    """The extension the sample's bytes are written under as they are, or None: they are re-encoded."""
     if sample.image_real_ext is not None:  # decoding read both already
         ext, changed = sample.image_real_ext, bool(sample.image_altered)
     else:
         ext, changed = header_facts(sample.image_bytes, sample.image_ext)
-    if target is None or (ext == target and not changed):
-        return sample.image_bytes, ext
+    return ext if target is None or (ext == target and not changed) else None
+
+
+def _encode(sample: Sample, target: str) -> bytes:
     image = sample.image if sample.image is not None else decode_image(sample.image_bytes, Image.MAX_IMAGE_PIXELS)
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format=SAVE_AS[target], quality=95)
+    return buffer.getvalue()
+
+
+def encode_ahead(samples: list[Sample], target: Optional[str], pool=None) -> int:
+    """Make the re-encoded image member of each decoded sample that needs one now, on `pool`'s threads
+    (the prefetch thread's batch, ahead of the models), into `sample.encoded`: the writer runs on the
+    thread that drives the models, and a PNG re-encoded as JPEG there (~3 ms a 768 px image) left the
+    accelerator waiting. A sample later not kept costs its encode; one that fails is left to the writer,
+    which records why. -> how many were encoded."""
+    todo = [s for s in samples if s.active and s.image is not None and target is not None
+            and _as_stored(s, target) is None]
+
+    def encode(sample: Sample) -> None:
+        try:
+            sample.encoded = _encode(sample, target)
+        except Exception:  # noqa: BLE001 - met again by output_image, which the writer turns into encode_error
+            sample.encoded = None
+
+    (pool.map if pool is not None else lambda fn, items: [fn(i) for i in items])(encode, todo)
+    return len(todo)
+
+
+def output_image(sample: Sample, target: Optional[str]) -> tuple[bytes, str]:
+    """-> (bytes, extension) of the sample's image member; sets `sample.image_reencoded_to`."""
+    ext = _as_stored(sample, target)
+    if ext is not None:
+        return sample.image_bytes, ext
+    data = sample.encoded if sample.encoded is not None else _encode(sample, target)
     sample.image_reencoded_to = target
-    return buffer.getvalue(), target
+    return data, target
