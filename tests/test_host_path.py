@@ -80,6 +80,32 @@ def test_workers_raise_what_an_item_raised_after_running_the_rest():
     assert sorted(ran) == list(range(20))
 
 
+def test_workers_run_n_items_at_once_whoever_calls_them():
+    """A Ray actor's shards in flight call `map` from their own threads, each caller working too: two
+    callers on Workers(2) ran 3 items at once (k callers + n - 1 pool threads), more threads than the
+    actor's CPUs."""
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def work(x):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.005)
+        with lock:
+            running[0] -= 1
+        return x
+
+    with Workers(2) as workers:
+        results = {}
+        callers = [threading.Thread(target=lambda c=c: results.setdefault(c, workers.map(work, range(40))))
+                   for c in range(3)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+    assert results == {c: list(range(40)) for c in range(3)} and most[0] == 2
+
+
 def shard_contents(out_dir, name: str) -> list:
     """Every member of an output shard; records without their `pipeline` (run time, worker)."""
     with tarfile.open(out_dir / "shards" / f"{name}.tar") as tar:

@@ -2,7 +2,8 @@
 
 `Workers(n).map(fn, items)` runs `fn` over `items` on `n` threads: `n - 1` pool threads and the thread
 that calls it, which works through the same items instead of waiting. So `n` is the number of threads
-doing the work, never more: with a pool of `n` threads beside a caller that reads and writes shards,
+doing the work, never more, also when several threads call `map` at once (a Ray actor's shards in
+flight: a caller then waits for a slot): with a pool of `n` threads beside a caller that reads and writes shards,
 `n + 1` runnable threads shared 2 cores, and the image decoders waited for CPU and the GIL (2 decode
 workers reached 1.55-1.75x of 1 on realistic JPEGs; docs/performance.md). The work is meant to release
 the GIL (Pillow decoding, hashing, torch, numpy).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
@@ -47,6 +49,9 @@ class Workers:
             raise ValueError(f"Workers needs at least 1 thread, got {n}")
         self.n = n
         self._pool = ThreadPoolExecutor(n - 1, thread_name_prefix=name) if n > 1 else None
+        # at most `n` items run at once over every map: a Ray actor's shards in flight each call `map`
+        # from their own thread, and each caller works too, so k shards ran k + n - 1 items at once
+        self._slots = threading.BoundedSemaphore(n)
 
     def start_map(self, fn: Callable[[T], R], items: Iterable[T]) -> Callable[[], list[R]]:
         """Start `fn` over `items` on the pool threads; the returned function works on the rest in the
@@ -60,7 +65,8 @@ class Workers:
             error = None
             while (i := next(claim)) < len(items):
                 try:
-                    results[i] = fn(items[i])
+                    with self._slots:
+                        results[i] = fn(items[i])
                 except BaseException as exc:  # noqa: BLE001 - re-raised by finish()
                     error = error or exc
             if error is not None:
