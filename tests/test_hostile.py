@@ -167,12 +167,14 @@ def test_members_with_two_part_extensions_belong_to_their_sample(tmp_path):
                     (f"{key}.orig.txt", b"the original"), (f"{key}.seg.png", image_bytes()),
                     (f"{key}.txt", f"caption {key}".encode())]
     members += sample_members("photo.2019.v2", "dotted") + sample_members("x", "plain")
+    members += sample_members("x.y", "a dotted key after its own prefix") + sample_members("x.y.z", "and again")
     write_tar(tmp_path / "s.tar", members)
     reader = ShardReader(str(tmp_path / "s.tar"), "txt", ["jpg", "png"], 1 << 20)
     read = list(reader)
     assert [(s.key, s.active, s.caption_orig) for s in read] == [
         ("000001", True, "caption 000001"), ("000002", True, "caption 000002"),
-        ("photo_2019_v2", True, "dotted"), ("x", True, "plain")], [(s.key, s.reason) for s in read]
+        ("photo_2019_v2", True, "dotted"), ("x", True, "plain"), ("x_y", True, "a dotted key after its own prefix"),
+        ("x_y_z", True, "and again")], [(s.key, s.reason) for s in read]
     assert read[0].image_bytes == image_bytes() and reader.report.ignored_members == 4  # orig.txt, seg.png
     assert next(iter(ShardReader(str(tmp_path / "s.tar"), "orig.txt", ["jpg"], 1 << 20))).caption_orig == "the original"
 

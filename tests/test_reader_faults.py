@@ -295,8 +295,35 @@ def test_globs_and_folders_take_shards_and_name_what_they_leave(tmp_path, capsys
     assert [len(read(Path(u))[0]) for u in shards] == [4, 4, 4]
     with pytest.raises(FileNotFoundError, match=r"matches 2 file\(s\) but no shard \(00000.parquet, 00000_stats"):
         expand_inputs([str(d / "00000[._][ps]*")])
+    (d / "SHARD_3.TAR").write_bytes(data)  # any case, and no extension at all: a tar is told by its bytes
+    (d / "shard-4").write_bytes(data)
+    assert expand_inputs([str(d / "*")]) == sorted(shards + [str(d / "SHARD_3.TAR"), str(d / "shard-4")])
+    assert str(d / "SHARD_3.TAR") in expand_inputs([str(d)])
     with pytest.raises(FileNotFoundError, match="pipe: URLs .* are not read"):
         expand_inputs([f"pipe:cat {d}/00000.tar"])
+
+
+def test_an_output_an_earlier_version_named_after_the_whole_file_is_not_written_twice(tmp_path, capsys):
+    """A .tar.xz shard named as input was read before, its output named `x.tar.xz` (x.tar.xz.tar, ...);
+    it is `x` now: a rerun wrote every sample again beside the old shard. The old output is rebuilt here
+    as that version wrote it (its files and their `shard` field renamed)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/x.tar.xz").write_bytes(lzma.compress(tar_bytes(four())))
+    out = tmp_path / "out"
+    args = ["run", "configs/demo.yaml", "--no-model", "--no-report", "--no-progress", "--input",
+            str(tmp_path / "in/x.tar.xz"), "--output", str(out)]
+    assert main(args) == 0
+    stats = json.loads((out / "shards/x.stats.json").read_text())
+    stats["shard"] = "x.tar.xz"
+    (out / "shards/x.tar.xz.stats.json").write_text(json.dumps(stats))
+    (out / "shards/x.stats.json").unlink()
+    for suffix in ("tar", "parquet"):
+        (out / f"shards/x.{suffix}").rename(out / f"shards/x.tar.xz.{suffix}")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds 1 shard(s) that an earlier vlm_aug wrote under the input's whole file name" in err
+    assert "in/x.tar.xz: x.tar.xz.tar (now x.tar)" in err and not (out / "shards/x.tar").exists()
 
 
 def test_input_shards_of_one_name_are_refused_naming_them(tmp_path, capsys):
@@ -325,7 +352,9 @@ def test_an_image_the_output_format_cannot_hold_is_one_samples_error(tmp_path):
     assert [got[k]["status"] for k in ("a", "wide", "z")] == ["kept", "error", "kept"]
     record = json.loads(got["wide"]["provenance"])
     assert got["wide"]["reason"] == "encode_error" and got["wide"]["caption"] is None
-    assert "65500" in record["source"]["error_detail"] and "normalize_image_format=jpg" in record["source"]["error_detail"]
+    assert record["source"]["error_detail"].startswith("the 70000x4 image could not be written as "
+                                                       "output.normalize_image_format=jpg (OSError: ")
+    assert record["source"]["error_detail"].endswith("; JPEG holds at most 65500 pixels a side: `png` or null writes it")
     with tarfile.open(out / "shards/000000.tar") as tar:
         assert sorted({n.split(".")[0] for n in tar.getnames()}) == ["a", "z"]
     assert json.loads((out / "shards/000000.stats.json").read_text())["counts"]["error"] == 1

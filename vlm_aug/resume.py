@@ -96,6 +96,7 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
     Raises SettingsChanged before any work."""
     current = resolutions(settings)
     complete = {s["shard"]: s for s in out.all_stats()}
+    _refuse_old_names(out, urls, complete)
     if overwrite:  # every input redone; the output's other shards must not keep other settings unseen
         redone = {shard_name(u) for u in urls}
         complete = {name: s for name, s in complete.items() if name not in redone}
@@ -140,6 +141,19 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
             "replace them. Write to another --output; or, to replace the output's shards with these inputs, "
             "--overwrite (or remove those shards' .stats.json files to redo only them)")
     return todo, kept, held
+
+
+def _refuse_old_names(out: OutputDir, urls: list[str], complete: dict) -> None:
+    """An input whose output an earlier vlm_aug named otherwise: a `.tar.xz` or `.tar.bz2` shard (read
+    when named, before they were shard suffixes) kept its whole file name (`x.tar.xz.tar`), which is now
+    `x.tar`. Redoing it under the new name would write its samples a second time beside the old shard."""
+    old = [(u, base) for u in urls if (base := u.rstrip("/").rsplit("/", 1)[-1]) != shard_name(u) and base in complete]
+    if old:
+        shown = "".join(f"\n  {public_name(u)}: {base}.tar (now {shard_name(u)}.tar)" for u, base in old[:5])
+        raise InputElsewhere(
+            f"output {out.path} holds {len(old)} shard(s) that an earlier vlm_aug wrote under the input's whole file "
+            f"name:{shown}\nRedoing them under the new name would write their samples twice. Write to another "
+            "--output; or remove those shards' files (.tar, .parquet, .stats.json under shards/) to redo them here")
 
 
 def _as_now(recorded: dict | None, settings: dict) -> str | None:

@@ -54,7 +54,7 @@ def _expand_one(item: str) -> list[str]:
             hits = _shards_of_glob(item, fs.glob(path))
         elif not protocol.endswith(("http", "https")) and fs.isdir(path):  # (an http "folder" is a page of links)
             # an object-store prefix, as a local folder: its shards (it was read as one empty shard, committed)
-            hits = sorted(h for h in fs.ls(path, detail=False) if h.endswith(SHARD_SUFFIXES))
+            hits = sorted(h for h in fs.ls(path, detail=False) if h.lower().endswith(SHARD_SUFFIXES))
             if not hits:
                 raise FileNotFoundError(f"input {item!r} is a folder with no shards in it ({', '.join(SHARD_SUFFIXES)})")
         else:
@@ -62,7 +62,7 @@ def _expand_one(item: str) -> list[str]:
         return [h if "://" in h else f"{protocol}://{h}" for h in hits]  # (http's paths are whole URLs)
     local = item[len("file://"):] if item.startswith("file://") else item
     if posixpath.isdir(local):
-        hits = sorted(os.path.join(local, n) for n in os.listdir(local) if n.endswith(SHARD_SUFFIXES))
+        hits = sorted(os.path.join(local, n) for n in os.listdir(local) if n.lower().endswith(SHARD_SUFFIXES))
         if not hits:
             raise FileNotFoundError(f"input {item!r} is a folder with no shards in it ({', '.join(SHARD_SUFFIXES)})")
     elif posixpath.exists(local):
@@ -72,15 +72,22 @@ def _expand_one(item: str) -> list[str]:
     return [os.path.abspath(h) for h in hits]  # provenance must not depend on the cwd
 
 
+def _named_as_shard(path: str) -> bool:
+    """A tar's name (any case: `X.TAR`), or a name without an extension (`shard-0001`: the reader tells a
+    tar, compressed or not, by its first bytes)."""
+    base = posixpath.basename(path.rstrip("/")).lower()
+    return base.endswith(SHARD_SUFFIXES) or "." not in base
+
+
 def _shards_of_glob(item: str, hits: list[str]) -> list[str]:
     """A glob's shards: the files it matches that are named as shards (img2dataset writes a .parquet
     and a _stats.json beside each tar, and `dir/*` would make each an empty shard, committed). A glob
     that matches files but no shard is an error naming them."""
-    shards = [h for h in hits if h.endswith(SHARD_SUFFIXES)]
+    shards = [h for h in hits if _named_as_shard(h)]
     if hits and not shards:
         shown = ", ".join(posixpath.basename(h) for h in hits[:3]) + (f" and {len(hits) - 3} more" if len(hits) > 3 else "")
         raise FileNotFoundError(f"input {item!r} matches {len(hits)} file(s) but no shard ({shown}); a glob takes "
-                                f"the files named {', '.join(SHARD_SUFFIXES)}: name other shards one by one")
+                                f"the files named {', '.join(SHARD_SUFFIXES)} or without an extension: name other shards one by one")
     if len(shards) < len(hits):
         print(f"vlm-aug: input {item!r}: {len(hits) - len(shards)} file(s) it matches are not shards and are "
               f"left out ({', '.join(posixpath.basename(h) for h in hits if h not in shards)[:200]})", file=sys.stderr)
@@ -143,7 +150,8 @@ def public_name(url: str) -> str:
 
 
 def shard_name(url: str) -> str:
-    """`.../000001.tar` (or `.tar.gz`, `.tgz`) -> `000001` (the output shard keeps the input's name)."""
+    """`.../000001.tar` (or another of `SHARD_SUFFIXES`: `.tar.gz`, `.tar.xz`, ...) -> `000001` (the output
+    shard keeps the input's name)."""
     base = url.rstrip("/").rsplit("/", 1)[-1]
     for suffix in SHARD_SUFFIXES:
         if base.endswith(suffix) and len(base) > len(suffix):
@@ -168,11 +176,12 @@ def split_member(name: str, known_exts: set[str]) -> tuple[str, str]:
 
 
 def member_of(key: str, name: str) -> Optional[str]:
-    """The extension of member `name` if it belongs to the sample of `key`, else None. A member named
+    """The extension of member `name` if it may belong to the sample of `key`, else None. A member named
     `KEY.` and more (`KEY.seg.png`, and `KEY.orig.txt` as `policy: both` writes it) belongs to the sample
-    before it of that key, as webdataset groups members: `split_member`'s known extension alone would
-    make `KEY.orig` a sample of its own, with no image. So does a member `a.b.c.jpg` right after
-    `a.b.jpg` (webdataset reads both as the sample `a`); its extension `c.jpg` is not read."""
+    before it of that key, as webdataset groups members: `split_member`'s known extension alone made
+    `KEY.orig` a sample of its own, with no image. The reader takes it so only when the sample does not
+    hold that known extension yet: `a.b.jpg` after `a.jpg` is the sample `a.b` (a dotted key), not
+    an unread member of `a`."""
     if name.startswith(key + ".") and len(name) > len(key) + 1 and "/" not in name[len(key):]:
         return name[len(key) + 1:].lower()
     return None
@@ -290,7 +299,7 @@ class ShardReader:
                 key, ext = split_member(info.name, self.known_exts)
                 if current is not None and current["key"] != key:
                     rest = member_of(current["key"], info.name)
-                    if rest is not None:  # `KEY.seg.png`, `KEY.orig.txt` after `KEY.jpg`: the same sample
+                    if rest is not None and ext not in current["members"]:  # `KEY.orig.txt` after `KEY.jpg`
                         key, ext = current["key"], rest
                 if current is not None and current["key"] != key:
                     yield self._assemble(current)

@@ -116,10 +116,11 @@ class ShardWriter:
             try:
                 image, image_ext = output_image(sample, self.normalize)
             except (OSError, ValueError) as exc:  # pixels the target cannot hold: JPEG has at most 65,500 a side
-                size = "x".join(map(str, sample.image.size)) if sample.image is not None else "?"
-                sample.fail("encode_error", f"the {size} image could not be written as output.normalize_image_format="
-                            f"{self.normalize} ({type(exc).__name__}: {exc}; JPEG holds at most 65500 pixels a "
-                            "side): `png` or null writes it")
+                size = sample.image.size if sample.image is not None else None
+                wide = self.normalize == "jpg" and size is not None and max(size) > 65500
+                sample.fail("encode_error", f"the {'x'.join(map(str, size or ('?',)))} image could not be written as "
+                            f"output.normalize_image_format={self.normalize} ({type(exc).__name__}: {exc})"
+                            + ("; JPEG holds at most 65500 pixels a side: `png` or null writes it" if wide else ""))
                 sample.caption = None  # nothing of it is written
             else:
                 self.image_exts[image_ext] += 1
