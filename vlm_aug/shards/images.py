@@ -67,7 +67,11 @@ def encode_ahead(samples: list[Sample], target: Optional[str], pool=None) -> int
         except Exception:  # noqa: BLE001 - met again by output_image, which the writer turns into encode_error
             sample.encoded = None
 
-    (pool.map if pool is not None else lambda fn, items: [fn(i) for i in items])(encode, todo)
+    if pool is not None:
+        pool.map(encode, todo)
+    else:
+        for sample in todo:
+            encode(sample)
     return len(todo)
 
 
