@@ -45,6 +45,13 @@ def test_caption_key_is_an_extension_as_members_are_read():
     assert load_config(None, ["input.caption_key=json:Caption"]).input.caption_key == "json:Caption"
     with pytest.raises(ConfigError, match="input.caption_key"):
         load_config(None, ["input.caption_key=orig..txt"])
+    import argparse
+
+    from vlm_aug.commands.eval_downstream import register
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval-downstream", "--heldout", "h.tar", "--heldout-caption-key", "TXT"])
+    assert args.heldout_caption_key == "txt"
 
 
 def test_the_config_reference_is_current_and_says_what_every_key_does():

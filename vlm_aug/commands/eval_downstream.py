@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from vlm_aug.config.sections import caption_key
+
 
 def add_training_args(p) -> None:
     g = p.add_argument_group("training (the same for every arm and seed)")
@@ -38,7 +40,8 @@ def add_training_args(p) -> None:
     g.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoint")
     e = p.add_argument_group("held-out evaluation")
     e.add_argument("--heldout", nargs="+", action="extend", help="held-out image-caption shards (never trained on)")
-    e.add_argument("--heldout-caption-key", default="txt", help="caption member or json:FIELD (default txt)")
+    e.add_argument("--heldout-caption-key", default="txt", type=caption_key,
+                   help="caption member or json:FIELD (default txt)")
     e.add_argument("--label-field", default="label", help="json field with a class name, for zero-shot")
     e.add_argument("--template", action="append", dest="templates",
                    help="zero-shot prompt with {} for the class name (repeatable)")

@@ -233,14 +233,19 @@ class InputConfig(Strict):
     @field_validator("caption_key")
     @classmethod
     def _caption_key(cls, value: str) -> str:
-        """Member extensions are compared in lower case (`KEY.TXT` is `txt`), so the key is too; one
-        of two parts names a member such as `KEY.orig.txt`."""
-        if value.startswith("json:"):
-            return value
-        if not all(part.isidentifier() for part in value.split(".")):
-            raise ValueError("use 'txt', another member extension (e.g. caption, orig.txt), or 'json:FIELD' "
-                             "(e.g. json:caption)")
-        return value.lower()
+        return caption_key(value)
+
+
+def caption_key(value: str) -> str:
+    """`input.caption_key` (and the lab's --heldout-caption-key) in its normal form. Member extensions are
+    compared in lower case (`KEY.TXT` is `txt`), so the key is too; one of two parts names a member
+    such as `KEY.orig.txt`."""
+    if value.startswith("json:"):
+        return value
+    if not all(part.isidentifier() for part in value.split(".")):
+        raise ValueError("use 'txt', another member extension (e.g. caption, orig.txt), or 'json:FIELD' "
+                         "(e.g. json:caption)")
+    return value.lower()
 
 
 def refuse_secrets(url: str, what: str) -> None:
