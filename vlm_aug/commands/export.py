@@ -22,8 +22,8 @@ def cmd_export(args) -> int:
     from vlm_aug.output.export import completeness, export
 
     try:
+        notes = completeness(args.output)  # of the output as the export finds it (a run may finish meanwhile)
         n = export(args.output, args.dest, args.format, args.instruction)
-        notes = completeness(args.output)
     except (OSError, ValueError) as exc:  # FileExistsError, a destination below a file, a damaged shard
         print(f"error: {exc}", file=sys.stderr)
         return 2

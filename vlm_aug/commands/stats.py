@@ -119,6 +119,8 @@ def cmd_stats(args) -> int:
         except ReferenceUnreadable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    for note in result["notes"]:  # a run writing the output now, or one stopped part way
+        print(f"vlm-aug: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0

@@ -26,9 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlm_aug.formats import IMAGE_EXTS
-from vlm_aug.output.query import configurations
-from vlm_aug.shards.layout import MANIFEST, OutputDir
-from vlm_aug.shards.lease import Lease
+from vlm_aug.output.query import configurations, failed_inputs, unfinished
+from vlm_aug.shards.layout import OutputDir
 
 FORMATS = ("llava", "messages")
 STEM_MAX = 200  # bytes of a file name's stem (most file systems allow 255 for the whole name)
@@ -150,22 +149,17 @@ def export(output: str, dest: str, fmt: str, instruction: str = DEFAULT_INSTRUCT
 
 
 def completeness(output: str) -> list[str]:
-    """What a user should know of an output being exported that is not whole: a run writing it now,
-    no manifest (its first run has not ended, or was stopped), shards its last run failed."""
+    """What a user should know of an output being exported that is not whole: a run writing it now or
+    stopped part way (`query.unfinished`), shards its last run failed, shards made by a dry run."""
     out = OutputDir(output)
-    notes = []
-    if Lease(out, "export-check").busy():
-        notes.append(f"a run is writing {output} now (its lease is held): the shards complete at this moment "
-                     "were exported; export again when it has finished")
     manifest = out.manifest()
-    if not out.fs.exists(out.top(MANIFEST)):
-        notes.append(f"{output} has no manifest.json: the run that writes it has not ended or was stopped; the "
-                     "complete shards were exported; rerun the run's command to finish the rest")
-    failed = [f.get("url") if isinstance(f, dict) else f for f in (manifest.get("shards") or {}).get("failed") or []]
+    all_stats = out.all_stats()
+    notes = unfinished(out, manifest, all_stats, done="exported")
+    failed = list(failed_inputs(manifest, {s["shard"] for s in all_stats}))
     if failed:
         notes.append(f"the last run failed {len(failed)} input shard(s) ({', '.join(map(str, failed[:3]))}"
                      f"{', ...' if len(failed) > 3 else ''}): not in the output, so not exported; rerun to retry them")
-    configs = list(configurations(out, manifest=manifest).values())
+    configs = list(configurations(out, all_stats, manifest).values())
     dry = [c for c in configs if (c.get("settings") or {}).get("dry_run")]
     if dry:  # their kept samples hold the input's captions: said, as they are exported as training text
         which = (f"{sum(c['shards'] for c in dry)} shard(s) of {output} were" if len(dry) < len(configs)

@@ -11,7 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from vlm_aug.config import with_defaults
-from vlm_aug.shards.layout import OutputDir
+from vlm_aug.shards.layout import LEASE_FILE, MANIFEST, OutputDir
+from vlm_aug.shards.lease import Lease
 from vlm_aug.shards.read import shard_name
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -96,8 +97,10 @@ def configurations(out: OutputDir, all_stats: Optional[list[dict]] = None, manif
     found: dict = {}
     for s in out.all_stats() if all_stats is None else all_stats:
         fp = s.get("fingerprint") or "unknown"
-        entry = found.setdefault(fp, {"shards": 0, "inputs": 0, "kept": 0,  # (keys left out at their default filled)
-                                      "settings": with_defaults((known.get(fp) or {}).get("settings"))})
+        entry = found.setdefault(fp, {"shards": 0, "inputs": 0, "kept": 0, "settings": None})
+        if entry["settings"] is None:  # the shard's own record of what made it, else the manifest's (a run
+            # stopped before writing its manifest is known from its shards only); keys left out at their default filled
+            entry["settings"] = with_defaults(s.get("settings") or (known.get(fp) or {}).get("settings"))
         entry["shards"] += 1
         entry["inputs"] += s["counts"]["inputs"]
         entry["kept"] += s["counts"]["kept"]
@@ -108,7 +111,40 @@ def differing_settings(configs: dict) -> list[str]:
     """The settings keys whose value differs between the configurations (all of them if one is unknown)."""
     known = [c["settings"] for c in configs.values() if c.get("settings")]
     keys = sorted({k for s in known for k in s})
+    if len(known) < len(configs):
+        return keys
     return [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in known}) > 1]
+
+
+def unfinished(out: OutputDir, manifest: dict, all_stats: list[dict], done: str = "read") -> list[str]:
+    """What a reader of the output should know of a run that has not finished it: one writing it now, or
+    one stopped part way (its lease file left, no manifest.json yet, shards committed after the manifest,
+    shards the manifest counts that are no longer complete because a run was redoing them). `done`: what
+    the reader did with the complete shards ("read", "exported")."""
+    notes, where = [], out.path
+    if Lease(out, "reader").busy():
+        notes.append(f"a run is writing {where} now (its lease is held): the shards complete at this moment were "
+                     f"{done}; do it again when the run has finished")
+    elif out.fs.exists(out.top(LEASE_FILE)):
+        notes.append(f"a run on {where} stopped without finishing (it left its lease file): rerun its command to "
+                     "finish the rest")
+    if not out.fs.exists(out.top(MANIFEST)):
+        notes.append(f"{where} has no manifest.json: the run that writes it has not ended or was stopped; the complete "
+                     f"shards were {done}; rerun the run's command to finish the rest")
+        return notes
+    runs = {r.get("run_id") for r in manifest.get("runs") or []} | {manifest.get("run_id")}
+    later = [s for s in all_stats if s.get("run_id") not in runs]
+    if later:
+        notes.append(f"{len(later)} shard(s) were written after manifest.json by a run that has not written its own "
+                     "(running, or stopped): the manifest does not describe them")
+    configs = manifest.get("configurations")
+    if isinstance(configs, dict):
+        gone = sum(c.get("shards") or 0 for c in configs.values()) - (len(all_stats) - len(later))
+        if gone > 0:
+            notes.append(f"{gone} shard(s) that manifest.json counts are not complete now: a later run is redoing "
+                         f"them or was stopped while it did, and their samples were not {done}; rerun that run's "
+                         "command to finish them")
+    return notes
 
 
 def failed_inputs(manifest: dict, complete: set[str]) -> dict[str, str]:
@@ -146,6 +182,7 @@ def stats(out: OutputDir, per_shard: bool = True, shard_stats: Optional[list[dic
     # input shards not read to their end (not a tar, empty file, cut short): what followed the fault is not here
     result["read_errors"] = {s["shard"]: s["read_error"] for s in all_stats if s.get("read_error")}
     result["failed_inputs"] = failed_inputs(manifest, set(names))
+    result["notes"] = unfinished(out, manifest, all_stats)
     if per_shard:
         order = pc.sort_indices(table, [("out_shard", "ascending")])
         table = table.take(order)

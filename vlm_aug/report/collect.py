@@ -19,6 +19,7 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlm_aug.output.query import configurations, unfinished
 from vlm_aug.report.diversity import CaptionSetStats, RewriteStats, words
 from vlm_aug.shards.layout import OutputDir
 
@@ -56,6 +57,8 @@ class RunData:
     final: CaptionSetStats = field(default_factory=CaptionSetStats)  # training captions of kept samples
     rewrites: RewriteStats = field(default_factory=RewriteStats)
     cards: list = field(default_factory=list)  # full parquet rows + "views" (set of view names)
+    configurations: dict = field(default_factory=dict)  # fingerprint -> settings, shards, inputs, kept (the shards')
+    notes: list = field(default_factory=list)  # a run writing the output now, or one stopped part way
 
 
 class _Picker:
@@ -111,14 +114,19 @@ def collect(out: str, options: ReportOptions = ReportOptions()) -> RunData:
             raise output.damaged([name], exc) from None
     text_share = min(1.0, options.text_limit / max(data.total_rows, 1))
     picker = _Picker(options)
+    all_stats: list[dict] = []
     for index, path in enumerate(files):
         name = path.rsplit("/", 1)[-1][: -len(".parquet")]
         with fs.open(path, "rb") as handle:
             _scan_file(data, picker, index, name, pq.ParquetFile(handle), text_share)
-        error = (output.shard_stats(name) or {}).get("read_error")
-        if error:  # an input not read to its end: what followed the fault is not in the output
-            data.read_errors[name] = error
+        shard = output.shard_stats(name) or {}
+        if shard:
+            all_stats.append(shard)
+        if shard.get("read_error"):  # an input not read to its end: what followed the fault is not in the output
+            data.read_errors[name] = shard["read_error"]
     data.cards = _read_cards(output, files, picker.chosen())
+    data.configurations = configurations(output, all_stats, data.manifest or {})
+    data.notes = unfinished(output, data.manifest or {}, all_stats)
     return data
 
 

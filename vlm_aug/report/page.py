@@ -34,10 +34,11 @@ def _tile(value: str, label: str, cls: str = "") -> str:
     return f'<div class="tile {cls}"><div class="v">{value}</div><div class="l">{escape(label)}</div></div>'
 
 
-def dry_run_shards(manifest: dict) -> tuple[int, int]:
-    """-> (shards made by a dry run, shards), from the manifest's configurations present (else its config)."""
-    configs = {fp: c for fp, c in (manifest.get("configurations") or {}).items() if c.get("shards")}
-    if not configs:
+def dry_run_shards(configs: dict, manifest: dict) -> tuple[int, int]:
+    """-> (shards made by a dry run, shards), from the configurations of the shards present (their own
+    settings; else the manifest's config)."""
+    configs = {fp: c for fp, c in configs.items() if c.get("shards")}
+    if not configs or not all(c.get("settings") for c in configs.values()):
         return (1, 1) if (manifest.get("config") or {}).get("dry_run") else (0, 1)
     dry = sum(c["shards"] for c in configs.values() if (c.get("settings") or {}).get("dry_run"))
     return dry, sum(c["shards"] for c in configs.values())
@@ -57,7 +58,7 @@ def read_errors_note(read_errors: dict, shown: int = 10) -> str:
 
 def summary_section(data: RunData) -> str:
     m = data.manifest or {}
-    dry, shards = dry_run_shards(m)
+    dry, shards = dry_run_shards(data.configurations, m)
     all_dry = bool(m) and dry == shards
     tiles = [_tile(f"{data.total_rows:,}", "samples")]
     tiles += [_tile(f"{data.counts.get(s, 0):,}", s, s) for s in STATUSES]
@@ -87,13 +88,17 @@ def summary_section(data: RunData) -> str:
     guards = ((m.get("totals") or {}).get("guards")) or {}
     if guards:
         facts.append("text guards " + ", ".join(f"<code>{escape(k)}</code> {n:,}" for k, n in guards.items()))
-    configs = {fp: c for fp, c in (m.get("configurations") or {}).items() if c.get("shards")}
+    configs = {fp: c for fp, c in data.configurations.items() if c.get("shards")}
     if len(configs) > 1:
         facts.append(f"<strong>{len(configs)} configurations</strong> (" + ", ".join(
             f"<code>{escape(fp[:12])}</code>: {c['shards']} shard(s), {c['inputs']} samples"
             for fp, c in configs.items()) + "; see the card)")
     missing = "" if data.manifest else '<p class="note">manifest.json is missing: model and timing facts unknown.</p>'
-    return (f'<section id="summary"><h2>Summary</h2><div class="tiles">{"".join(tiles)}</div>'
+    unfinished = "".join(f"<li>{escape(n)}</li>" for n in data.notes)
+    unfinished = (f'<div class="note warn" id="unfinished"><strong>This output is not finished</strong>: the figures '
+                  f'below are of the shards complete when the report was made.<ul>{unfinished}</ul></div>'
+                  if unfinished else "")
+    return (f'<section id="summary"><h2>Summary</h2>{unfinished}<div class="tiles">{"".join(tiles)}</div>'
             f'<p class="note">{" · ".join(facts)}</p>{read_errors_note(data.read_errors)}{missing}</section>')
 
 

@@ -150,8 +150,11 @@ class OutputDir:
         return LiveSizes(self)
 
     def write_text(self, filename: str, text: str) -> None:
-        with self.fs.open(self.top(filename), "w") as handle:
+        """Whole or not at all, as `write_json` (a reader never sees a half README.md)."""
+        tmp = self.top(f".{filename}{TEMP_MARK}txt")
+        with self.fs.open(tmp, "w") as handle:
             handle.write(text)
+        self.fs.mv(tmp, self.top(filename))
 
     # ---- temporary files ---------------------------------------------------------------------
     def remove_temps(self, names: Optional[set[str]], keep_run_id: Optional[str] = None) -> int:

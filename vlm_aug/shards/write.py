@@ -97,10 +97,12 @@ class ShardWriter:
         self.out = out
         self.final, self.tmp = out.shard_files(name), out.temp_files(name, run.run_id, uuid.uuid4().hex[:8])
         self.fs.makedirs(out.shards_dir, exist_ok=True)  # a killed run's partial files: run.execute removed them
-        if self.fs.exists(self.final["stats"]):
-            # redone (--overwrite, a changed input, a retry): no longer complete from here on, so a crash
-            # between the renames below cannot leave the new tar beside the old parquet and stats
-            self.fs.rm(self.final["stats"])
+        # redone (--overwrite, a changed input, a retry): no longer complete from here on, so a crash between
+        # the renames below cannot leave the new tar beside the old parquet and stats; the stats go first (the
+        # mark), then the old tar and parquet, which readers of shards/*.tar would otherwise take meanwhile
+        for kind in ("stats", "tar", "parquet"):
+            if self.fs.exists(self.final[kind]):
+                self.fs.rm(self.final[kind])
         self.normalize = normalize_image_format
         self.handle = self.fs.open(self.tmp["tar"], "wb")
         # GNU headers (long names when needed) rather than webdataset's PAX ones, written by TarMembers
