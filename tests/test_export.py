@@ -34,7 +34,9 @@ def test_llava_export(out, tmp_path, capsys):
     dest = tmp_path / "llava"
     assert main(["export", str(out), str(dest), "--format", "llava"]) == 0
     assert "exported 15 kept sample(s)" in capsys.readouterr().out
-    entries = json.loads((dest / "llava.json").read_text())
+    text = (dest / "llava.json").read_text()
+    entries = json.loads(text)
+    assert text == json.dumps(entries, indent=1, ensure_ascii=False)  # written entry by entry, as one dumps
     members = kept_members(out)
     assert len(entries) == len(members) == 15  # only kept samples: the broken one is absent
     for entry in entries:

@@ -166,3 +166,32 @@ def test_trace_of_an_input_key_with_dots_names_the_written_key(tmp_path, capsys,
     assert main(["trace", str(out), "img_v2"]) == 0
     assert main(["trace", str(out), "other.key"]) == 1
     assert "dots in keys are written as '_'" in capsys.readouterr().err
+
+
+def test_stats_and_trace_read_the_parquets_in_groups(out, monkeypatch, capsys):
+    """The sidecars are read a group of files at a time (pyarrow holds ~60 KB a file it reads at once: a
+    GB at 12,000 shards): in groups of one the figures are those of one read, and a damaged file in a
+    later group is named."""
+    from vlm_aug.shards.layout import OutputDir
+
+    assert main(["stats", str(out), "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    monkeypatch.setattr(OutputDir, "TABLE_GROUP", 1)
+    assert main(["stats", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == whole
+    key = rows(out)[-1]["key"]
+    table = OutputDir(str(out)).table(["key"])
+    assert table.num_rows == 16 and table["out_shard"].to_pylist() == ["000000"] * 8 + ["000001"] * 8
+    assert main(["trace", str(out), key, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["out_shard"] == "000001"
+
+
+def test_a_damaged_parquet_in_a_later_group_is_named(out, tmp_path, monkeypatch):
+    from vlm_aug.shards.layout import OutputDir, OutputError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "shards/000001.parquet").write_bytes(b"not a parquet")
+    monkeypatch.setattr(OutputDir, "TABLE_GROUP", 1)
+    with pytest.raises(OutputError, match="000001.parquet"):
+        OutputDir(str(copy)).table(["key"])

@@ -135,6 +135,13 @@ def test_real_photos_run_stats_report_and_card(tmp_path, tiny_vlm_dir, tiny_clip
     sets, totals = caption_sets(OutputDir(str(out)), sample=10**6, seed=0)
     assert kept and sets["training"][0] == kept and totals["training"] == len(kept) == semantic["training"]["n"]
     assert set(kept).isdisjoint(r["caption_orig"] for r in rows)  # so the set cannot be the originals
+    # a sample of 3 (streamed file by file): the rows at 3 seeded positions of all, in order
+    import random
+
+    picked = sorted(random.Random(5).sample(range(len(rows)), 3))
+    sets, totals = caption_sets(OutputDir(str(out)), sample=3, seed=5)
+    assert sets["original"][0] == [rows[i]["caption_orig"] for i in picked] and totals["rows"] == len(rows)
+    assert sets["original"][2] == [f"000000/{rows[i]['key']}" for i in picked]
     assert "## Semantic figures" in (out / "README.md").read_text()
     page = (out / "report.html").read_text()
     assert 'id="semantic-table"' in page and 'id="plot-semantic-map"' in page

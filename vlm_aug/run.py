@@ -55,7 +55,7 @@ def check(config: Config) -> list[str]:
                           "or input.paths in the config")
     urls = expand_inputs(config.input.paths)
     names = [shard_name(u) for u in urls]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in Counter(names).items() if k > 1)  # (names.count per name: minutes at 100k shards)
     if dupes:
         shown = "; ".join(f"{n!r}: " + ", ".join(u for u in urls if shard_name(u) == n) for n in dupes[:3])
         raise ConfigError(f"input shards share output names ({shown}): an output shard is named after its input "

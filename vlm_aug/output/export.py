@@ -90,18 +90,25 @@ def file_stem(key: str) -> str:
 
 
 def _llava(out: OutputDir, dest: Path, instruction: str) -> int:
-    entries = []
-    for shard in out.complete_names():
-        (dest / "images" / shard).mkdir(parents=True, exist_ok=True)
-        for ext, image, caption, link in kept_samples(out, shard):
-            relative = f"images/{shard}/{file_stem(link['key'])}.{ext}"
-            (dest / relative).write_bytes(image)
-            entries.append({"id": f"{shard}/{link['key']}", "image": relative,
-                            "conversations": [{"from": "human", "value": f"<image>\n{instruction}"},
-                                              {"from": "gpt", "value": caption}],
-                            "provenance": link})
-    (dest / "llava.json").write_text(json.dumps(entries, indent=1, ensure_ascii=False), encoding="utf-8")
-    return len(entries)
+    """llava.json written entry by entry (the bytes `json.dumps(entries, indent=1)` gives), so memory
+    holds one entry, not the whole list (~2.7 KB a sample)."""
+    n = 0
+    with open(dest / "llava.json", "w", encoding="utf-8") as handle:
+        handle.write("[")
+        for shard in out.complete_names():
+            (dest / "images" / shard).mkdir(parents=True, exist_ok=True)
+            for ext, image, caption, link in kept_samples(out, shard):
+                relative = f"images/{shard}/{file_stem(link['key'])}.{ext}"
+                (dest / relative).write_bytes(image)
+                entry = {"id": f"{shard}/{link['key']}", "image": relative,
+                         "conversations": [{"from": "human", "value": f"<image>\n{instruction}"},
+                                           {"from": "gpt", "value": caption}],
+                         "provenance": link}
+                text = json.dumps(entry, indent=1, ensure_ascii=False).replace("\n", "\n ")  # one level deeper
+                handle.write(f"{',' if n else ''}\n {text}")
+                n += 1
+        handle.write("\n]" if n else "]")
+    return n
 
 
 def _messages(out: OutputDir, dest: Path, instruction: str) -> int:

@@ -152,31 +152,51 @@ def pca_map(sets: dict[str, np.ndarray], seed: int = 0) -> dict:
 
 
 # ---- caption sets of an output, and the reference ------------------------------------------
+COLUMNS = ["key", "status", "outcome", "caption", "caption_orig", "caption_rewrite", "image_sha256"]
+
+
 def caption_sets(out: OutputDir, sample: int, seed: int) -> tuple[dict[str, tuple[list[str], list, list]], dict]:
     """{set: (texts, image ids, labels)} from a seeded sample of at most `sample` rows; and the totals.
     An image's id is its sha256 (`source.image_sha256`, as the report's diversity table counts images), so
     the same image under two keys or in two shards is one image; a row without one (no readable image)
-    stands for itself. A label names the row: `OUT_SHARD/KEY`. A dry run's rows have no rewrite."""
-    table = out.table(["key", "status", "outcome", "caption", "caption_orig", "caption_rewrite", "image_sha256"])
-    rows = table.to_pylist()
-    for r in rows:  # a dry run's caption_rewrite is the original, copied: no rewrite
-        if r["outcome"] == "dry_run":
-            r["caption_rewrite"] = None
-    totals = {"rows": len(rows), "original": sum(bool(r["caption_orig"]) for r in rows),
-              "rewrite": sum(bool(r["caption_rewrite"]) for r in rows),
-              "training": sum(r["status"] == "kept" and bool(r["caption"]) for r in rows)}
-    if len(rows) > sample:
-        rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), sample))]
+    stands for itself. A label names the row: `OUT_SHARD/KEY`. A dry run's rows have no rewrite. The rows
+    are streamed a file at a time: only the sample is held."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = out.complete_names()
+    rows_total = 0
+    for name in names:  # the sample's positions from the row counts; then the rows streamed, file by file
+        try:
+            with out.fs.open(out.file(name, "parquet"), "rb") as handle:
+                rows_total += pq.read_metadata(handle).num_rows
+        except (pa.ArrowInvalid, OSError) as exc:  # a damaged sidecar: named, with how to redo it
+            raise out.damaged([name], exc) from None
+    chosen = set(random.Random(seed).sample(range(rows_total), sample)) if rows_total > sample else None
+    totals = {"rows": rows_total, "original": 0, "rewrite": 0, "training": 0}
     sets: dict[str, tuple[list[str], list, list]] = {name: ([], [], []) for name in SETS}
-    for r in rows:
-        label = f"{r['out_shard']}/{r['key']}"
-        image = f"sha256:{r['image_sha256']}" if r["image_sha256"] else label
-        for name, text in (("original", r["caption_orig"]), ("rewrite", r["caption_rewrite"]),
-                           ("training", r["caption"] if r["status"] == "kept" else None)):
-            if text:
-                sets[name][0].append(text)
-                sets[name][1].append(image)
-                sets[name][2].append(label)
+    position = 0
+    for name in names:
+        with out.fs.open(out.file(name, "parquet"), "rb") as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(columns=COLUMNS, batch_size=8192):
+                for r in batch.to_pylist():
+                    if r["outcome"] == "dry_run":  # a dry run's caption_rewrite is the original, copied: no rewrite
+                        r["caption_rewrite"] = None
+                    training = r["caption"] if r["status"] == "kept" else None
+                    totals["original"] += bool(r["caption_orig"])
+                    totals["rewrite"] += bool(r["caption_rewrite"])
+                    totals["training"] += bool(training)
+                    position += 1
+                    if chosen is not None and position - 1 not in chosen:
+                        continue
+                    label = f"{name}/{r['key']}"
+                    image = f"sha256:{r['image_sha256']}" if r["image_sha256"] else label
+                    for which, text in (("original", r["caption_orig"]), ("rewrite", r["caption_rewrite"]),
+                                        ("training", training)):
+                        if text:
+                            sets[which][0].append(text)
+                            sets[which][1].append(image)
+                            sets[which][2].append(label)
     return sets, totals
 
 

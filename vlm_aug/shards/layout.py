@@ -218,21 +218,27 @@ class OutputDir:
                                    "(vlm-aug does not: a typo would make a new bucket), or fix the --output URL")
 
     # ---- reading the shards ----------------------------------------------------------------------
+    TABLE_GROUP = 256  # parquet files read as one dataset: pyarrow holds ~60 KB a file while it reads them
+
     def table(self, columns: list[str], filter_expr=None, shards: Optional[list[str]] = None) -> pa.Table:
-        """Rows of every complete shard's parquet (or of `shards`), plus an `out_shard` column."""
+        """Rows of every complete shard's parquet (or of `shards`), plus an `out_shard` column; read
+        `TABLE_GROUP` files at a time, so memory holds the rows, not every file's reader at once."""
         names = self.complete_names() if shards is None else shards
         if not names:
             return pa.table({c: [] for c in columns + ["out_shard"]})
-        files = [self.file(n, "parquet") for n in names]
-        try:
-            import pyarrow.dataset as pads  # here: it imports pandas (~0.4 s of every worker's start, unused there)
+        import pyarrow.dataset as pads  # here: it imports pandas (~0.4 s of every worker's start, unused there)
 
-            dataset = pads.dataset(files, format="parquet", filesystem=self.fs)
-            table = dataset.to_table(columns=columns + ["__filename"], filter=filter_expr)
-        except (pa.ArrowInvalid, OSError) as exc:  # a damaged sidecar (a disk fault, an edit): name it
-            raise self.damaged(names, exc) from None
-        out_shard = [f.rsplit("/", 1)[-1][: -len(SUFFIXES["parquet"])] for f in table.column("__filename").to_pylist()]
-        return table.drop_columns(["__filename"]).append_column("out_shard", pa.array(out_shard, pa.string()))
+        parts = []
+        for start in range(0, len(names), self.TABLE_GROUP):
+            group = names[start:start + self.TABLE_GROUP]
+            try:
+                dataset = pads.dataset([self.file(n, "parquet") for n in group], format="parquet", filesystem=self.fs)
+                part = dataset.to_table(columns=columns + ["__filename"], filter=filter_expr)
+            except (pa.ArrowInvalid, OSError) as exc:  # a damaged sidecar (a disk fault, an edit): name it
+                raise self.damaged(group, exc) from None
+            out_shard = [f.rsplit("/", 1)[-1][: -len(SUFFIXES["parquet"])] for f in part.column("__filename").to_pylist()]
+            parts.append(part.drop_columns(["__filename"]).append_column("out_shard", pa.array(out_shard, pa.string())))
+        return pa.concat_tables(parts)
 
     def damaged(self, names: list[str], exc: Exception) -> "OutputError":
         """The error for a complete shard whose parquet cannot be read: which one, and how to redo it."""
