@@ -132,3 +132,39 @@ def test_an_address_that_is_not_ray_fails_in_seconds(tmp_path, tiny_vlm_dir, tin
             assert said in err and "Traceback" not in err, (address, err[-2000:])
     finally:
         web.shutdown()
+
+
+CONNECT_THEN_CTRL_C = """
+import os, signal, sys, threading
+import ray
+from vlm_aug.config import RayConfig
+from vlm_aug.executors.ray_cluster import connect
+delay = float(sys.argv[1])
+threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGINT)).start()  # Ctrl-C while ray.init starts Ray
+try:
+    connect(RayConfig())
+    print("started", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", ray.is_initialized(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [1.5, 2.5, 3.5])
+def test_ctrl_c_while_the_embedded_ray_starts_leaves_no_ray_process(tmp_path, delay):
+    """Interrupted part way, `ray.init` left its raylet's dashboard and runtime-env agents running,
+    orphaned (2 of 3 tries by hand); Ctrl-C is now held until Ray has started, then Ray is shut down."""
+    import tempfile
+
+    before = {p.pid for p in psutil.process_iter()}
+    short = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # a socket's path has at most 107 bytes
+    env = dict(os.environ, RAY_TMPDIR=str(short))  # this Ray's sockets and logs, apart from any other
+    done = subprocess.run([sys.executable, "-c", CONNECT_THEN_CTRL_C, str(delay)], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert "interrupted False" in done.stdout, done.stdout + done.stderr[-2000:]
+    time.sleep(3)
+    left = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in before
+            and any(str(short) in part or "ray::" in part for part in (p.info["cmdline"] or []))]
+    for p in left:
+        p.kill()
+    __import__("shutil").rmtree(short, ignore_errors=True)
+    assert not left, [p.info["cmdline"] for p in left]
