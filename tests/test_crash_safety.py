@@ -122,3 +122,72 @@ def test_full_or_read_only_output(tmp_path, tiny_vlm_dir, tiny_clip_dir, capsys,
         assert not list(out.rglob("*.tmp-*"))
     finally:
         subprocess.run(["umount", str(out)], check=False)
+
+
+def limited_run(tmp_path: Path, inputs: Path, limit: int, *extra: str) -> subprocess.CompletedProcess:
+    """`vlm-aug run --no-model` in a process whose files may not grow past `limit` bytes (`ulimit -f`:
+    writes past it fail with EFBIG, as on a file system's largest file)."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    argv = [sys.executable, "-m", "vlm_aug", "run", str(REPO / "configs/preview.yaml"), "--no-model", "--input",
+            str(inputs), "--output", str(tmp_path / "out"), "--no-progress", "--set", "report.semantic=false", *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=cap,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1"))
+
+
+def test_a_file_size_limit_stops_the_run_naming_the_file_and_the_fix(tmp_path):
+    """EFBIG failed each shard with only `OSError: [Errno 27] File too large`, and the run went on."""
+    make_shards(tmp_path / "in", n_shards=2, per_shard=64, broken=False)  # output tars of ~200 KB
+    done = limited_run(tmp_path, tmp_path / "in", 100_000, "--no-report")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "File too large" in done.stderr and "ulimit -f" in done.stderr and str(tmp_path / "out") in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list((tmp_path / "out/shards").glob("*.stats.json"))  # nothing committed
+    assert not [p for p in (tmp_path / "out/shards").iterdir() if ".tmp-" in p.name]
+
+
+def test_a_report_that_cannot_be_written_leaves_no_temporary_file(tmp_path):
+    """The shards and manifest fit; report.html (~70 KB) does not: a warning, and no half page left."""
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2, broken=False)
+    done = limited_run(tmp_path, tmp_path / "in", 40_000)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "report not written" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if "tmp" in p.name or p.name.startswith("report")) == []
+
+
+def test_a_full_disk_names_the_file_and_the_fix_without_cloud_advice():
+    import errno
+
+    from vlm_aug.cli import disk_error
+
+    said = disk_error(OSError(errno.ENOSPC, "No space left on device", "/data/out/.manifest.json.tmp-json"))
+    assert said.startswith("No space left on device: /data/out/.manifest.json.tmp-json: free space on its disk")
+    said = disk_error(PermissionError(errno.EACCES, "Permission denied", "/data/out/shards"))
+    assert "give this user write access" in said and "AWS" not in said
+    assert disk_error(OSError(errno.ENOSPC, "No space left on device", "s3://b/out/manifest.json")) is None
+    assert disk_error(ValueError("no")) is None
+
+
+def test_sigterm_stops_a_local_run_as_ctrl_c_does(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    """A scheduler's kill (SIGTERM) of a local run: it died at once (rc -15), silent, its lease and temporary
+    files left; now it unwinds as Ctrl-C: exit 130, how to finish, the lease released."""
+    from vlm_aug.shards.layout import LEASE_FILE
+
+    make_shards(tmp_path / "in", n_shards=12, per_shard=8, broken=False)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "vlm_aug", *run_argv(tmp_path / "in", out, tiny_vlm_dir, tiny_clip_dir)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    deadline = time.monotonic() + 240
+    while not list((out / "shards").glob("*.stats.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: rerun the same command to finish" in err
+    assert not (out / LEASE_FILE).exists()
+    assert len(list((out / "shards").glob("*.stats.json"))) < 12

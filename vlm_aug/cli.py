@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -27,8 +28,28 @@ def parser() -> argparse.ArgumentParser:
 STORAGE_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp", "fsspec", "google.auth")
 
 
-def storage_error(exc: BaseException) -> bool:
-    if isinstance(exc, (PermissionError, ConnectionError, TimeoutError)):
+# a local disk that cannot take what is written: the errno's fix (the store's own errors are below)
+DISK_FIXES = {errno.ENOSPC: "free space on its disk", errno.EDQUOT: "free space within the disk quota",
+              errno.EFBIG: "raise the file size limit (`ulimit -f`)", errno.EROFS: "use a writable disk",
+              errno.EACCES: "give this user write access", errno.EPERM: "give this user write access"}
+
+
+def disk_error(exc: BaseException) -> str | None:
+    """The message for a local file that could not be written or read (a full disk, a file size limit,
+    no permission), naming it and the fix; None for anything else (a remote store's errors included)."""
+    if not isinstance(exc, OSError) or exc.errno not in DISK_FIXES or storage_error(exc, local=False):
+        return None
+    where = exc.filename or "a file"
+    if "://" in str(where):
+        return None
+    return (f"{exc.strerror}: {where}: {DISK_FIXES[exc.errno]}, or write to another --output; rerun the same command "
+            "to finish: complete shards are kept")
+
+
+def storage_error(exc: BaseException, local: bool = True) -> bool:
+    """An error of the store (endpoint, credentials, bucket) rather than a bug; `local`: a local
+    permission, connection or timeout error counts too."""
+    if local and isinstance(exc, (PermissionError, ConnectionError, TimeoutError)):
         return True
     return any(cls.__module__.split(".")[0] in STORAGE_MODULES or cls.__module__.startswith(STORAGE_MODULES)
                for cls in type(exc).__mro__)
@@ -42,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        disk = disk_error(exc)
+        if disk:
+            print(f"error: {disk}", file=sys.stderr)
+            return 2
         if not storage_error(exc):
             raise
         # a wrong endpoint, refused credentials, a bad bucket name: one line, not 160 of botocore's frames

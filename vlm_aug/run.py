@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from vlm_aug.config import Config, ConfigError
-from vlm_aug.executors import ExecutorReport
+from vlm_aug.executors import ExecutorReport, sigterm_as_interrupt
 from vlm_aug.output.card import write_card
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
@@ -146,7 +146,7 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
     out, run = OutputDir(config.output.path, must_exist=False), RunContext(config.sha256())
     settings = run_settings(config)
     run.settings, run.fingerprint = settings, fingerprint(settings)  # vlm.engine auto: settled by the workers
-    with Lease(out, run.run_id) as lease:
+    with sigterm_as_interrupt(), Lease(out, run.run_id) as lease:  # SIGTERM (a scheduler's kill): as Ctrl-C
         todo, skipped, run.held = plan_shards(out, urls, settings, overwrite or config.output.overwrite,
                                               config.output.allow_config_change)
         started = time.time()

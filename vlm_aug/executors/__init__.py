@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import dataclass, field
 
 
@@ -18,3 +21,20 @@ class ExecutorReport:
     outcomes: list[ShardOutcome] = field(default_factory=list)
     workers: dict = field(default_factory=dict)  # per-worker throughput / idle time
     startup_s: float = 0.0
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so actors and Ray are stopped."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

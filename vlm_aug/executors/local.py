@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import time
 import traceback
 
@@ -13,7 +14,10 @@ from vlm_aug.progress import RunProgress
 from vlm_aug.shards.layout import OutputUnwritable
 from vlm_aug.workers import usable_cpus
 
-FATAL_WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
+# every later shard would fail the same way: the run stops, with what to do
+FATAL_WRITE_ERRORS = {errno.ENOSPC: "free space on its disk", errno.EDQUOT: "free space within the disk quota",
+                      errno.EFBIG: "raise the file size limit (`ulimit -f`)", errno.EROFS: "write to a writable disk",
+                      errno.EACCES: "make it writable", errno.EPERM: "make it writable"}
 
 
 class LocalExecutor:
@@ -44,9 +48,12 @@ class LocalExecutor:
             except (KeyboardInterrupt, SystemExit, OutputUnwritable):  # (a lost lease: OutputBusy)
                 raise
             except OSError as exc:
-                if exc.errno in FATAL_WRITE_ERRORS:  # every later shard would fail the same way
-                    raise OutputUnwritable(f"cannot write output shard for {url}: {exc.strerror}; free space "
-                                           "or choose another --output, then rerun: complete shards are kept") from exc
+                output = processor.config.output.path
+                the_input = exc.filename is not None and os.path.abspath(str(exc.filename)) == os.path.abspath(url)
+                if exc.errno in FATAL_WRITE_ERRORS and not the_input:  # (an input it may not read fails its shard)
+                    raise OutputUnwritable(f"cannot write the output shard of {url} to {exc.filename or output}: "
+                                           f"{exc.strerror}; {FATAL_WRITE_ERRORS[exc.errno]}, or choose another "
+                                           "--output, then rerun: complete shards are kept") from exc
                 detail = f"{type(exc).__name__}: {exc}"
                 report.outcomes.append(ShardOutcome(url, error=detail))
                 progress.shard_failed(url, detail)

@@ -15,7 +15,7 @@ import threading
 import time
 
 from vlm_aug.config import Config
-from vlm_aug.executors import ExecutorReport
+from vlm_aug.executors import ExecutorReport, sigterm_as_interrupt
 from vlm_aug.executors.ray_actor import ShardWorker
 from vlm_aug.executors.ray_cluster import connect, plan_pool, quiet_token_auth
 from vlm_aug.executors.ray_pool import ShardScheduler, _say
@@ -24,23 +24,6 @@ from vlm_aug.progress import RunProgress
 from vlm_aug.shards.layout import OutputDir
 from vlm_aug.shards.read import shard_name
 from vlm_aug.stages.base import Resources
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so actors and Ray are stopped."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class RayExecutor:

@@ -56,8 +56,14 @@ def write_report(out: str, options: ReportOptions = ReportOptions(), path: Optio
     if path and not fs.isdir(parent):  # (OUT itself is checked by build_report)
         raise FileNotFoundError(f"cannot write the report to {target}: its folder {parent} does not exist")
     page, _ = build_report(out, options)
-    tmp = f"{local}.tmp"
-    with fs.open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    fs.mv(tmp, local)
+    folder, base = local.rsplit("/", 1) if "/" in local else (".", local)
+    tmp = f"{folder}/.{base}.tmp"  # hidden; removed when the write fails (a full disk)
+    try:
+        with fs.open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(page)
+        fs.mv(tmp, local)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
     return target

@@ -116,10 +116,22 @@ class OutputDir:
         """Whole or not at all: written beside, then renamed (a crash or a full disk mid-write left a
         truncated manifest, which the next run read as none: the history of runs and settings lost)."""
         folder, base = path.rsplit("/", 1)
-        tmp = f"{folder}/.{base}{TEMP_MARK}json"  # hidden, as a shard's temporary files
-        with self.fs.open(tmp, "w") as handle:
-            json.dump(value, handle, indent=indent, default=str)
-        self.fs.mv(tmp, path)
+        self._replace(f"{folder}/.{base}{TEMP_MARK}json", path,  # hidden, as a shard's temporary files
+                      lambda handle: json.dump(value, handle, indent=indent, default=str))
+
+    def _replace(self, tmp: str, path: str, write) -> None:
+        """`write(handle)` into `tmp`, renamed to `path`; `tmp` removed when that fails (a full disk)."""
+        try:
+            with self.fs.open(tmp, "w") as handle:
+                write(handle)
+            self.fs.mv(tmp, path)
+        except BaseException:
+            try:
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+            except OSError:
+                pass
+            raise
 
     def shard_stats(self, name: str) -> Optional[dict]:
         return self.read_json(self.file(name, "stats"))
@@ -151,10 +163,7 @@ class OutputDir:
 
     def write_text(self, filename: str, text: str) -> None:
         """Whole or not at all, as `write_json` (a reader never sees a half README.md)."""
-        tmp = self.top(f".{filename}{TEMP_MARK}txt")
-        with self.fs.open(tmp, "w") as handle:
-            handle.write(text)
-        self.fs.mv(tmp, self.top(filename))
+        self._replace(self.top(f".{filename}{TEMP_MARK}txt"), self.top(filename), lambda handle: handle.write(text))
 
     # ---- temporary files ---------------------------------------------------------------------
     def remove_temps(self, names: Optional[set[str]], keep_run_id: Optional[str] = None) -> int:
