@@ -191,3 +191,26 @@ def test_sigterm_stops_a_local_run_as_ctrl_c_does(tmp_path, tiny_vlm_dir, tiny_c
     assert "interrupted: rerun the same command to finish" in err
     assert not (out / LEASE_FILE).exists()
     assert len(list((out / "shards").glob("*.stats.json"))) < 12
+
+
+def test_an_output_folder_removed_mid_run_stops_the_run(tmp_path, tiny_vlm_dir, tiny_clip_dir):
+    """`rm -rf OUT` while a run wrote it: the run made the folder again, went on, wrote a manifest that listed
+    the shards removed with it, and exited 1 with one failed shard; now it stops, saying what happened."""
+    make_shards(tmp_path / "in", n_shards=12, per_shard=8, broken=False)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "vlm_aug", *run_argv(tmp_path / "in", out, tiny_vlm_dir, tiny_clip_dir)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    deadline = time.monotonic() + 240
+    while len(list((out / "shards").glob("*.stats.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its folder could be removed"
+    shutil.rmtree(out)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 2, err[-2000:]
+    assert f"the output folder {out} is gone" in err or f"the lease file of {out} is gone" in err, err[-2000:]
+    assert not (out / "manifest.json").exists()
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    stats = [json.loads(p.read_text()) for p in (out / "shards").glob("*.stats.json")]
+    assert len(stats) == 12 and sum(s["counts"]["inputs"] for s in stats) == 96

@@ -18,7 +18,7 @@ from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
 from vlm_aug.record import RunContext, package_versions
 from vlm_aug.resume import fingerprint, plan_shards, resolutions, run_settings
-from vlm_aug.shards.layout import OutputDir
+from vlm_aug.shards.layout import OutputDir, OutputUnwritable
 from vlm_aug.shards.lease import Lease, OutputBusy
 from vlm_aug.shards.read import expand_inputs, input_identity, shard_name
 from vlm_aug.stages.engines.base import serve_command
@@ -173,6 +173,10 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
             bar.close()
             processor.close()
         if not lease.held():  # taken over while this run was silent: the other run writes the manifest
+            if not out.fs.exists(lease.path):
+                raise OutputUnwritable(f"the lease file of {out.path} is gone: the output folder was removed or moved "
+                                       "while this run wrote it; its manifest is not written. Rerun the same command "
+                                       "to write what is missing")
             raise OutputBusy(f"another run took over the lease of {out.path} while this run was silent; the shards "
                              "this run committed stand (each names its run), its manifest is not written")
         manifest = write_manifest(config, run, report, skipped, started, resolutions(settings))

@@ -109,9 +109,12 @@ class Lease:
         os.unlink(aside)
 
     def held(self) -> bool:
-        """Whether the lease file still names this run (another run takes over a silent one)."""
+        """Whether the lease file still names this run (another run takes over a silent one); not when it is
+        gone (its folder removed); an unreadable one is given the benefit of the doubt."""
         holder = self.out.read_json(self.path)
-        return holder is None or holder.get("run_id") == self.run_id
+        if holder is None:
+            return self.out.fs.exists(self.path)
+        return holder.get("run_id") == self.run_id
 
     def _payload(self) -> bytes:
         return json.dumps({**self.record, "heartbeat": _now()}).encode()
@@ -174,6 +177,10 @@ class Lease:
                 print(f"vlm-aug: warning: lease heartbeat could not read the lease: {type(exc).__name__}: {exc}",
                       file=sys.stderr)
                 continue
+            if holder is None and not self.out.fs.exists(self.path):  # removed with its folder: not made again
+                print(f"vlm-aug: warning: the lease file of {self.out.path} is gone (the output folder removed or "
+                      "moved?)", file=sys.stderr)
+                return
             if holder and holder.get("run_id") != self.run_id:
                 print(f"vlm-aug: warning: the lease of {self.out.path} was taken over by run "
                       f"{holder.get('run_id')}; this run's heartbeat was silent too long", file=sys.stderr)

@@ -21,7 +21,7 @@ from vlm_aug.formats import CAPTION_EXT, META_EXT, ORIG_CAPTION_EXT
 from vlm_aug.record import PARQUET_SCHEMA, RunContext, build_record, parquet_row, record_json
 from vlm_aug.sample import KEPT, Sample
 from vlm_aug.shards.images import output_image
-from vlm_aug.shards.layout import LEASE_FILE, OutputDir
+from vlm_aug.shards.layout import LEASE_FILE, OutputDir, OutputUnwritable
 from vlm_aug.shards.lease import OutputBusy
 
 
@@ -96,6 +96,10 @@ class ShardWriter:
         self.fs, self.name, self.run = out.fs, name, run
         self.out = out
         self.final, self.tmp = out.shard_files(name), out.temp_files(name, run.run_id, uuid.uuid4().hex[:8])
+        if isinstance(self.fs, LocalFileSystem) and not self.fs.exists(out.root):  # (the run made it: gone since)
+            raise OutputUnwritable(f"the output folder {out.path} is gone: it was removed or moved while this run wrote "
+                                   "it, and the shards committed into it with it; this run stops. Rerun the same "
+                                   "command to write them again")
         self.fs.makedirs(out.shards_dir, exist_ok=True)  # a killed run's partial files: run.execute removed them
         # redone (--overwrite, a changed input, a retry): no longer complete from here on, so a crash between
         # the renames below cannot leave the new tar beside the old parquet and stats; the stats go first (the
