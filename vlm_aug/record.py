@@ -80,6 +80,7 @@ class RunContext:
     settings: dict = field(default_factory=dict)  # those settings; `vlm.engine: auto` until a worker picks
     # vlm.engine auto: the fingerprints the output's complete shards have (empty: anything goes)
     held: tuple = ()
+    leased: bool = False  # the run holds the output's lease (run.execute), so its folder exists: one gone was removed
     git_sha: Optional[str] = field(default_factory=git_sha)  # the driver's, shipped with the context to workers
 
     def settle_engine(self, engine: Optional[str]) -> None:

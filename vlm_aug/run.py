@@ -147,6 +147,7 @@ def execute(config: Config, overwrite: bool = False, progress: bool = True) -> R
     settings = run_settings(config)
     run.settings, run.fingerprint = settings, fingerprint(settings)  # vlm.engine auto: settled by the workers
     with sigterm_as_interrupt(), Lease(out, run.run_id) as lease:  # SIGTERM (a scheduler's kill): as Ctrl-C
+        run.leased = True
         todo, skipped, run.held = plan_shards(out, urls, settings, overwrite or config.output.overwrite,
                                               config.output.allow_config_change)
         started = time.time()

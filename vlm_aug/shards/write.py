@@ -96,7 +96,7 @@ class ShardWriter:
         self.fs, self.name, self.run = out.fs, name, run
         self.out = out
         self.final, self.tmp = out.shard_files(name), out.temp_files(name, run.run_id, uuid.uuid4().hex[:8])
-        if isinstance(self.fs, LocalFileSystem) and not self.fs.exists(out.root):  # (the run made it: gone since)
+        if run.leased and isinstance(self.fs, LocalFileSystem) and not self.fs.exists(out.root):  # made, then gone
             raise OutputUnwritable(f"the output folder {out.path} is gone: it was removed or moved while this run wrote "
                                    "it, and the shards committed into it with it; this run stops. Rerun the same "
                                    "command to write them again")
