@@ -214,3 +214,37 @@ def test_an_output_folder_removed_mid_run_stops_the_run(tmp_path, tiny_vlm_dir, 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     stats = [json.loads(p.read_text()) for p in (out / "shards").glob("*.stats.json")]
     assert len(stats) == 12 and sum(s["counts"]["inputs"] for s in stats) == 96
+
+
+SWALLOWED_CTRL_C = """
+import os, signal, sys, time
+import vlm_aug.run
+from vlm_aug.cli import main
+
+class Collected:  # a progress bar collected while Ctrl-C comes: the KeyboardInterrupt is raised in its __del__
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        end = time.monotonic() + 2
+        while time.monotonic() < end:  # the handler runs here, and Python drops what it raises
+            pass
+
+real = vlm_aug.run.write_card
+def write_card(*args, **kwargs):
+    Collected()
+    return real(*args, **kwargs)
+vlm_aug.run.write_card = write_card
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_ctrl_c_python_drops_in_a_del_still_ends_the_run_interrupted(tmp_path):
+    """Ctrl-C near a run's end was raised inside a progress bar's `__del__` ('Exception ignored in:
+    tqdm.__del__'), and the run went on to exit 0; it exits 130 now, saying it was interrupted."""
+    make_shards(tmp_path / "in", n_shards=1, per_shard=2, broken=False)
+    argv = ["run", str(REPO / "configs/preview.yaml"), "--no-model", "--input", str(tmp_path / "in"), "--output",
+            str(tmp_path / "out"), "--no-progress", "--no-report", "--set", "report.semantic=false"]
+    done = subprocess.run([sys.executable, "-c", SWALLOWED_CTRL_C, *argv], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert "Exception ignored" in done.stderr  # the interrupt was dropped where it was raised
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "interrupted: rerun the same command to finish" in done.stderr

@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import signal
 import sys
 
 from vlm_aug.commands import COMMAND_MODULES
 from vlm_aug.config import ConfigError
+from vlm_aug.executors import RECEIVED, signals_as_interrupt
 from vlm_aug.shards.layout import OutputUnwritable
 from vlm_aug.stages.models import ModelUnavailable
 
@@ -57,8 +59,13 @@ def storage_error(exc: BaseException, local: bool = True) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    RECEIVED.clear()
     try:
-        return args.func(args)
+        with signals_as_interrupt(signal.SIGINT):
+            code = args.func(args)
+        if RECEIVED:  # a Ctrl-C raised where Python drops it (a __del__): the run is still said interrupted
+            raise KeyboardInterrupt
+        return code
     except (ConfigError, ModelUnavailable, FileNotFoundError, OutputUnwritable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,18 +23,32 @@ class ExecutorReport:
     startup_s: float = 0.0
 
 
+RECEIVED: list[int] = []  # the signals `interrupt` turned into KeyboardInterrupt, of this command
+
+
+def interrupt(signum, frame):
+    """Ctrl-C or SIGTERM as KeyboardInterrupt, and remembered: one raised inside a `__del__` (a progress
+    bar collected meanwhile) is lost, and the run went on to exit 0 (`cli.main` looks here at the end)."""
+    RECEIVED.append(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so actors and Ray are stopped."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
+def signals_as_interrupt(*signums: int):
+    """`interrupt` for these signals while in the block (main thread only), the handlers before restored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so actors and Ray are stopped."""
+    with signals_as_interrupt(signal.SIGTERM):
+        yield
