@@ -124,13 +124,14 @@ def plan_shards(out: OutputDir, urls: list[str], settings: dict, overwrite: bool
     elsewhere = []
     for url in urls:
         stats = complete.get(shard_name(url))
-        if stats is not None and stats.get("input") not in (None, input_identity(url)) and \
+        identity = input_identity(url) if stats is not None and stats.get("input") is not None else None
+        if identity is not None and stats["input"] != identity and \
                 stats.get("input_url") not in (None, url) and not _same_file(stats["input_url"], url):
             elsewhere.append((stats["input_url"], url))  # another dataset's shard of the same name
             continue
-        if stats is not None and stats.get("input") not in (None, input_identity(url)):
+        if identity is not None and stats["input"] != identity:  # (one identity a shard: a request on a store)
             print(f"vlm-aug: input {public_name(url)} changed since its shard was made "
-                  f"({stats['input']} -> {input_identity(url)}): redoing it", file=sys.stderr)
+                  f"({stats['input']} -> {identity}): redoing it", file=sys.stderr)
             stats = None
         (kept if stats is not None else todo).append(url)
     if elsewhere:

@@ -49,6 +49,8 @@ def _throughput(manifest: dict) -> tuple[int, int]:
     from vlm_aug.shards.read import shard_name
 
     done = {shard_name(url) for url in manifest["shards"]["processed"]}
+    if not done:  # nothing processed: no stats file to read (a rerun of 100,000 complete shards read them all)
+        return 0, 0
     stats = [s for s in OutputDir(manifest["config"]["output"]["path"]).all_stats() if s["shard"] in done]
     return (sum(s["counts"]["inputs"] for s in stats),
             sum(s.get("scores", {}).get("new_tokens", 0) for s in stats))
