@@ -228,23 +228,50 @@ class Collected:  # a progress bar collected while Ctrl-C comes: the KeyboardInt
         while time.monotonic() < end:  # the handler runs here, and Python drops what it raises
             pass
 
-real = vlm_aug.run.write_card
-def write_card(*args, **kwargs):
+import vlm_aug.pipeline
+owner, name = {"card": (vlm_aug.run, "write_card"), "shard": (vlm_aug.pipeline.ShardProcessor, "process")}[sys.argv[1]]
+real = getattr(owner, name)
+def dropped_there(*args, **kwargs):
     Collected()
     return real(*args, **kwargs)
-vlm_aug.run.write_card = write_card
-sys.exit(main(sys.argv[1:]))
+setattr(owner, name, dropped_there)
+sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_a_ctrl_c_python_drops_in_a_del_still_ends_the_run_interrupted(tmp_path):
+@pytest.mark.parametrize("where", ["shard", "card"])
+def test_a_ctrl_c_python_drops_in_a_del_still_ends_the_run_interrupted(tmp_path, where):
     """Ctrl-C near a run's end was raised inside a progress bar's `__del__` ('Exception ignored in:
-    tqdm.__del__'), and the run went on to exit 0; it exits 130 now, saying it was interrupted."""
-    make_shards(tmp_path / "in", n_shards=1, per_shard=2, broken=False)
+    tqdm.__del__'), and the run went on to exit 0. Now, dropped during a shard, the run stops at that
+    shard's end; dropped as the command ends (the card), it exits 130 saying its work was done."""
+    make_shards(tmp_path / "in", n_shards=3, per_shard=2, broken=False)
     argv = ["run", str(REPO / "configs/preview.yaml"), "--no-model", "--input", str(tmp_path / "in"), "--output",
-            str(tmp_path / "out"), "--no-progress", "--no-report", "--set", "report.semantic=false"]
-    done = subprocess.run([sys.executable, "-c", SWALLOWED_CTRL_C, *argv], capture_output=True, text=True,
+            str(tmp_path / "out"), "--no-progress", "--no-report", "--set", "report.semantic=false",
+            "--executor", "local"]
+    done = subprocess.run([sys.executable, "-c", SWALLOWED_CTRL_C, where, *argv], capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert "Exception ignored" in done.stderr  # the interrupt was dropped where it was raised
     assert done.returncode == 130, done.stderr[-2000:]
-    assert "interrupted: rerun the same command to finish" in done.stderr
+    complete = list((tmp_path / "out/shards").glob("*.stats.json"))
+    if where == "shard":
+        assert "interrupted: rerun the same command to finish" in done.stderr
+        assert len(complete) == 1 and not (tmp_path / "out/manifest.json").exists()
+    else:
+        assert "interrupted: the Ctrl-C came as the command was ending, after its work was done" in done.stderr
+        assert len(complete) == 3 and (tmp_path / "out/manifest.json").exists()
+
+
+def test_a_ctrl_c_the_caller_ignores_stays_ignored(tmp_path):
+    """A background job of a script runs with SIGINT ignored: a Ctrl-C meant for the script must not stop it
+    (cli.main put its own handler over SIG_IGN)."""
+    import signal as signals
+
+    make_shards(tmp_path / "in", n_shards=3, per_shard=2, broken=False)
+    argv = ["run", str(REPO / "configs/preview.yaml"), "--no-model", "--input", str(tmp_path / "in"), "--output",
+            str(tmp_path / "out"), "--no-progress", "--no-report", "--set", "report.semantic=false",
+            "--executor", "local"]
+    done = subprocess.run([sys.executable, "-c", SWALLOWED_CTRL_C, "shard", *argv], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                          preexec_fn=lambda: signals.signal(signals.SIGINT, signals.SIG_IGN))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "interrupted" not in done.stderr and len(list((tmp_path / "out/shards").glob("*.stats.json"))) == 3

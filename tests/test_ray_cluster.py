@@ -139,32 +139,46 @@ import os, signal, sys, threading
 import ray
 from vlm_aug.config import RayConfig
 from vlm_aug.executors.ray_cluster import connect
-delay = float(sys.argv[1])
-threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGINT)).start()  # Ctrl-C while ray.init starts Ray
+
+threading.Timer(float(sys.argv[1]), lambda: os.kill(os.getpid(), signal.SIGINT)).start()  # while ray.init starts Ray
 try:
     connect(RayConfig())
     print("started", flush=True)
+    ray.shutdown()
 except KeyboardInterrupt:
     print("interrupted", ray.is_initialized(), flush=True)
 """
 
 
-@pytest.mark.parametrize("delay", [1.5, 2.5, 3.5])
-def test_ctrl_c_while_the_embedded_ray_starts_leaves_no_ray_process(tmp_path, delay):
+@pytest.mark.parametrize("delay", [1.5, 2.5, 3.5, 5.0])
+def test_ctrl_c_while_the_embedded_ray_starts_leaves_no_ray_process(delay):
     """Interrupted part way, `ray.init` left its raylet's dashboard and runtime-env agents running,
-    orphaned (2 of 3 tries by hand); Ctrl-C is now held until Ray has started, then Ray is shut down."""
+    orphaned (2 of 3 tries by hand). Ctrl-C is now held until Ray has started, then Ray is shut down. Where
+    the Ctrl-C lands depends on the machine's speed: on the code before, 2 of 3 delays left the agents on an
+    idle machine, none under load. Ray starts in 2-8 s on this machine's kind: where it is up before the
+    Ctrl-C there is nothing to test (skipped, and said)."""
+    import shutil
     import tempfile
 
     before = {p.pid for p in psutil.process_iter()}
     short = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # a socket's path has at most 107 bytes
-    env = dict(os.environ, RAY_TMPDIR=str(short))  # this Ray's sockets and logs, apart from any other
+    env = dict(os.environ, RAY_TMPDIR=str(short))  # this Ray's sockets and logs; its processes are known by it
     done = subprocess.run([sys.executable, "-c", CONNECT_THEN_CTRL_C, str(delay)], env=env, capture_output=True,
                           text=True, timeout=120, cwd=REPO)
-    assert "interrupted False" in done.stdout, done.stdout + done.stderr[-2000:]
     time.sleep(3)
-    left = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in before
-            and any(str(short) in part or "ray::" in part for part in (p.info["cmdline"] or []))]
+
+    def ours(p):  # started since, by this Ray (its environment), or a Ray helper orphaned (its parent gone)
+        try:
+            orphan = p.ppid() == 1 and any("ray::" in part for part in p.cmdline())
+            return p.pid not in before and (orphan or p.environ().get("RAY_TMPDIR") == str(short))
+        except (psutil.Error, OSError):
+            return False
+
+    left = [p for p in psutil.process_iter(["pid", "cmdline", "status"]) if ours(p)]
     for p in left:
         p.kill()
-    __import__("shutil").rmtree(short, ignore_errors=True)
-    assert not left, [p.info["cmdline"] for p in left]
+    shutil.rmtree(short, ignore_errors=True)
+    if "started" in done.stdout:
+        pytest.skip(f"Ray was up within {delay} s, before the Ctrl-C")
+    assert "interrupted False" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert not left, [p.info for p in left]

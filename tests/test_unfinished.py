@@ -34,10 +34,11 @@ def killed_append(tmp_path_factory, tiny_vlm_dir, tiny_clip_dir):
     out = root / "out"
     base = ["run", str(REPO / "configs/preview.yaml"), "--output", str(out), "--no-progress", "--no-report"]
     assert main([*base, "--input", str(shards[0]), *tiny_args(tiny_vlm_dir, tiny_clip_dir)]) == 0
-    first = (out / "manifest.json").read_bytes()
+    first, written = (out / "manifest.json").read_bytes(), (out / "manifest.json").stat().st_mtime_ns
     assert main([*base, "--input", str(shards[1]), "--allow-config-change", "--no-model",
                  *tiny_args(tiny_vlm_dir, tiny_clip_dir)]) == 0
-    (out / "manifest.json").write_bytes(first)  # the appended run was killed before its manifest
+    (out / "manifest.json").write_bytes(first)  # the appended run was killed before its manifest: the first
+    os.utime(out / "manifest.json", ns=(written, written))  # run's manifest, as it was written then
     return out
 
 
@@ -70,24 +71,41 @@ def test_the_report_describes_the_shards_present_and_says_the_output_is_not_fini
     assert 'id="unfinished"' in summary and "written after manifest.json" in summary
 
 
-def test_a_shard_being_redone_is_gone_from_shards_and_readers_say_so(tmp_path, capsys):
-    """From a redo's start the shard's old tar and parquet are gone with its stats, so a reader of
-    shards/*.tar does not train on a shard that is not complete; killed there, export and stats say that
-    a shard the manifest counts is not complete."""
+def test_a_shard_being_redone_is_not_complete_and_readers_say_so(tmp_path, capsys):
+    """From a redo's start the shard has no stats: killed there, export and stats say that a shard the
+    manifest counts is not complete; a reader that listed it before still reads its old files, whole."""
     make_shards(tmp_path / "in", n_shards=2, per_shard=3, broken=False)
     out = tmp_path / "out"
     assert main(["run", str(REPO / "configs/preview.yaml"), "--no-model", "--input", str(tmp_path / "in"),
                  "--output", str(out), "--no-progress", "--no-report", "--set", "report.semantic=false"]) == 0
     capsys.readouterr()
+    listed = OutputDir(str(out)).complete_names()
     writer = ShardWriter(str(out), "000000", RunContext("sha"))  # what a redo opens; then it is killed
-    assert sorted(p.name for p in (out / "shards").glob("000000.*")) == []
-    assert [p.name for p in (out / "shards").glob("*.tar")] == ["000001.tar"]
     assert OutputDir(str(out)).complete_names() == ["000001"]
+    assert OutputDir(str(out)).table(["key"], shards=listed).num_rows == 6  # read as listed: whole
     assert main(["export", str(out), str(tmp_path / "e"), "--format", "llava"]) == 0
     said = notes(capsys.readouterr().err)
     assert any("1 shard(s) that manifest.json counts are not complete now" in n and "were not exported" in n
                for n in said), said
     writer.abort()
+
+
+def test_a_finished_output_whose_manifest_predates_the_run_history_has_no_notes(tmp_path, capsys):
+    """A run stopped before its manifest, then a run that finished: versions before the history did not
+    enter the stopped run in `runs`; its shards are older than the manifest's run, not written after it."""
+    shards = make_shards(tmp_path / "in", n_shards=2, per_shard=3, broken=False)
+    out = tmp_path / "out"
+    base = ["run", str(REPO / "configs/preview.yaml"), "--no-model", "--output", str(out), "--no-progress",
+            "--no-report", "--set", "report.semantic=false"]
+    assert main([*base, "--input", str(shards[0])]) == 0
+    (out / "manifest.json").unlink()  # that run was killed before its manifest
+    assert main([*base, "--input", str(shards[1])]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["runs"] = [r for r in manifest["runs"] if r.get("ended") != "stopped before writing its manifest"]
+    (out / "manifest.json").write_text(json.dumps(manifest))  # as a version before the history wrote it
+    capsys.readouterr()
+    assert main(["stats", str(out), "--no-semantic"]) == 0
+    assert notes(capsys.readouterr().err) == []
 
 
 def test_a_lease_file_left_by_a_killed_run_is_named_by_stats(tmp_path, capsys):

@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with signals_as_interrupt(signal.SIGINT):
             code = args.func(args)
-        if RECEIVED:  # a Ctrl-C raised where Python drops it (a __del__): the run is still said interrupted
-            raise KeyboardInterrupt
+        if RECEIVED:  # a Ctrl-C raised where Python drops it (a __del__) as the command ended: it is not hidden
+            print("interrupted: the Ctrl-C came as the command was ending, after its work was done (its output "
+                  "is complete)", file=sys.stderr)
+            return 130
         return code
     except (ConfigError, ModelUnavailable, FileNotFoundError, OutputUnwritable) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to finish; complete shards are kept", file=sys.stderr)
         return 130
+    finally:
+        RECEIVED.clear()  # (an in-process caller's next command starts with none)
 
 
 if __name__ == "__main__":

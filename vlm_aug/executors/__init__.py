@@ -39,7 +39,8 @@ def signals_as_interrupt(*signums: int):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, interrupt) for s in signums}
+    # a signal ignored (a background job of a script: SIGINT) stays ignored
+    previous = {s: signal.signal(s, interrupt) for s in signums if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

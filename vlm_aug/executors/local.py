@@ -7,7 +7,7 @@ import os
 import time
 import traceback
 
-from vlm_aug.executors import ExecutorReport, ShardOutcome
+from vlm_aug.executors import RECEIVED, ExecutorReport, ShardOutcome
 from vlm_aug.malloc import tune_malloc
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
@@ -62,6 +62,8 @@ class LocalExecutor:
                 report.outcomes.append(ShardOutcome(url, error=detail))
                 progress.shard_failed(url, detail)
             busy += time.perf_counter() - t0
+            if RECEIVED:  # a Ctrl-C Python dropped (raised in a __del__): stop at this shard's end
+                raise KeyboardInterrupt("a Ctrl-C came while a shard was processed")
         report.workers["local"] = {"busy_s": round(busy, 3), "shards": len(urls), "malloc": malloc,
                                    "torch_threads": threads, "decode_workers": processor.decode_workers}
         return report

@@ -8,7 +8,6 @@ Output and resume are the foundation's: a shard is done when its stats file is c
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import threading
@@ -59,6 +58,7 @@ class RayExecutor:
         out = OutputDir(self.config.output.path, must_exist=False)
         owned, embedded = False, False
         scheduler = None
+        term = signal.getsignal(signal.SIGTERM)  # ray.init installs its own (sys.exit): put back after the pool
         try:
             owned, embedded = connect(self.config.ray)
             with sigterm_as_interrupt():  # after connect: ray.init installs its own SIGTERM handler
@@ -75,6 +75,8 @@ class RayExecutor:
                 scheduler.stop()
             if owned:
                 ray.shutdown()
+            if threading.current_thread() is threading.main_thread() and term is not None:
+                signal.signal(signal.SIGTERM, term)  # the run's SIGTERM-as-Ctrl-C for the manifest and card
             out.remove_temps(names)  # left by actors killed mid-shard
         self._cite_stages(processor, scheduler.described)
         report = ExecutorReport(outcomes=outcomes, workers=workers)

@@ -133,12 +133,18 @@ def connect(cfg: RayConfig) -> tuple[bool, bool]:
 def ctrl_c_held():
     """Ctrl-C held while the embedded Ray starts (2-8 s) and raised once it has: interrupted part way,
     `ray.init` left its raylet's dashboard and runtime-env agents running, orphaned, where
-    `ray.shutdown` could not find them (2 of 3 tries). -> a list that holds the signal if one came."""
+    `ray.shutdown` could not find them (2 of 3 tries). A second Ctrl-C is raised at once. -> a list that
+    holds the signal if one came."""
     held: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    def hold(signum, frame):
+        held.append(signum)
+        if len(held) > 1:  # a second Ctrl-C: now (ray.init hangs?)
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGINT, hold)
     try:
         yield held
     finally:

@@ -116,6 +116,21 @@ def differing_settings(configs: dict) -> list[str]:
     return [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in known}) > 1]
 
 
+def _modified(out: OutputDir, path: str) -> Optional[float]:
+    """When the file was last written (seconds since the epoch), where the store says; else None."""
+    try:
+        info = out.fs.info(path)
+    except OSError:
+        return None
+    when = info.get("mtime", info.get("LastModified", info.get("updated")))
+    if hasattr(when, "timestamp"):
+        return when.timestamp()
+    try:
+        return float(when) if when is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def unfinished(out: OutputDir, manifest: dict, all_stats: list[dict], done: str = "read") -> list[str]:
     """What a reader of the output should know of a run that has not finished it: one writing it now, or
     one stopped part way (its lease file left, no manifest.json yet, shards committed after the manifest,
@@ -133,7 +148,11 @@ def unfinished(out: OutputDir, manifest: dict, all_stats: list[dict], done: str 
                      f"shards were {done}; rerun the run's command to finish the rest")
         return notes
     runs = {r.get("run_id") for r in manifest.get("runs") or []} | {manifest.get("run_id")}
-    later = [s for s in all_stats if s.get("run_id") not in runs]
+    # shards of a run the manifest does not name, committed after it (a run stopped before an older manifest's
+    # run, which versions before the run history did not enter, is not later)
+    written = _modified(out, out.top(MANIFEST))
+    later = [s for s in all_stats if s.get("run_id") not in runs
+             and (written is None or (_modified(out, out.file(s["shard"], "stats")) or written) >= written)]
     if later:
         notes.append(f"{len(later)} shard(s) were written after manifest.json by a run that has not written its own "
                      "(running, or stopped): the manifest does not describe them")

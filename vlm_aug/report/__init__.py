@@ -63,7 +63,10 @@ def write_report(out: str, options: ReportOptions = ReportOptions(), path: Optio
             handle.write(page)
         fs.mv(tmp, local)
     except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
+        try:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        except OSError:  # the write's own error is the one to see
+            pass
         raise
     return target

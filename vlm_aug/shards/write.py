@@ -101,12 +101,11 @@ class ShardWriter:
                                    "it, and the shards committed into it with it; this run stops. Rerun the same "
                                    "command to write them again")
         self.fs.makedirs(out.shards_dir, exist_ok=True)  # a killed run's partial files: run.execute removed them
-        # redone (--overwrite, a changed input, a retry): no longer complete from here on, so a crash between
-        # the renames below cannot leave the new tar beside the old parquet and stats; the stats go first (the
-        # mark), then the old tar and parquet, which readers of shards/*.tar would otherwise take meanwhile
-        for kind in ("stats", "tar", "parquet"):
-            if self.fs.exists(self.final[kind]):
-                self.fs.rm(self.final[kind])
+        if self.fs.exists(self.final["stats"]):
+            # redone (--overwrite, a changed input, a retry): no longer complete from here on, so a crash
+            # between the renames below cannot leave the new tar beside the old parquet and stats. The old tar
+            # and parquet stay until replaced: a reader that listed the shard as complete still reads it whole
+            self.fs.rm(self.final["stats"])
         self.normalize = normalize_image_format
         self.handle = self.fs.open(self.tmp["tar"], "wb")
         # GNU headers (long names when needed) rather than webdataset's PAX ones, written by TarMembers
