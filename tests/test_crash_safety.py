@@ -171,20 +171,28 @@ def test_a_full_disk_names_the_file_and_the_fix_without_cloud_advice():
     assert disk_error(ValueError("no")) is None
 
 
+def run_until_committed(tmp_path: Path, out: Path, shards: int, vlm, clip) -> tuple[subprocess.Popen, list[str]]:
+    """A real run (the tiny models, 12 shards of 8) in its own process, returned once it has committed
+    `shards` shards, still running; and its command."""
+    make_shards(tmp_path / "in", n_shards=12, per_shard=8, broken=False)
+    argv = [sys.executable, "-m", "vlm_aug", *run_argv(tmp_path / "in", out, vlm, clip)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    deadline = time.monotonic() + 240
+    while len(list((out / "shards").glob("*.stats.json"))) < shards and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    return proc, argv
+
+
 def test_sigterm_stops_a_local_run_as_ctrl_c_does(tmp_path, tiny_vlm_dir, tiny_clip_dir):
     """A scheduler's kill (SIGTERM) of a local run: it died at once (rc -15), silent, its lease and temporary
     files left; now it unwinds as Ctrl-C: exit 130, how to finish, the lease released."""
     from vlm_aug.shards.layout import LEASE_FILE
 
-    make_shards(tmp_path / "in", n_shards=12, per_shard=8, broken=False)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "vlm_aug", *run_argv(tmp_path / "in", out, tiny_vlm_dir, tiny_clip_dir)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    deadline = time.monotonic() + 240
-    while not list((out / "shards").glob("*.stats.json")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc, _ = run_until_committed(tmp_path, out, 1, tiny_vlm_dir, tiny_clip_dir)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
@@ -196,15 +204,8 @@ def test_sigterm_stops_a_local_run_as_ctrl_c_does(tmp_path, tiny_vlm_dir, tiny_c
 def test_an_output_folder_removed_mid_run_stops_the_run(tmp_path, tiny_vlm_dir, tiny_clip_dir):
     """`rm -rf OUT` while a run wrote it: the run made the folder again, went on, wrote a manifest that listed
     the shards removed with it, and exited 1 with one failed shard; now it stops, saying what happened."""
-    make_shards(tmp_path / "in", n_shards=12, per_shard=8, broken=False)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "vlm_aug", *run_argv(tmp_path / "in", out, tiny_vlm_dir, tiny_clip_dir)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    deadline = time.monotonic() + 240
-    while len(list((out / "shards").glob("*.stats.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before its folder could be removed"
+    proc, argv = run_until_committed(tmp_path, out, 2, tiny_vlm_dir, tiny_clip_dir)
     shutil.rmtree(out)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 2, err[-2000:]
