@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         with signals_as_interrupt(signal.SIGINT):
             code = args.func(args)
         if RECEIVED:  # a Ctrl-C raised where Python drops it (a __del__) as the command ended: it is not hidden
-            print("interrupted: the Ctrl-C came as the command was ending, after its work was done (its output "
-                  "is complete)", file=sys.stderr)
+            print(f"interrupted: the Ctrl-C came as the command was ending, after its work was done (it would "
+                  f"have exited {code})", file=sys.stderr)
             return 130
         return code
     except (ConfigError, ModelUnavailable, FileNotFoundError, OutputUnwritable) as exc:
