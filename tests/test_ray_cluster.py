@@ -150,7 +150,7 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("delay", [1.5, 2.5, 3.5, 5.0])
+@pytest.mark.parametrize("delay", [1.5, 2.5, 3.5])
 def test_ctrl_c_while_the_embedded_ray_starts_leaves_no_ray_process(delay):
     """Interrupted part way, `ray.init` left its raylet's dashboard and runtime-env agents running,
     orphaned (2 of 3 tries by hand). Ctrl-C is now held until Ray has started, then Ray is shut down. Where
