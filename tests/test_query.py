@@ -169,9 +169,8 @@ def test_trace_of_an_input_key_with_dots_names_the_written_key(tmp_path, capsys,
 
 
 def test_stats_and_trace_read_the_parquets_in_groups(out, monkeypatch, capsys):
-    """The sidecars are read a group of files at a time (pyarrow holds ~60 KB a file it reads at once: a
-    GB at 12,000 shards): in groups of one the figures are those of one read, and a damaged file in a
-    later group is named."""
+    """The sidecars are read a group of files at a time (OutputDir.TABLE_GROUP): in groups of one the
+    figures are those of one read."""
     from vlm_aug.shards.layout import OutputDir
 
     assert main(["stats", str(out), "--json"]) == 0
