@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import signal
 import sys
@@ -14,7 +13,7 @@ import sys
 from vlm_aug.commands import COMMAND_MODULES
 from vlm_aug.config import ConfigError
 from vlm_aug.executors import RECEIVED, signals_as_interrupt
-from vlm_aug.shards.layout import OutputUnwritable
+from vlm_aug.shards.layout import DISK_FIXES, OutputUnwritable
 from vlm_aug.stages.models import ModelUnavailable
 
 
@@ -28,12 +27,6 @@ def parser() -> argparse.ArgumentParser:
 
 # the storage libraries fsspec runs on: their errors are the store's (endpoint, credentials, bucket), not a bug
 STORAGE_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp", "fsspec", "google.auth")
-
-
-# a local disk that cannot take what is written: the errno's fix (the store's own errors are below)
-DISK_FIXES = {errno.ENOSPC: "free space on its disk", errno.EDQUOT: "free space within the disk quota",
-              errno.EFBIG: "raise the file size limit (`ulimit -f`)", errno.EROFS: "use a writable disk",
-              errno.EACCES: "give this user write access", errno.EPERM: "give this user write access"}
 
 
 def disk_error(exc: BaseException) -> str | None:

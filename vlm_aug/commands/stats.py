@@ -107,19 +107,21 @@ def failed_input_lines(failed: dict, shown: int = 10) -> list[str]:
 
 
 def cmd_stats(args) -> int:
-    from vlm_aug.output.query import differing_settings, stats
+    from vlm_aug.output.query import differing_settings, stats, unfinished
     from vlm_aug.shards.layout import OutputDir
 
     from vlm_aug.output.semantic import ReferenceUnreadable
 
-    result = stats(OutputDir(args.output), per_shard=not args.no_per_shard)
+    out, counted = OutputDir(args.output), []
+    result = stats(out, per_shard=not args.no_per_shard, shard_stats=counted)
+    result["notes"] = unfinished(out, out.manifest(), counted)  # a run writing the output now, or stopped part way
     if not args.no_semantic:
         try:
             result["semantic"] = semantic_of(args.output, args.reference)
         except ReferenceUnreadable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    for note in result["notes"]:  # a run writing the output now, or one stopped part way
+    for note in result["notes"]:
         print(f"vlm-aug: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))

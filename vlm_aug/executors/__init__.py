@@ -34,18 +34,23 @@ def interrupt(signum, frame):
 
 
 @contextlib.contextmanager
-def signals_as_interrupt(*signums: int):
-    """`interrupt` for these signals while in the block (main thread only), the handlers before restored."""
+def signal_handler(handler, *signums: int):
+    """`handler` for these signals while in the block (main thread only), the handlers before restored; a
+    signal ignored (a background job of a script: SIGINT) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    # a signal ignored (a background job of a script: SIGINT) stays ignored
-    previous = {s: signal.signal(s, interrupt) for s in signums if signal.getsignal(s) is not signal.SIG_IGN}
+    previous = {s: signal.signal(s, handler) for s in signums if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, before in previous.items():
+            signal.signal(s, before)
+
+
+def signals_as_interrupt(*signums: int):
+    """`interrupt` for these signals while in the block."""
+    return signal_handler(interrupt, *signums)
 
 
 @contextlib.contextmanager

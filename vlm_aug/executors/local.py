@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 import traceback
@@ -11,13 +10,9 @@ from vlm_aug.executors import RECEIVED, ExecutorReport, ShardOutcome
 from vlm_aug.malloc import tune_malloc
 from vlm_aug.pipeline import ShardProcessor
 from vlm_aug.progress import RunProgress
-from vlm_aug.shards.layout import OutputUnwritable
+from vlm_aug.shards.layout import DISK_FIXES, OutputUnwritable
 from vlm_aug.workers import usable_cpus
 
-# every later shard would fail the same way: the run stops, with what to do
-FATAL_WRITE_ERRORS = {errno.ENOSPC: "free space on its disk", errno.EDQUOT: "free space within the disk quota",
-                      errno.EFBIG: "raise the file size limit (`ulimit -f`)", errno.EROFS: "write to a writable disk",
-                      errno.EACCES: "make it writable", errno.EPERM: "make it writable"}
 
 
 class LocalExecutor:
@@ -50,9 +45,9 @@ class LocalExecutor:
             except OSError as exc:
                 output = processor.config.output.path
                 the_input = exc.filename is not None and os.path.abspath(str(exc.filename)) == os.path.abspath(url)
-                if exc.errno in FATAL_WRITE_ERRORS and not the_input:  # (an input it may not read fails its shard)
+                if exc.errno in DISK_FIXES and not the_input:  # (an input it may not read fails its shard)
                     raise OutputUnwritable(f"cannot write the output shard of {url} to {exc.filename or output}: "
-                                           f"{exc.strerror}; {FATAL_WRITE_ERRORS[exc.errno]}, or choose another "
+                                           f"{exc.strerror}; {DISK_FIXES[exc.errno]}, or choose another "
                                            "--output, then rerun: complete shards are kept") from exc
                 detail = f"{type(exc).__name__}: {exc}"
                 report.outcomes.append(ShardOutcome(url, error=detail))

@@ -9,11 +9,11 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
 from vlm_aug.config import ConfigError, RayConfig
+from vlm_aug.executors import signal_handler
 from vlm_aug.stages.base import Resources
 from vlm_aug.workers import usable_cpus
 
@@ -136,19 +136,14 @@ def ctrl_c_held():
     `ray.shutdown` could not find them (2 of 3 tries). A second Ctrl-C is raised at once. -> a list that
     holds the signal if one came."""
     held: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield held
-        return
+
     def hold(signum, frame):
         held.append(signum)
         if len(held) > 1:  # a second Ctrl-C: now (ray.init hangs?)
             raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGINT, hold)
-    try:
+    with signal_handler(hold, signal.SIGINT):
         yield held
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def alive_nodes() -> list[dict]:

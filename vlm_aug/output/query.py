@@ -201,7 +201,6 @@ def stats(out: OutputDir, per_shard: bool = True, shard_stats: Optional[list[dic
     # input shards not read to their end (not a tar, empty file, cut short): what followed the fault is not here
     result["read_errors"] = {s["shard"]: s["read_error"] for s in all_stats if s.get("read_error")}
     result["failed_inputs"] = failed_inputs(manifest, set(names))
-    result["notes"] = unfinished(out, manifest, all_stats)
     if per_shard:
         order = pc.sort_indices(table, [("out_shard", "ascending")])
         table = table.take(order)

@@ -11,6 +11,7 @@ from vlm_aug.report.collect import ReportOptions, RunData, collect
 from vlm_aug.report.page import render_page
 from vlm_aug.report.plots import all_plots
 from vlm_aug.report.thumbs import MAX_PIXELS, attach_thumbnails
+from vlm_aug.shards.layout import replace_file
 
 __all__ = ["ReportOptions", "build_report", "write_report"]
 
@@ -57,16 +58,5 @@ def write_report(out: str, options: ReportOptions = ReportOptions(), path: Optio
         raise FileNotFoundError(f"cannot write the report to {target}: its folder {parent} does not exist")
     page, _ = build_report(out, options)
     folder, base = local.rsplit("/", 1) if "/" in local else (".", local)
-    tmp = f"{folder}/.{base}.tmp"  # hidden; removed when the write fails (a full disk)
-    try:
-        with fs.open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        fs.mv(tmp, local)
-    except BaseException:
-        try:
-            if fs.exists(tmp):
-                fs.rm(tmp)
-        except OSError:  # the write's own error is the one to see
-            pass
-        raise
+    replace_file(fs, f"{folder}/.{base}.tmp", local, lambda handle: handle.write(page), encoding="utf-8")  # hidden
     return target

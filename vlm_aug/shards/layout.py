@@ -12,6 +12,7 @@ OUT/manifest.json  README.md  croissant.json  report.html
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -35,6 +36,28 @@ class OutputError(FileNotFoundError):
 
 
 BUCKET_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "oss"}  # object stores whose first path part is a bucket
+
+
+# errno -> what to do when a local disk refuses a write (the local executor's stop, the CLI's message)
+DISK_FIXES = {errno.ENOSPC: "free space on its disk", errno.EDQUOT: "free space within the disk quota",
+              errno.EFBIG: "raise the file size limit (`ulimit -f`)", errno.EROFS: "use a writable disk",
+              errno.EACCES: "give this user write access", errno.EPERM: "give this user write access"}
+
+
+def replace_file(fs, tmp: str, path: str, write, **open_kw) -> None:
+    """Whole or not at all: `write(handle)` into `tmp`, renamed to `path`; `tmp` removed when that fails
+    (a full disk), without hiding the write's own error."""
+    try:
+        with fs.open(tmp, "w", **open_kw) as handle:
+            write(handle)
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class OutputUnwritable(OSError):
@@ -120,18 +143,7 @@ class OutputDir:
                       lambda handle: json.dump(value, handle, indent=indent, default=str))
 
     def _replace(self, tmp: str, path: str, write) -> None:
-        """`write(handle)` into `tmp`, renamed to `path`; `tmp` removed when that fails (a full disk)."""
-        try:
-            with self.fs.open(tmp, "w") as handle:
-                write(handle)
-            self.fs.mv(tmp, path)
-        except BaseException:
-            try:
-                if self.fs.exists(tmp):
-                    self.fs.rm(tmp)
-            except OSError:
-                pass
-            raise
+        replace_file(self.fs, tmp, path, write)
 
     def shard_stats(self, name: str) -> Optional[dict]:
         return self.read_json(self.file(name, "stats"))
